@@ -1,0 +1,189 @@
+"""The `imgpipe` command: thin click commands over the library.
+
+Each command parses its options, calls one library function and prints the
+answer. Errors the user can fix (`ImgpipeError`) become one line on stderr
+and exit status 2; anything else is a bug and keeps its traceback (status 1).
+
+Example:
+    $ imgpipe run classify --data ./images --epochs 5
+    $ imgpipe predict saved_models/classify/1 cat.jpg --top-k 3
+"""
+
+import json
+import logging
+import os
+import sys
+
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+import click  # noqa: E402
+
+from imgpipe.errors import ImgpipeError  # noqa: E402
+
+log = logging.getLogger("imgpipe")
+
+
+class _OneLineFormatter(logging.Formatter):
+    def format(self, record):
+        prefix = "" if record.levelno == logging.INFO else f"{record.levelname.lower()}: "
+        return prefix + record.getMessage()
+
+
+def _configure_logging(verbose):
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(_OneLineFormatter())
+    log.handlers[:] = [handler]
+    log.setLevel(logging.INFO if verbose else logging.WARNING)
+    log.propagate = False
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"]})
+@click.version_option(package_name="imgpipe")
+@click.option("-q", "--quiet", is_flag=True, help="Only warnings and results.")
+def main(quiet):
+    """Folder of images in, trained, evaluated, servable Keras model out."""
+    _configure_logging(not quiet)
+
+
+def _image_size(value):
+    return value if value is None else str(value)
+
+
+@main.command()
+@click.argument("recipe", default="classify")
+@click.option("--data", help="Folder, annotation file or tfds:NAME[:SPLIT]; omitted: the built-in demo data.")
+@click.option("--epochs", type=int, help="Total epochs (train.epochs).")
+@click.option("--batch-size", type=int, help="Images per step per device (train.batch_size).")
+@click.option("--image-size", help="Model input size: 64 or 96x128 (data.image_size).")
+@click.option("--model", "model_name", help="Model builder; `imgpipe models` lists them (model.name).")
+@click.option("--weights", help="imagenet, a local weights file, or none (model.weights).")
+@click.option("--output", type=click.Path(file_okay=False), help="Run directory (train.run_dir).")
+@click.option("--export-dir", type=click.Path(file_okay=False), help="Export root (export.root).")
+@click.option("--name", help="Model name for the export and the run folder (export.name).")
+@click.option("--resume", is_flag=True, help="Continue the interrupted run in --output (or the latest one).")
+@click.option("--no-export", is_flag=True, help="Train and evaluate without writing a SavedModel.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any recipe key, e.g. train.patience=5.")
+def run(recipe, data, epochs, batch_size, image_size, model_name, weights, output, export_dir, name, resume,
+        no_export, overrides):
+    """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
+    from imgpipe.runner import run as run_recipe
+
+    overrides = list(overrides) + (["export.enabled=false"] if no_export else [])
+    result = run_recipe(recipe, overrides, resume=resume, data=data, epochs=epochs, batch_size=batch_size,
+                        image_size=_image_size(image_size), model=model_name, weights=weights, output=output,
+                        export_dir=export_dir, name=name)
+    click.echo("\nvalidation metrics:")
+    for key, value in sorted(result.metrics.items()):
+        if "/" not in key and key.startswith("val_"):
+            click.echo(f"  {key:<24} {value:.4f}")
+    click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)")
+    click.echo(f"run directory: {result.run_dir}")
+    if result.export_path:
+        click.echo(f"export:        {result.export_path}")
+
+
+@main.command()
+@click.argument("export", type=click.Path())
+@click.option("--data", required=True, type=click.Path(), help="Folder laid out like the training data.")
+@click.option("--report-dir", type=click.Path(file_okay=False), help="Where the plots go.")
+@click.option("--json", "as_json", is_flag=True, help="Print JSON.")
+def evaluate(export, data, report_dir, as_json):
+    """Evaluate an EXPORT (saved_models/<name>/<version>) on a folder."""
+    from imgpipe.inference import evaluate as evaluate_export
+
+    metrics = evaluate_export(export, data, report_dir)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2, sort_keys=True))
+        return
+    per_class = sorted({key.split("/", 1)[1] for key in metrics if key.startswith("precision/")})
+    for key, value in metrics.items():
+        if "/" not in key and isinstance(value, float):
+            click.echo(f"{key:<16} {value:.4f}")
+    if per_class:
+        click.echo(f"\n{'class':<20} {'precision':>9} {'recall':>9} {'f1':>9} {'support':>8}")
+        for name in per_class:
+            click.echo(f"{name:<20} {metrics[f'precision/{name}']:>9.3f} {metrics[f'recall/{name}']:>9.3f} "
+                       f"{metrics[f'f1/{name}']:>9.3f} {metrics[f'support/{name}']:>8d}")
+    click.echo(f"\nimages: {metrics.get('images')}  plots: {metrics['report_dir']}")
+
+
+@main.command()
+@click.argument("export", type=click.Path())
+@click.argument("images", nargs=-1, required=True, type=click.Path())
+@click.option("--top-k", type=int, default=1, show_default=True, help="Classes per image.")
+@click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
+def predict(export, images, top_k, as_json):
+    """Run IMAGES through an EXPORT's serving signature."""
+    from imgpipe.inference import predict as predict_files
+
+    if top_k < 1:
+        raise click.BadParameter("must be at least 1", param_hint="--top-k")
+    for result in predict_files(export, images, top_k):
+        if as_json:
+            click.echo(json.dumps(result))
+        else:
+            answers = ", ".join(f"{p['class_name']} {p['score']:.3f}" for p in result["predictions"])
+            click.echo(f"{result['file']}: {answers}")
+
+
+@main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--export-dir", type=click.Path(file_okay=False), help="Export root (default: the recipe's).")
+@click.option("--name", help="Model name (default: the recipe's).")
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+def export(run_dir, export_dir, name, weights):
+    """Export a run's checkpoint as the next SavedModel version."""
+    from imgpipe.reexport import export_run
+
+    click.echo(f"export: {export_run(run_dir, export_dir, name, weights)}")
+
+
+@main.command()
+@click.option("--keys", is_flag=True, help="List every recipe key with its default and meaning.")
+def recipes(keys):
+    """List the shipped recipes (or every recipe key)."""
+    from imgpipe.recipe import describe_keys, load_recipe, recipe_names
+
+    if keys:
+        for key, default, meaning in describe_keys():
+            click.echo(f"{key:<26} {str(default):<14} {meaning}")
+        return
+    for name in recipe_names():
+        recipe = load_recipe(name)
+        click.echo(f"{name:<12} task={recipe.task:<10} model={recipe.model.name}")
+
+
+@main.command()
+@click.option("--task", help="Only builders for this task.")
+@click.option("--image-size", type=int, default=224, show_default=True, help="Input side used to count.")
+def models(task, image_size):
+    """List model builders with their parameter counts."""
+    from imgpipe.models import MODELS
+
+    click.echo(f"{'name':<20} {'task':<10} {'family':<12} {'parameters':>12}")
+    for name in MODELS.names(**({"task": task} if task else {})):
+        info = MODELS.info(name)
+        model = MODELS.get(name)((image_size, image_size, 3), 10, weights=None)
+        click.echo(f"{name:<20} {info.get('task', ''):<10} {info.get('family', ''):<12} {model.count_params():>12,}")
+
+
+def entry_point():
+    """Console script: runs `main`, turning user errors into one line and exit status 2."""
+    try:
+        main.main(standalone_mode=False)
+    except ImgpipeError as error:
+        click.echo(f"error: {error}", err=True)
+        sys.exit(2)
+    except click.exceptions.Abort:
+        click.echo("aborted", err=True)
+        sys.exit(130)
+    except click.ClickException as error:
+        error.show()
+        sys.exit(error.exit_code)
+    except click.exceptions.Exit as done:
+        sys.exit(done.exit_code)
+    sys.exit(0)
+
+
+if __name__ == "__main__":
+    entry_point()

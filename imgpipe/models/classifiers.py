@@ -1,0 +1,138 @@
+"""Image classifiers, from LeNet to EfficientNet, registered for the classify task.
+
+`small_cnn` is the default: a compact VGG-style network with batch norm that
+trains well from scratch on small data sets on a CPU. The classic lineage
+(`lenet`, `alexnet`) is built from Keras layers; the others are
+`keras.applications` backbones under a pooled softmax head, and accept
+`weights="imagenet"` or a local backbone weights file (.h5 / .weights.h5).
+
+Example:
+    >>> model = build_small_cnn((64, 64, 3), num_classes=5)
+    >>> model.output_shape
+    (None, 5)
+"""
+
+import keras
+from keras import layers
+
+from imgpipe.errors import RecipeError
+from imgpipe.models import MODELS
+from imgpipe.models.layers import ImagenetPreprocessing
+
+BACKBONE_LAYER = "backbone"
+# Keras' default 0.99 needs thousands of steps before the moving statistics
+# forget their initial values; small data sets give a few hundred.
+BATCH_NORM_MOMENTUM = 0.9
+
+
+def classification_head(features, num_classes, dropout):
+    """Global average pooling, dropout and a float32 softmax (safe under mixed precision)."""
+    if len(features.shape) == 4:
+        features = layers.GlobalAveragePooling2D(name="pool")(features)
+    if dropout:
+        features = layers.Dropout(dropout, name="head_dropout")(features)
+    return layers.Dense(num_classes, activation="softmax", dtype="float32", name="probabilities")(features)
+
+
+def _conv_bn_relu(x, filters, kernel=3, strides=1, name=None):
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", use_bias=False, name=f"{name}_conv")(x)
+    x = layers.BatchNormalization(momentum=BATCH_NORM_MOMENTUM, name=f"{name}_bn")(x)
+    return layers.ReLU(name=f"{name}_relu")(x)
+
+
+def _no_weights(name, weights):
+    if weights not in (None, "none"):
+        raise RecipeError(f"model.weights: {name} has no pretrained weights; use none or a keras.applications model")
+
+
+@MODELS.register("small_cnn", task="classify", family="from scratch")
+def build_small_cnn(input_shape, num_classes, weights=None, dropout=0.2):
+    """Three stages of two 3x3 conv+BN+ReLU and max-pooling (32-64-128 filters), then GAP."""
+    _no_weights("small_cnn", weights)
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    for stage, filters in enumerate((32, 64, 128), start=1):
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}_a")
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
+        x = layers.MaxPooling2D(2, padding="same", name=f"stage{stage}_pool")(x)
+    return keras.Model(inputs, classification_head(x, num_classes, dropout), name="small_cnn")
+
+
+@MODELS.register("lenet", task="classify", family="classic")
+def build_lenet(input_shape, num_classes, weights=None, dropout=0.0):
+    """LeNet-5 (LeCun et al. 1998): 5x5 convs of 6 and 16 filters, average pooling, 120-84 dense."""
+    _no_weights("lenet", weights)
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    x = layers.Conv2D(6, 5, padding="same", activation="tanh", name="c1")(x)
+    x = layers.AveragePooling2D(2, padding="same", name="s2")(x)
+    x = layers.Conv2D(16, 5, padding="same", activation="tanh", name="c3")(x)
+    x = layers.AveragePooling2D(2, padding="same", name="s4")(x)
+    x = layers.Flatten(name="flatten")(x)
+    x = layers.Dense(120, activation="tanh", name="f5")(x)
+    x = layers.Dense(84, activation="tanh", name="f6")(x)
+    return keras.Model(inputs, classification_head(x, num_classes, dropout), name="lenet")
+
+
+@MODELS.register("alexnet", task="classify", family="classic")
+def build_alexnet(input_shape, num_classes, weights=None, dropout=0.5):
+    """AlexNet-style (Krizhevsky et al. 2012): 11-5-3-3-3 convs, overlapping max-pooling,
+    two 4096-unit dense layers with dropout; batch norm replaces local response normalisation,
+    and the first stride adapts to small inputs."""
+    _no_weights("alexnet", weights)
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    first_stride = 4 if min(input_shape[:2]) >= 128 else 1
+    for index, (filters, kernel, strides, pool) in enumerate(
+        [(96, 11, first_stride, True), (256, 5, 1, True), (384, 3, 1, False), (384, 3, 1, False), (256, 3, 1, True)],
+        start=1,
+    ):
+        x = _conv_bn_relu(x, filters, kernel, strides, name=f"conv{index}")
+        if pool:
+            x = layers.MaxPooling2D(3, strides=2, padding="same", name=f"pool{index}")(x)
+    x = layers.GlobalAveragePooling2D(name="pool")(x)
+    for index in (6, 7):
+        x = layers.Dense(4096, activation="relu", name=f"fc{index}")(x)
+        x = layers.Dropout(dropout, name=f"dropout{index}")(x)
+    return keras.Model(inputs, classification_head(x, num_classes, 0.0), name="alexnet")
+
+
+def _application_builder(name, application, preprocessing, min_side, family):
+    def build(input_shape, num_classes, weights=None, dropout=0.2):
+        if min(input_shape[:2]) < min_side:
+            raise RecipeError(
+                f"data.image_size: {name} needs inputs of at least {min_side}x{min_side}, got "
+                f"{input_shape[0]}x{input_shape[1]}"
+            )
+        kwargs = {"include_preprocessing": True} if name == "mobilenet_v3_small" else {}
+        inputs = keras.Input(input_shape, name="image")
+        x = ImagenetPreprocessing(preprocessing, name="preprocess")(inputs)
+        backbone = application(
+            include_top=False,
+            weights=None if weights in (None, "none") else weights,
+            input_shape=input_shape,
+            pooling="avg",
+            **kwargs,
+        )
+        backbone.name = BACKBONE_LAYER
+        features = backbone(x)
+        return keras.Model(inputs, classification_head(features, num_classes, dropout), name=name)
+
+    build.__name__ = f"build_{name}"
+    build.__doc__ = f"keras.applications {application.__name__} backbone under a pooled softmax head."
+    MODELS.register(name, task="classify", family=family, pretrained=True)(build)
+    return build
+
+
+APPLICATIONS = {
+    "vgg16": (keras.applications.VGG16, "caffe", 32, "classic"),
+    "vgg19": (keras.applications.VGG19, "caffe", 32, "classic"),
+    "inception_v3": (keras.applications.InceptionV3, "tf", 75, "classic"),
+    "resnet50": (keras.applications.ResNet50, "caffe", 32, "classic"),
+    "resnet152": (keras.applications.ResNet152, "caffe", 32, "classic"),
+    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "none", 32, "efficient"),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, "none", 32, "efficient"),
+}
+
+for _name, (_application, _preprocessing, _min_side, _family) in APPLICATIONS.items():
+    _application_builder(_name, _application, _preprocessing, _min_side, _family)

@@ -1,0 +1,197 @@
+"""From an `ImageSet` to batches for `model.fit`: decode, resize, cache, augment, batch.
+
+    paths -> decode+resize (parallel) -> cache -> shuffle -> augment (parallel) -> batch -> float -> prefetch
+
+Images stay uint8 until the last step, so the cache and the augmentation
+work on a quarter of the bytes; the model sees float32 pixels in 0..255 and
+does its own scaling. The cache sits after decode+resize and before
+augmentation, so epochs after the first skip decoding and still see fresh
+augmentation. Files that fail to decode mid-run are dropped with one warning
+each, never a crash.
+
+Example:
+    >>> train_ds = make_dataset(data.train, [64, 64], batch_size=32, training=True,
+    ...                         augmenter=Augmenter(), seed=1337)
+"""
+
+import logging
+import os
+import threading
+import warnings
+
+import numpy as np
+import tensorflow as tf
+
+from imgpipe.data.images import UnreadableImage, load_image
+
+log = logging.getLogger("imgpipe")
+
+AUTOTUNE = tf.data.AUTOTUNE
+SHUFFLE_BUFFER = 2048
+
+# Files that fail to decode are filtered out, so a file-based dataset's length
+# is unknown until it has been read once, and Keras warns at that first end.
+warnings.filterwarnings("ignore", message="Your input ran out of data", category=UserWarning)
+
+
+class FileDecoder:
+    """Decodes files in tf.data worker threads, remembering (and warning once about) failures.
+
+    Args:
+        size: [height, width] every image is resized to.
+        max_pixels: larger images are refused before decoding.
+        load_target: optional `fn(target, size) -> array` for targets stored in
+            files (segmentation masks); by default the target passes through.
+        target_signature: (dtype, shape) of the target the pipeline carries.
+    """
+
+    def __init__(self, size, max_pixels, load_target=None, target_signature=(tf.int32, ())):
+        self.size = list(size)
+        self.max_pixels = max_pixels
+        self.load_target = load_target
+        self.target_dtype, self.target_shape = target_signature
+        self.failed = set()
+        self._lock = threading.Lock()
+
+    def decode(self, path, target):
+        path = path.decode() if isinstance(path, bytes) else str(path)
+        try:
+            image = load_image(path, max_pixels=self.max_pixels, draft=self.size)
+            if self.load_target is not None:
+                target = self.load_target(target, self.size)
+            return image, np.asarray(target, dtype=self.target_dtype.as_numpy_dtype), True
+        except UnreadableImage as error:
+            with self._lock:
+                first_time = path not in self.failed
+                self.failed.add(path)
+            if first_time:
+                log.warning("skipped %s", error)
+            blank_target = np.zeros(
+                [d if d is not None else 1 for d in self.target_shape], self.target_dtype.as_numpy_dtype
+            )
+            return np.zeros([1, 1, 3], np.uint8), blank_target, False
+
+    def tf_decode(self, path, target):
+        image, target_out, ok = tf.numpy_function(
+            self.decode, [path, target], [tf.uint8, self.target_dtype, tf.bool], stateful=False
+        )
+        # Resized in the graph with the op the serving signature uses, so
+        # training and serving see the same pixels.
+        image.set_shape([None, None, 3])
+        image = resize_uint8(image, self.size)
+        target_out.set_shape(self.target_shape)
+        ok.set_shape(())
+        return image, target_out, ok
+
+
+def resize_uint8(image, size):
+    """Bilinear, antialiased resize of a uint8 image tensor that stays uint8."""
+    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+    return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
+
+
+def cache_mode(count, size, requested, budget_bytes=None):
+    """'memory', 'disk' or 'none': `auto` keeps decoded images in memory when they fit the budget."""
+    if requested != "auto":
+        return requested
+    if budget_bytes is None:
+        budget_bytes = min(4 * 2**30, _physical_memory() // 4)
+    needed = count * size[0] * size[1] * 3
+    return "memory" if needed <= budget_bytes else "disk"
+
+
+def make_dataset(
+    image_set,
+    size,
+    batch_size,
+    training,
+    augmenter=None,
+    seed=1337,
+    cache="auto",
+    cache_dir=None,
+    max_pixels=89_478_485,
+    decoder=None,
+):
+    """Builds the tf.data pipeline for one split.
+
+    Args:
+        image_set: `ImageSet` of files (decoded here) or of a decoded `dataset`.
+        size: [height, width] of the model input.
+        batch_size: int, the global batch size.
+        training: bool; shuffles and augments when true.
+        augmenter: optional `Augmenter`, used only when training.
+        seed: int, seed of the file order, shuffle and augmentation.
+        cache: 'auto', 'memory', 'disk' or 'none'.
+        cache_dir: folder for the 'disk' cache file.
+        decoder: optional `FileDecoder` (for targets in files); one is made otherwise.
+
+    Returns:
+        (dataset of (float32 images [B,H,W,3] in 0..255, targets), the decoder or None)
+    """
+    size = list(size)
+    if image_set.is_files:
+        decoder = decoder or FileDecoder(size, max_pixels)
+        order = np.random.default_rng(seed).permutation(image_set.count) if training else np.arange(image_set.count)
+        paths = np.array(image_set.paths, dtype=object)[order].astype(str)
+        targets = np.asarray(image_set.targets)[order]
+        dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
+        dataset = dataset.map(decoder.tf_decode, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.filter(_decoded).map(_drop_flag)
+    else:
+        decoder = None
+        dataset = image_set.dataset.map(_resizer(size), num_parallel_calls=AUTOTUNE)
+    dataset = _cache(dataset, cache_mode(image_set.count, size, cache), cache_dir, "train" if training else "val")
+    if training:
+        dataset = dataset.shuffle(min(image_set.count, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+        if augmenter is not None and not augmenter.is_identity:
+            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+            dataset = tf.data.Dataset.zip(dataset, seeds).map(
+                _seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False
+            )
+    dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.map(_to_float)
+    return dataset.prefetch(AUTOTUNE), decoder
+
+
+def _decoded(image, target, ok):
+    return ok
+
+
+def _drop_flag(image, target, ok):
+    return image, target
+
+
+def _to_float(images, targets):
+    return tf.cast(images, tf.float32), targets
+
+
+def _resizer(size):
+    def resize(image, target):
+        return resize_uint8(image, size), target
+
+    return resize
+
+
+def _seeded(augmenter):
+    def augment(element, seed):
+        return augmenter.tf_map(element[0], element[1], seed)
+
+    return augment
+
+
+def _cache(dataset, mode, cache_dir, split):
+    if mode == "memory":
+        return dataset.cache()
+    if mode == "disk":
+        if cache_dir is None:
+            raise ValueError("cache_dir is required for the disk cache")
+        os.makedirs(cache_dir, exist_ok=True)
+        return dataset.cache(os.path.join(cache_dir, split))
+    return dataset
+
+
+def _physical_memory():
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (ValueError, OSError, AttributeError):
+        return 8 * 2**30

@@ -1,0 +1,329 @@
+"""The recipe: every setting of a run, with its one default, type and meaning.
+
+A recipe is YAML with the sections `task`, `data`, `augment`, `model`, `train`
+and `export`. The dataclasses below are the single place where a key is
+defined, documented and defaulted; a task's YAML file in `recipes/` only says
+what differs for that task. Unknown keys, wrong types and out-of-range values
+are refused here, naming the key, before any data is read.
+
+Example:
+    >>> recipe = load_recipe("classify", overrides=["train.epochs=5"])
+    >>> recipe.train.epochs
+    5
+"""
+
+import dataclasses
+import importlib.resources
+import os
+import pathlib
+import typing
+
+import yaml
+
+from imgpipe.errors import RecipeError
+
+STRENGTHS = ("none", "light", "medium", "strong")
+
+
+def _setting(default, help, check=None, **rules):
+    """A recipe key: its default, a one-line meaning and how a value is checked."""
+    factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
+    return dataclasses.field(metadata={"help": help, "check": check, **rules}, **factory)
+
+
+def _image_size(key, value):
+    """`auto`, one positive int (square) or [height, width]."""
+    if value == "auto":
+        return value
+    if isinstance(value, str) and value.strip().isdigit():
+        value = int(value)
+    if isinstance(value, int) and not isinstance(value, bool) and value > 0:
+        return [value, value]
+    if isinstance(value, str) and "x" in value:
+        value = value.lower().split("x")
+        try:
+            value = [int(part) for part in value]
+        except ValueError:
+            pass
+    if (
+        isinstance(value, (list, tuple))
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return list(value)
+    raise RecipeError(f"{key}: expected 'auto', a positive size like 64 or HxW like 96x128, got {value!r}")
+
+
+def _devices(key, value):
+    """`auto`, a positive device count, or a list of device names."""
+    if value == "auto" or (isinstance(value, int) and not isinstance(value, bool) and value > 0):
+        return value
+    if isinstance(value, list) and value and all(isinstance(v, str) for v in value):
+        return value
+    raise RecipeError(f"{key}: expected 'auto', a device count or a list of device names, got {value!r}")
+
+
+@dataclasses.dataclass
+class DataSettings:
+    path: typing.Optional[str] = _setting(
+        None, "folder, file or tfds:NAME[:SPLIT] to read; empty runs the built-in demo data set"
+    )
+    format: str = _setting("auto", "source layout; auto detects it", choices=("auto", "folders", "tfds"))
+    image_size: typing.Any = _setting(
+        "auto", "model input size: auto (from the data), 64, or HxW like 96x128", check=_image_size
+    )
+    val_split: float = _setting(0.2, "fraction held out for validation when the source has no split", min=0.0, max=0.9)
+    seed: int = _setting(1337, "seed of the split, the shuffle and the augmentation", min=0)
+    cache: str = _setting(
+        "auto",
+        "where decoded, resized images are kept between epochs",
+        choices=("auto", "memory", "disk", "none"),
+    )
+    max_pixels: int = _setting(
+        89_478_485, "images with more pixels are refused before decoding (decompression bombs)", min=1
+    )
+
+
+@dataclasses.dataclass
+class AugmentSettings:
+    viewpoint: str = _setting("medium", "flip, rotate, scale, shift, perspective", choices=STRENGTHS)
+    illumination: str = _setting("medium", "brightness, contrast, gamma, colour", choices=STRENGTHS)
+    occlusion: str = _setting("light", "random erasing and cut-outs", choices=STRENGTHS)
+
+
+@dataclasses.dataclass
+class ModelSettings:
+    name: str = _setting("small_cnn", "registered model builder; `imgpipe models` lists them")
+    weights: typing.Optional[str] = _setting(
+        None, "initial weights: none, imagenet, or a local weights file for the backbone"
+    )
+    dropout: float = _setting(0.2, "dropout before the classification head", min=0.0, max=0.9)
+
+
+@dataclasses.dataclass
+class TrainSettings:
+    epochs: int = _setting(30, "total number of epochs, including the warm-up", min=1)
+    batch_size: int = _setting(32, "images per step on each device", min=1)
+    learning_rate: float = _setting(0.001, "peak learning rate of the cosine schedule", min=0.0, exclusive_min=True)
+    weight_decay: float = _setting(0.0001, "AdamW decoupled weight decay", min=0.0)
+    label_smoothing: float = _setting(0.1, "classification label smoothing", min=0.0, max=0.5)
+    warmup_epochs: int = _setting(
+        2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
+    )
+    patience: int = _setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
+    class_weight: str = _setting("none", "auto weights classes by inverse frequency", choices=("none", "auto"))
+    devices: typing.Any = _setting("auto", "auto (all GPUs), a device count, or device names", check=_devices)
+    mixed_precision: str = _setting(
+        "auto", "float16 compute on GPUs that gain from it", choices=("auto", "on", "off")
+    )
+    output: str = _setting("runs", "root folder of run directories: <output>/<task>/<name>")
+    run_dir: typing.Optional[str] = _setting(None, "exact run directory; overrides output and name")
+    verbose: int = _setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+
+
+@dataclasses.dataclass
+class ExportSettings:
+    enabled: bool = _setting(True, "write a SavedModel at the end of the run")
+    root: str = _setting("saved_models", "export root: <root>/<name>/<version>/")
+    name: typing.Optional[str] = _setting(None, "model name; defaults to the task name")
+    top_k: int = _setting(5, "names and scores returned per image by the classification signature", min=1)
+
+
+@dataclasses.dataclass
+class Recipe:
+    """A full, validated recipe. Build one with `load_recipe`; change it with `override`."""
+
+    task: str = _setting("classify", "task to run; `imgpipe recipes` lists them")
+    data: DataSettings = dataclasses.field(default_factory=DataSettings)
+    augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
+    model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
+    train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
+    export: ExportSettings = dataclasses.field(default_factory=ExportSettings)
+
+    @property
+    def name(self):
+        """The model's name: the export name, which also names the run folder."""
+        return self.export.name or self.task
+
+    def to_dict(self):
+        return dataclasses.asdict(self)
+
+    def to_yaml(self):
+        return yaml.safe_dump(self.to_dict(), sort_keys=False)
+
+    def override(self, assignments):
+        """Returns a new recipe with `key=value` strings (YAML values) applied.
+
+        Example:
+            >>> recipe.override(["train.epochs=5", "data.image_size=96x128"])
+        """
+        values = self.to_dict()
+        for assignment in assignments:
+            key, sep, text = assignment.partition("=")
+            if not sep or not key.strip():
+                raise RecipeError(f"--set {assignment!r}: expected key=value, like train.epochs=5")
+            value = _parse_value(text)
+            _assign(values, key.strip(), value)
+        return recipe_from_dict(values)
+
+    def update(self, **dotted):
+        """Returns a new recipe with Python values set by dotted key (`train__epochs` or a dict).
+
+        Example:
+            >>> recipe.update(**{"train.epochs": 5})
+        """
+        values = self.to_dict()
+        for key, value in dotted.items():
+            _assign(values, key.replace("__", "."), value)
+        return recipe_from_dict(values)
+
+
+SECTIONS = {
+    "data": DataSettings,
+    "augment": AugmentSettings,
+    "model": ModelSettings,
+    "train": TrainSettings,
+    "export": ExportSettings,
+}
+
+
+def _parse_value(text):
+    try:
+        return yaml.safe_load(text) if text.strip() else None
+    except yaml.YAMLError:
+        return text
+
+
+def _assign(values, key, value):
+    section, _, field = key.partition(".")
+    if not field:
+        if section != "task":
+            raise RecipeError(f"{key}: unknown key; keys look like train.epochs or data.path")
+        values["task"] = value
+        return
+    if section not in SECTIONS:
+        raise RecipeError(f"{key}: unknown section {section!r}; choose one of task, {', '.join(SECTIONS)}")
+    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    if field not in names:
+        raise RecipeError(f"{key}: unknown key; {section} has {', '.join(names)}")
+    values[section][field] = value
+
+
+def _check_value(key, field, value):
+    rules = field.metadata
+    if rules.get("check"):
+        return rules["check"](key, value)
+    if _is_optional(field.type) and (value is None or str(value).lower() in ("none", "null", "")):
+        return None
+    if value is None:
+        raise RecipeError(f"{key}: a value is required")
+    expected = _base_type(field.type)
+    if expected is float and isinstance(value, (int, str)) and not isinstance(value, bool):
+        # YAML 1.1 reads 3e-4 (no dot) as a string.
+        try:
+            value = float(value)
+        except ValueError:
+            raise RecipeError(f"{key}: expected a number, got {value!r}") from None
+    if expected is str and isinstance(value, bool) and "on" in rules.get("choices", ()):
+        value = "on" if value else "off"  # YAML 1.1 reads on/off as booleans
+    if expected is str and isinstance(value, os.PathLike):
+        value = os.fspath(value)
+    if expected is str and isinstance(value, (int, float)) and not isinstance(value, bool):
+        value = str(value)
+    if not isinstance(value, expected) or (expected is int and isinstance(value, bool)):
+        raise RecipeError(f"{key}: expected {expected.__name__}, got {value!r}")
+    if "choices" in rules and value not in rules["choices"]:
+        raise RecipeError(f"{key}: expected one of {', '.join(rules['choices'])}, got {value!r}")
+    if "min" in rules and (value < rules["min"] or (rules.get("exclusive_min") and value == rules["min"])):
+        bound = "greater than" if rules.get("exclusive_min") else "at least"
+        raise RecipeError(f"{key}: must be {bound} {rules['min']}, got {value!r}")
+    if "max" in rules and value > rules["max"]:
+        raise RecipeError(f"{key}: must be at most {rules['max']}, got {value!r}")
+    return value
+
+
+def _is_optional(annotation):
+    return type(None) in typing.get_args(annotation)
+
+
+def _base_type(annotation):
+    args = [a for a in typing.get_args(annotation) if a is not type(None)]
+    return args[0] if args else annotation
+
+
+def recipe_from_dict(values, source="recipe"):
+    """Validates a nested dict (as loaded from YAML) and fills in every default."""
+    if not isinstance(values, dict):
+        raise RecipeError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
+    unknown = set(values) - set(SECTIONS) - {"task"}
+    if unknown:
+        raise RecipeError(f"{sorted(unknown)[0]}: unknown section; choose one of task, {', '.join(SECTIONS)}")
+    sections = {}
+    for section, settings_class in SECTIONS.items():
+        given = values.get(section) or {}
+        if not isinstance(given, dict):
+            raise RecipeError(f"{section}: expected a mapping of keys, got {given!r}")
+        fields = {f.name: f for f in dataclasses.fields(settings_class)}
+        for key in given:
+            if key not in fields:
+                raise RecipeError(f"{section}.{key}: unknown key; {section} has {', '.join(fields)}")
+        defaults = settings_class()
+        checked = {
+            name: _check_value(f"{section}.{name}", field, given[name]) if name in given else getattr(defaults, name)
+            for name, field in fields.items()
+        }
+        sections[section] = settings_class(**checked)
+    task = values.get("task", "classify")
+    if not isinstance(task, str):
+        raise RecipeError(f"task: expected a task name, got {task!r}")
+    return Recipe(task=task, **sections)
+
+
+def recipe_folders():
+    """Folders searched for named recipes: the packaged copy of `recipes/`."""
+    return [pathlib.Path(str(importlib.resources.files("imgpipe") / "recipes"))]
+
+
+def recipe_names():
+    """Names of the recipes shipped with imgpipe (`classify`, ...)."""
+    return sorted({path.stem for folder in recipe_folders() if folder.is_dir() for path in folder.glob("*.yaml")})
+
+
+def load_recipe(name_or_path, overrides=()):
+    """Loads a shipped recipe by name (`classify`) or a YAML file, then applies `overrides`.
+
+    Args:
+        name_or_path: str, a recipe name from `imgpipe recipes` or a path to a YAML file.
+        overrides: iterable of `key=value` strings, as given to `--set`.
+
+    Example:
+        >>> recipe = load_recipe("classify", ["data.path=./images"])
+    """
+    path = pathlib.Path(name_or_path)
+    if not (path.suffix in (".yaml", ".yml") or path.is_file()):
+        path = next((folder / f"{name_or_path}.yaml" for folder in recipe_folders()
+                     if (folder / f"{name_or_path}.yaml").is_file()), None)
+        if path is None:
+            raise RecipeError(
+                f"{name_or_path}: no such recipe; choose one of {', '.join(recipe_names())} or give a YAML file"
+            )
+    if not path.is_file():
+        raise RecipeError(f"{path}: recipe file not found")
+    try:
+        values = yaml.safe_load(path.read_text(encoding="utf-8"))
+    except (yaml.YAMLError, UnicodeDecodeError) as error:
+        raise RecipeError(f"{path}: not valid YAML ({str(error).splitlines()[0]})") from None
+    try:
+        recipe = recipe_from_dict(values or {}, source=str(path))
+    except RecipeError as error:
+        raise RecipeError(f"{path}: {error}") from None
+    return recipe.override(overrides)
+
+
+def describe_keys():
+    """Yields (key, default, help) for every recipe key, for `imgpipe recipes --keys`."""
+    yield "task", "classify", dataclasses.fields(Recipe)[0].metadata["help"]
+    for section, settings_class in SECTIONS.items():
+        defaults = settings_class()
+        for field in dataclasses.fields(settings_class):
+            yield f"{section}.{field.name}", getattr(defaults, field.name), field.metadata["help"]

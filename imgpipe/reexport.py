@@ -1,0 +1,52 @@
+"""`imgpipe export RUN_DIR`: a run's checkpoint as the next SavedModel version.
+
+Useful after a run stopped before its own export, or to export the last
+rather than the best weights. The model is rebuilt from the run's resolved
+recipe and class list, so nothing but the run folder is needed.
+
+Example:
+    >>> export_run("runs/classify/classify", weights="last")
+    PosixPath('saved_models/classify/2')
+"""
+
+import json
+import pathlib
+
+import yaml
+
+from imgpipe.data.sources import ImageSet, TaskData
+from imgpipe.errors import DataError
+from imgpipe.export import write_export
+from imgpipe.recipe import recipe_from_dict
+from imgpipe.tasks import TASKS
+
+CLASSES_FILE = "classes.json"
+
+
+def write_run_classes(run_dir, data):
+    """Records the class names of a run, so the run can be rebuilt without its data."""
+    (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps({"class_names": list(data.class_names)}))
+
+
+def export_run(run_dir, export_dir=None, name=None, weights="best"):
+    """Rebuilds the run's model, loads its `best` or `last` weights and exports it."""
+    run_dir = pathlib.Path(run_dir)
+    try:
+        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir))
+        class_names = json.loads((run_dir / CLASSES_FILE).read_text())["class_names"]
+    except (OSError, ValueError, KeyError, yaml.YAMLError):
+        raise DataError(f"{run_dir}: not an imgpipe run folder (recipe.yaml or {CLASSES_FILE} missing)") from None
+    checkpoint = run_dir / "checkpoints" / f"{weights}.weights.h5"
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no {weights} checkpoint in this run (it stopped before its first epoch)")
+    recipe = recipe.update(**{key: value for key, value in
+                              (("export.root", export_dir), ("export.name", name)) if value is not None})
+    task = TASKS.get(recipe.task, key="task")()
+    data = TaskData(train=ImageSet(), val=ImageSet(), class_names=class_names,
+                    image_size=list(recipe.data.image_size), source=str(run_dir))
+    model = task.build_model(recipe.update(**{"model.weights": None}), data)
+    model.load_weights(checkpoint)
+    metadata = {"task": task.name, "name": recipe.name, "image_size": list(data.image_size),
+                "model": recipe.model.name, **task.export_metadata(data, recipe)}
+    return write_export(task.export_archive(model, data, recipe), recipe.export.root, recipe.name, metadata,
+                        recipe.to_yaml())

@@ -1,0 +1,84 @@
+"""Pictures a run leaves behind: learning curves, sample grids, confusion matrices.
+
+Matplotlib with the non-interactive Agg backend, so it works on servers and CI.
+
+Example:
+    >>> plot_curves(read_history("runs/classify/classify/history.csv"), "curves.png")
+"""
+
+import math
+
+import matplotlib
+
+matplotlib.use("Agg")
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+
+
+def plot_curves(history, path):
+    """One panel per metric (loss, accuracy, ...), training and validation per epoch."""
+    names = [key for key in history if key not in ("epoch", "learning_rate") and not key.startswith("val_")]
+    if not names:
+        return None
+    epochs = np.asarray(history.get("epoch", range(len(history[names[0]])))) + 1
+    columns = min(3, len(names))
+    rows = math.ceil(len(names) / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
+    for axis, name in zip(axes.flat, names):
+        axis.plot(epochs, history[name], marker="o", markersize=3, label="train")
+        if f"val_{name}" in history:
+            axis.plot(epochs, history[f"val_{name}"], marker="o", markersize=3, label="validation")
+        axis.set_title(name)
+        axis.set_xlabel("epoch")
+        axis.grid(alpha=0.3)
+        axis.legend()
+    for axis in list(axes.flat)[len(names):]:
+        axis.axis("off")
+    return _save(figure, path)
+
+
+def plot_image_grid(images, titles, path, columns=8, title=None):
+    """uint8 images in a grid with a caption under each; `images` is a list of HxWx3 arrays."""
+    count = len(images)
+    if not count:
+        return None
+    columns = min(columns, count)
+    rows = math.ceil(count / columns)
+    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), squeeze=False)
+    for axis in axes.flat:
+        axis.axis("off")
+    for axis, image, caption in zip(axes.flat, images, titles):
+        axis.imshow(np.asarray(image).astype(np.uint8), interpolation="nearest")
+        axis.set_title(caption, fontsize=7)
+    if title:
+        figure.suptitle(title)
+    return _save(figure, path)
+
+
+def plot_confusion_matrix(matrix, class_names, path):
+    """Row-normalised confusion matrix with counts: rows true class, columns predicted."""
+    matrix = np.asarray(matrix)
+    size = max(4.0, 0.45 * len(class_names) + 2.5)
+    figure, axis = plt.subplots(figsize=(size, size))
+    totals = matrix.sum(axis=1, keepdims=True)
+    normalised = np.divide(matrix, totals, out=np.zeros_like(matrix, dtype=float), where=totals > 0)
+    axis.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    ticks = np.arange(len(class_names))
+    axis.set_xticks(ticks, class_names, rotation=60, ha="right", fontsize=8)
+    axis.set_yticks(ticks, class_names, fontsize=8)
+    axis.set_xlabel("predicted")
+    axis.set_ylabel("true")
+    if len(class_names) <= 30:
+        for row in range(matrix.shape[0]):
+            for column in range(matrix.shape[1]):
+                colour = "white" if normalised[row, column] > 0.5 else "black"
+                axis.text(column, row, int(matrix[row, column]), ha="center", va="center", fontsize=7, color=colour)
+    axis.set_title("confusion matrix (validation)")
+    return _save(figure, path)
+
+
+def _save(figure, path):
+    figure.tight_layout()
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path

@@ -1,0 +1,11 @@
+"""Tasks, registered by recipe name: each says only what is special about it.
+
+Example:
+    >>> task = TASKS.get("classify")()
+"""
+
+from imgpipe.registry import Registry
+
+TASKS = Registry("task")
+
+from imgpipe.tasks import classification  # noqa: E402,F401  (registers the task)

@@ -1,0 +1,83 @@
+"""What every task provides to the engine, with the defaults most tasks share.
+
+The engine (`imgpipe.runner`) reads data, builds the pipeline, trains,
+evaluates, plots and exports by calling these hooks; a task subclass
+overrides only what differs (compare Ultralytics' `BaseTrainer` hooks).
+"""
+
+import keras
+
+
+class Task:
+    """Base of the tasks. Subclasses set the class attributes and the hooks below.
+
+    Attributes:
+        name: recipe name of the task (`classify`).
+        target_kind: how augmentation treats the target ('label', 'mask').
+        monitor: (metric, 'min' | 'max') for early stopping and the best checkpoint.
+        main_metric: the metric printed first and compared across runs.
+    """
+
+    name = None
+    target_kind = "label"
+    monitor = ("val_loss", "min")
+    main_metric = "val_loss"
+
+    # === Data ===
+    def read_data(self, recipe):
+        """Returns a `TaskData` for the recipe's `data` section; raises `DataError` for unusable data."""
+        raise NotImplementedError
+
+    def target_signature(self):
+        """(tf dtype, shape) of one target as the pipeline carries it."""
+        raise NotImplementedError
+
+    def load_target(self):
+        """Optional `fn(target, size) -> array` for targets stored in files; None passes targets through."""
+        return None
+
+    # === Model ===
+    def build_model(self, recipe, data):
+        """The Keras model for the recipe's `model` section (called in the strategy scope)."""
+        raise NotImplementedError
+
+    def compile_settings(self, recipe, data):
+        """dict of `loss` and `metrics` for `model.compile`."""
+        raise NotImplementedError
+
+    def class_weight(self, recipe, data):
+        """Optional {class index: weight} for `model.fit`."""
+        return None
+
+    # === Results ===
+    def final_metrics(self, model, val_ds, data, run_dir):
+        """Validation metrics after training (flat keys) and the task's plots in `run_dir`."""
+        results = model.evaluate(val_ds, return_dict=True, verbose=0)
+        return {f"val_{key}": float(value) for key, value in results.items()}
+
+    def preview(self, samples, data, path):
+        """Writes `augment_preview.png` from a list of augmented (image, target) pairs."""
+        raise NotImplementedError
+
+    # === Serving ===
+    def export_archive(self, model, data, recipe):
+        """A `keras.export.ExportArchive` with the task's serving signatures."""
+        raise NotImplementedError
+
+    def export_metadata(self, data, recipe):
+        """What travels in assets.extra/imgpipe.json besides the defaults."""
+        return {}
+
+    # === Using an export ===
+    def evaluate_export(self, loaded, metadata, data_path, report_dir):
+        """Metrics of a loaded export on the folder `data_path`; plots go to `report_dir`."""
+        raise NotImplementedError
+
+    def predict_export(self, loaded, metadata, paths, top_k):
+        """One result dict per file, in the user's terms (class names, boxes, masks)."""
+        raise NotImplementedError
+
+    def make_archive(self, model):
+        archive = keras.export.ExportArchive()
+        archive.track(model)
+        return archive

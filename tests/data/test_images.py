@@ -1,0 +1,106 @@
+import io
+import struct
+import zlib
+
+import numpy as np
+import pytest
+from PIL import Image
+
+from imgpipe.data.images import UnreadableImage, load_image, read_header
+
+RED = (200, 20, 20)
+
+
+def save(image, path, **kwargs):
+    image.save(path, **kwargs)
+    return path
+
+
+@pytest.mark.parametrize(
+    "mode, suffix, format",
+    [("L", ".png", "PNG"), ("P", ".png", "PNG"), ("RGBA", ".png", "PNG"), ("CMYK", ".jpg", "JPEG"),
+     ("RGB", ".bmp", "BMP"), ("P", ".gif", "GIF"), ("RGB", ".webp", "WEBP"), ("RGB", ".tif", "TIFF"),
+     ("LA", ".png", "PNG")],
+)
+def test_every_mode_and_format_becomes_rgb_uint8(tmp_path, mode, suffix, format):
+    source = Image.new("RGB", (20, 10), RED).convert(mode)
+    path = save(source, tmp_path / f"image{suffix}", format=format)
+    pixels = load_image(path)
+    assert pixels.shape == (10, 20, 3) and pixels.dtype == np.uint8
+
+
+def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
+    array = np.full((4, 4), 32768, dtype=np.uint16)
+    path = save(Image.fromarray(array), tmp_path / "deep.png")
+    pixels = load_image(path)
+    assert np.all(np.abs(pixels.astype(int) - 128) <= 1)
+
+
+def test_transparent_pixels_are_composited_on_white(tmp_path):
+    path = save(Image.new("RGBA", (4, 4), (0, 0, 0, 0)), tmp_path / "clear.png")
+    assert np.all(load_image(path) == 255)
+
+
+def test_exif_rotation_is_applied(tmp_path):
+    # A 20 wide x 10 high JPEG whose EXIF says "rotate 90 degrees" is 10 wide x 20 high upright.
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    path = save(Image.new("RGB", (20, 10), RED), tmp_path / "rotated.jpg", exif=exif.tobytes())
+    assert load_image(path).shape == (20, 10, 3)
+    assert read_header(path).exif_rotated
+
+
+def test_first_frame_of_an_animated_gif(tmp_path):
+    frames = [Image.new("P", (8, 8), index) for index in (1, 2, 3)]
+    path = tmp_path / "anim.gif"
+    frames[0].save(path, save_all=True, append_images=frames[1:])
+    assert load_image(path).shape == (8, 8, 3)
+
+
+def test_content_decides_not_extension(tmp_path):
+    path = save(Image.new("RGB", (6, 6), RED), tmp_path / "really_png.jpg", format="PNG")
+    assert read_header(path).format == "PNG"
+    assert tuple(load_image(path)[0, 0]) == RED
+
+
+def test_resize_to_height_width(tmp_path):
+    path = save(Image.new("RGB", (300, 200), RED), tmp_path / "big.jpg", quality=95)
+    pixels = load_image(path, size=(24, 32))
+    assert pixels.shape == (24, 32, 3)
+    assert np.all(np.abs(pixels.astype(int) - RED) < 8)
+
+
+@pytest.mark.parametrize("content, reason", [(b"", "empty file"), (b"hello, not an image", "not an image")])
+def test_non_images_are_refused_with_the_file_name(tmp_path, content, reason):
+    path = tmp_path / "bad.png"
+    path.write_bytes(content)
+    with pytest.raises(UnreadableImage, match=f"bad.png.*{reason}"):
+        load_image(path)
+
+
+def test_truncated_jpeg_is_refused(tmp_path):
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(0).integers(0, 255, (64, 64, 3), dtype=np.uint8)).save(buffer, "JPEG")
+    path = tmp_path / "cut.jpg"
+    path.write_bytes(buffer.getvalue()[: len(buffer.getvalue()) // 3])
+    with pytest.raises(UnreadableImage, match="cut.jpg"):
+        load_image(path)
+
+
+def png_claiming_size(width, height):
+    """A tiny PNG whose header claims width x height: a decompression bomb's shape."""
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    header = struct.pack(">IIBBBBB", width, height, 8, 0, 0, 0, 0)
+    return b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 64)) + \
+        chunk(b"IEND", b"")
+
+
+def test_decompression_bomb_is_refused_before_decoding(tmp_path):
+    path = tmp_path / "bomb.png"
+    path.write_bytes(png_claiming_size(100_000, 100_000))
+    with pytest.raises(UnreadableImage, match=r"bomb.png.*data.max_pixels"):
+        read_header(path, max_pixels=10_000_000)
+    with pytest.raises(UnreadableImage, match=r"bomb.png.*data.max_pixels"):
+        load_image(path, max_pixels=10_000_000)

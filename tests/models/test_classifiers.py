@@ -1,0 +1,52 @@
+import keras
+import numpy as np
+import pytest
+
+from imgpipe.errors import RecipeError
+from imgpipe.models import MODELS
+from imgpipe.models.layers import ImagenetPreprocessing
+
+LINEAGE = ["lenet", "alexnet", "vgg16", "vgg19", "inception_v3", "resnet50", "resnet152",
+           "mobilenet_v3_small", "efficientnet_b0", "small_cnn"]
+
+
+def test_the_lineage_is_registered_for_classification():
+    assert set(LINEAGE) <= set(MODELS.names(task="classify"))
+
+
+@pytest.mark.parametrize("name", ["small_cnn", "lenet", "alexnet", "mobilenet_v3_small", "efficientnet_b0"])
+def test_builders_take_0_255_pixels_and_give_probabilities(name):
+    model = MODELS.get(name)((32, 32, 3), 4, weights=None)
+    probabilities = model(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")).numpy()
+    assert probabilities.shape == (2, 4)
+    np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def test_small_input_for_inception_names_the_key():
+    with pytest.raises(RecipeError, match="data.image_size.*inception_v3.*75"):
+        MODELS.get("inception_v3")((32, 32, 3), 4)
+
+
+def test_scratch_models_refuse_pretrained_weights():
+    with pytest.raises(RecipeError, match="model.weights"):
+        MODELS.get("small_cnn")((32, 32, 3), 4, weights="imagenet")
+
+
+def test_local_backbone_weights_file_is_loaded(tmp_path):
+    backbone = keras.applications.EfficientNetB0(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                                 pooling="avg")
+    path = tmp_path / "efficientnet_notop.weights.h5"
+    backbone.save_weights(path)
+    model = MODELS.get("efficientnet_b0")((32, 32, 3), 3, weights=str(path))
+    loaded = model.get_layer("backbone").get_weights()
+    for mine, theirs in zip(loaded, backbone.get_weights()):
+        np.testing.assert_array_equal(mine, theirs)
+
+
+def test_imagenet_preprocessing_modes_against_hand_computed_values():
+    pixel = np.array([[[[255.0, 0.0, 127.5]]]], dtype="float32")
+    np.testing.assert_allclose(ImagenetPreprocessing("tf")(pixel).numpy(), [[[[1.0, -1.0, 0.0]]]], atol=1e-6)
+    caffe = ImagenetPreprocessing("caffe")(pixel).numpy()
+    np.testing.assert_allclose(caffe, [[[[127.5 - 103.939, 0.0 - 116.779, 255.0 - 123.68]]]], atol=1e-4)
+    with pytest.raises(ValueError, match="mode"):
+        ImagenetPreprocessing("torch")

@@ -1,0 +1,119 @@
+import json
+
+import pytest
+
+from tests.conftest import write_image
+
+FAST = ["--epochs", "1", "--batch-size", "8", "--image-size", "16", "--set", "train.verbose=0"]
+
+
+@pytest.fixture
+def exported(cli, class_folder, tmp_path):
+    code, out, err = cli("run", "classify", "--data", class_folder, "--output", tmp_path / "run",
+                         "--export-dir", tmp_path / "saved_models", "--name", "colours", *FAST)
+    assert code == 0, err
+    return tmp_path / "saved_models" / "colours" / "1", out
+
+
+def test_run_prints_metrics_run_dir_and_export(exported, tmp_path):
+    export_path, out = exported
+    assert "val_accuracy" in out and "val_loss" in out
+    assert f"run directory: {tmp_path / 'run'}" in out
+    assert f"export:        {export_path}" in out
+    run_dir = tmp_path / "run"
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    for key in ("val_accuracy", "val_loss", "epochs_run", "train_seconds", "export_path"):
+        assert key in metrics
+    for name in ("recipe.yaml", "history.csv", "curves.png", "augment_preview.png", "confusion_matrix.png"):
+        assert (run_dir / name).is_file(), name
+
+
+def test_evaluate_reports_per_class_metrics_as_json(cli, exported, class_folder, tmp_path):
+    export_path, _ = exported
+    code, out, err = cli("evaluate", export_path, "--data", class_folder, "--json",
+                         "--report-dir", tmp_path / "evaluation")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["images"] == 30
+    assert 0.0 <= report["accuracy"] <= 1.0
+    assert {"precision/red", "recall/green", "f1/blue"} <= set(report)
+    assert (tmp_path / "evaluation" / "confusion_matrix.png").is_file()
+
+    code, out, _ = cli("evaluate", export_path, "--data", class_folder, "--report-dir", tmp_path / "e2")
+    assert code == 0 and "precision" in out and "red" in out
+
+
+def test_predict_prints_names_and_scores(cli, exported, class_folder):
+    export_path, _ = exported
+    images = sorted((class_folder / "red").iterdir())[:2]
+    code, out, err = cli("predict", export_path, *images, "--top-k", "3", "--json")
+    assert code == 0, err
+    lines = [json.loads(line) for line in out.strip().splitlines()]
+    assert [line["file"] for line in lines] == [str(path) for path in images]
+    assert all(len(line["predictions"]) == 3 for line in lines)
+    assert {p["class_name"] for p in lines[0]["predictions"]} == {"red", "green", "blue"}
+    assert sum(p["score"] for p in lines[0]["predictions"]) == pytest.approx(1.0, abs=1e-3)
+
+    code, out, _ = cli("predict", export_path, images[0])
+    assert code == 0 and out.startswith(f"{images[0]}: ")
+
+
+def test_predict_names_an_unreadable_file(cli, exported, tmp_path):
+    export_path, _ = exported
+    bad = tmp_path / "bad.jpg"
+    bad.write_text("not an image")
+    code, _, err = cli("predict", export_path, bad)
+    assert code == 2 and "bad.jpg" in err and "Traceback" not in err
+
+
+@pytest.mark.parametrize(
+    "args, named",
+    [
+        (["run", "classify", "--data", "/no/such/folder"], "/no/such/folder"),
+        (["run", "classify", "--set", "train.epochz=3"], "train.epochz"),
+        (["run", "classify", "--epochs", "-1"], "train.epochs"),
+        (["run", "classify", "--image-size", "0"], "data.image_size"),
+        (["run", "classify", "--model", "resnet9000"], "resnet9000"),
+        (["run", "no_such_recipe"], "no_such_recipe"),
+        (["evaluate", "/no/such/export", "--data", "."], "/no/such/export"),
+        (["predict", "/no/such/export", "x.jpg"], "/no/such/export"),
+    ],
+)
+def test_user_errors_exit_2_with_one_line_naming_the_problem(cli, args, named):
+    code, _, err = cli(*args)
+    assert code == 2
+    assert named in err
+    assert "Traceback" not in err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_flat_folder_and_single_class_exit_2(cli, tmp_path):
+    for index in range(3):
+        write_image(tmp_path / "flat" / f"{index}.png", (0, 0, 0))
+        write_image(tmp_path / "single" / "cat" / f"{index}.png", (0, 0, 0))
+    for folder, message in (("flat", "no class sub-folders"), ("single", "at least two classes")):
+        code, _, err = cli("run", "classify", "--data", tmp_path / folder, *FAST)
+        assert code == 2 and message in err and str(tmp_path / folder) in err and "Traceback" not in err
+
+
+def test_unknown_option_is_a_usage_error(cli):
+    code, _, err = cli("run", "classify", "--epoch", "3")
+    assert code == 2 and "--epoch" in err
+
+
+def test_recipes_and_models_are_listed(cli):
+    code, out, _ = cli("recipes")
+    assert code == 0 and "classify" in out and "small_cnn" in out
+    code, out, _ = cli("recipes", "--keys")
+    assert code == 0 and "train.epochs" in out
+    code, out, _ = cli("models", "--task", "classify", "--image-size", "75")
+    assert code == 0
+    for name in ("lenet", "alexnet", "vgg16", "vgg19", "inception_v3", "resnet50", "resnet152",
+                 "mobilenet_v3_small", "efficientnet_b0", "small_cnn"):
+        assert name in out
+    from imgpipe.models import MODELS
+
+    for name in ("small_cnn", "lenet"):
+        expected = MODELS.get(name)((75, 75, 3), 10).count_params()
+        row = next(line for line in out.splitlines() if line.startswith(name + " "))
+        assert row.split()[-1] == f"{expected:,}"
