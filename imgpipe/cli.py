@@ -111,19 +111,24 @@ def evaluate(export, data, report_dir, as_json):
 @click.argument("export", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=int, default=1, show_default=True, help="Classes per image.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for masks or images produced.")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
-def predict(export, images, top_k, as_json):
+def predict(export, images, top_k, out_dir, as_json):
     """Run IMAGES through an EXPORT's serving signature."""
     from imgpipe.inference import predict as predict_files
 
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
-    for result in predict_files(export, images, top_k):
-        if as_json:
-            click.echo(json.dumps(result))
-        else:
-            answers = ", ".join(f"{p['class_name']} {p['score']:.3f}" for p in result["predictions"])
-            click.echo(f"{result['file']}: {answers}")
+    for result in predict_files(export, images, top_k, out_dir):
+        click.echo(json.dumps(result) if as_json else _describe_prediction(result))
+
+
+def _describe_prediction(result):
+    if "predictions" in result:
+        answer = ", ".join(f"{p['class_name']} {p['score']:.3f}" for p in result["predictions"])
+    else:
+        answer = " ".join(f"{key}={value}" for key, value in result.items() if key != "file")
+    return f"{result['file']}: {answer}"
 
 
 @main.command()

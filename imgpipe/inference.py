@@ -68,12 +68,15 @@ def evaluate(export, data, report_dir=None):
     return {**metrics, "export": str(version_dir), "report_dir": str(report_dir)}
 
 
-def predict(export, paths, top_k=None):
-    """Predictions of an export for image files: one dict per file, in the task's terms."""
+def predict(export, paths, top_k=None, out_dir=None):
+    """Predictions of an export for image files: one dict per file, in the task's terms.
+
+    Tasks that answer with images (masks, colorized photos) write them into `out_dir`.
+    """
     from imgpipe.tasks import TASKS
 
     version_dir, metadata, loaded = load_export(export)
     task = TASKS.get(metadata["task"], key="task")()
     if not paths:
         raise DataError("predict: no image files given")
-    return task.predict_export(loaded, metadata, [str(path) for path in paths], top_k)
+    return task.predict_export(loaded, metadata, [str(path) for path in paths], top_k, out_dir)

@@ -68,7 +68,7 @@ class DataSettings:
     path: typing.Optional[str] = _setting(
         None, "folder, file or tfds:NAME[:SPLIT] to read; empty runs the built-in demo data set"
     )
-    format: str = _setting("auto", "source layout; auto detects it", choices=("auto", "folders", "tfds"))
+    format: str = _setting("auto", "source layout; auto detects it", choices=("auto", "folders", "masks", "tfds"))
     image_size: typing.Any = _setting(
         "auto", "model input size: auto (from the data), 64, or HxW like 96x128", check=_image_size
     )
@@ -78,6 +78,10 @@ class DataSettings:
         "auto",
         "where decoded, resized images are kept between epochs",
         choices=("auto", "memory", "disk", "none"),
+    )
+    ignore_index: typing.Optional[int] = _setting(
+        None, "segmentation: mask value left out of loss and metrics; empty means 255 where 255 is not a class",
+        min=0,
     )
     max_pixels: int = _setting(
         89_478_485, "images with more pixels are refused before decoding (decompression bombs)", min=1
@@ -107,11 +111,15 @@ class TrainSettings:
     learning_rate: float = _setting(0.001, "peak learning rate of the cosine schedule", min=0.0, exclusive_min=True)
     weight_decay: float = _setting(0.0001, "AdamW decoupled weight decay", min=0.0)
     label_smoothing: float = _setting(0.1, "classification label smoothing", min=0.0, max=0.5)
+    dice_weight: float = _setting(0.0, "segmentation: weight of the soft Dice term added to cross-entropy", min=0.0)
     warmup_epochs: int = _setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )
     patience: int = _setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
-    class_weight: str = _setting("none", "auto weights classes by inverse frequency", choices=("none", "auto"))
+    class_weight: str = _setting(
+        "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",
+        choices=("none", "auto"),
+    )
     devices: typing.Any = _setting("auto", "auto (all GPUs), a device count, or device names", check=_devices)
     mixed_precision: str = _setting(
         "auto", "float16 compute on GPUs that gain from it", choices=("auto", "on", "off")

@@ -82,3 +82,24 @@ def _save(figure, path):
     figure.savefig(path, dpi=100)
     plt.close(figure)
     return path
+
+
+def class_palette(count, colours=None):
+    """uint8 [count, 3] colours: the data set's own colour table, else a fixed qualitative palette."""
+    if colours:
+        return np.array(colours, dtype=np.uint8)
+    base = (np.array(plt.get_cmap("tab20").colors) * 255).astype(np.uint8)
+    return np.concatenate([base[[0, 6, 4, 2, 8, 10, 12, 14, 16, 18, 1, 3, 5, 7, 9, 11, 13, 15, 17, 19]]] *
+                          (count // 20 + 1))[:count]
+
+
+def overlay_mask(image, mask, palette, alpha=0.5, ignore_index=None):
+    """The image with each pixel tinted by its class colour; ignored pixels left as they are."""
+    image = np.asarray(image, dtype=np.float32)
+    mask = np.asarray(mask)
+    valid = (mask >= 0) & (mask < len(palette))
+    if ignore_index is not None:
+        valid &= mask != ignore_index
+    tint = palette[np.where(valid, mask, 0)].astype(np.float32)
+    blended = np.where(valid[..., None], (1 - alpha) * image + alpha * tint, image)
+    return np.clip(blended, 0, 255).astype(np.uint8)

@@ -118,7 +118,8 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
 
     trainer = Trainer(recipe, run_dir, resume=resume)
     log.info(environment_summary(trainer))
-    decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(), task.target_signature())
+    decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
+                          task.target_signature(data))
     common = dict(size=data.image_size, batch_size=trainer.global_batch_size, seed=recipe.data.seed,
                   cache=recipe.data.cache, cache_dir=run_dir / "cache", max_pixels=recipe.data.max_pixels,
                   decoder=decoder)

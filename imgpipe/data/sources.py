@@ -40,6 +40,7 @@ class TaskData:
     image_size: list
     source: str
     skipped: list = dataclasses.field(default_factory=list)
+    extras: dict = dataclasses.field(default_factory=dict)
 
     @property
     def num_classes(self):

@@ -28,11 +28,11 @@ class Task:
         """Returns a `TaskData` for the recipe's `data` section; raises `DataError` for unusable data."""
         raise NotImplementedError
 
-    def target_signature(self):
+    def target_signature(self, data):
         """(tf dtype, shape) of one target as the pipeline carries it."""
         raise NotImplementedError
 
-    def load_target(self):
+    def load_target(self, data):
         """Optional `fn(target, size) -> array` for targets stored in files; None passes targets through."""
         return None
 
@@ -73,8 +73,8 @@ class Task:
         """Metrics of a loaded export on the folder `data_path`; plots go to `report_dir`."""
         raise NotImplementedError
 
-    def predict_export(self, loaded, metadata, paths, top_k):
-        """One result dict per file, in the user's terms (class names, boxes, masks)."""
+    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
+        """One result dict per file, in the user's terms (class names, boxes, masks); images go to `out_dir`."""
         raise NotImplementedError
 
     def make_archive(self, model):

@@ -119,7 +119,7 @@ class ClassificationTask(Task):
                              settings.val_split, settings.image_size)
         return read_class_folders(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
 
-    def target_signature(self):
+    def target_signature(self, data):
         return tf.int32, ()
 
     # === Model ===
@@ -210,7 +210,7 @@ class ClassificationTask(Task):
         report.plot_confusion_matrix(matrix, class_names, pathlib.Path(report_dir) / "confusion_matrix.png")
         return {**metrics, "images": len(paths), "skipped_files": len(skipped)}
 
-    def predict_export(self, loaded, metadata, paths, top_k):
+    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         class_names = metadata["class_names"]
         top_k = min(top_k or 1, len(class_names))
         probabilities = run_signature(loaded, paths)["probabilities"]
