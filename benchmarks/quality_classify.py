@@ -114,6 +114,10 @@ def read_voc_boxes(annotation_path):
     return tree.findtext("filename"), boxes
 
 
+def box_area(box):
+    return (box[2] - box[0]) * (box[3] - box[1])
+
+
 def iou(a, b):
     """Intersection over union of two (xmin, ymin, xmax, ymax) boxes."""
     width = min(a[2], b[2]) - max(a[0], b[0])
@@ -121,8 +125,7 @@ def iou(a, b):
     if width <= 0 or height <= 0:
         return 0.0
     inter = width * height
-    area = lambda box: (box[2] - box[0]) * (box[3] - box[1])  # noqa: E731
-    return inter / (area(a) + area(b) - inter)
+    return inter / (box_area(a) + box_area(b) - inter)
 
 
 def place_background(photos, width, height, rng):

@@ -22,9 +22,12 @@ import albumentations as A
 import cv2
 import numpy as np
 
+from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.recipe import STRENGTHS
 
-TARGET_KINDS = ("label", "mask")
+TARGET_KINDS = ("label", "mask", "boxes")
+# A box that keeps less than this fraction of its area after a transform is dropped.
+MIN_BOX_VISIBILITY = 0.3
 
 
 def viewpoint_transforms(strength):
@@ -102,7 +105,9 @@ class Augmenter:
 
     Args:
         viewpoint, illumination, occlusion: str, one of none, light, medium, strong.
-        target_kind: 'label' (the target passes through) or 'mask' (moved with the image).
+        target_kind: 'label' (the target passes through), 'mask' (moved with the image) or
+            'boxes' (a padded [M, 5] array of x_min, y_min, x_max, y_max, class; class -1 pads),
+            moved with the image, clipped, and dropped below `MIN_BOX_VISIBILITY`.
     """
 
     def __init__(self, viewpoint="medium", illumination="medium", occlusion="light", target_kind="label"):
@@ -128,6 +133,9 @@ class Augmenter:
     def build(self):
         """A fresh albumentations `Compose` of the chosen families."""
         transforms = [t for family, make in FAMILIES.items() for t in make(self.strengths[family])]
+        if self.target_kind == "boxes":
+            return A.Compose(transforms, bbox_params=A.BboxParams(
+                format="pascal_voc", label_fields=["classes"], min_visibility=MIN_BOX_VISIBILITY, clip=True))
         return A.Compose(transforms)
 
     def apply(self, image, target, seed):
@@ -140,6 +148,11 @@ class Augmenter:
         if self.target_kind == "mask":
             out = compose(image=image, mask=target)
             return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"], dtype=target.dtype)
+        if self.target_kind == "boxes":
+            boxes, classes = unpad_boxes(target)
+            out = compose(image=image, bboxes=boxes, classes=classes)
+            moved = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+            return np.ascontiguousarray(out["image"]), pad_boxes(moved, np.asarray(out["classes"]), len(target))
         return np.ascontiguousarray(compose(image=image)["image"]), target
 
     def tf_map(self, image, target, seed):

@@ -68,7 +68,9 @@ class DataSettings:
     path: typing.Optional[str] = _setting(
         None, "folder, file or tfds:NAME[:SPLIT] to read; empty runs the built-in demo data set"
     )
-    format: str = _setting("auto", "source layout; auto detects it", choices=("auto", "folders", "masks", "tfds"))
+    format: str = _setting(
+        "auto", "source layout; auto detects it", choices=("auto", "folders", "masks", "voc", "coco", "yolo", "tfds")
+    )
     image_size: typing.Any = _setting(
         "auto", "model input size: auto (from the data), 64, or HxW like 96x128", check=_image_size
     )
@@ -83,6 +85,7 @@ class DataSettings:
         None, "segmentation: mask value left out of loss and metrics; empty means 255 where 255 is not a class",
         min=0,
     )
+    max_boxes: int = _setting(100, "detection: most objects kept per image", min=1)
     max_pixels: int = _setting(
         89_478_485, "images with more pixels are refused before decoding (decompression bombs)", min=1
     )
@@ -115,6 +118,8 @@ class TrainSettings:
     warmup_epochs: int = _setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )
+    map_every: int = _setting(0, "detection: also compute validation mAP every N epochs; 0 only at the end",
+                              min=0)
     patience: int = _setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
     class_weight: str = _setting(
         "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",

@@ -103,3 +103,25 @@ def overlay_mask(image, mask, palette, alpha=0.5, ignore_index=None):
     tint = palette[np.where(valid, mask, 0)].astype(np.float32)
     blended = np.where(valid[..., None], (1 - alpha) * image + alpha * tint, image)
     return np.clip(blended, 0, 255).astype(np.uint8)
+
+
+def draw_boxes(image, boxes, labels, colour):
+    """A copy of the uint8 image with boxes (x_min, y_min, x_max, y_max) and their labels drawn."""
+    from PIL import Image, ImageDraw
+
+    canvas = Image.fromarray(np.asarray(image, dtype=np.uint8))
+    draw = ImageDraw.Draw(canvas)
+    width = max(1, round(min(canvas.size) / 150))
+    for box, label in zip(np.asarray(boxes, dtype=float).reshape(-1, 4), labels):
+        draw.rectangle([float(v) for v in box], outline=tuple(colour), width=width)
+        if label:
+            draw.text((float(box[0]) + 2, float(box[1]) + 1), str(label), fill=tuple(colour))
+    return np.asarray(canvas)
+
+
+def save_image(pixels, path):
+    """Writes a uint8 HxWx3 array as an image file (format from the extension)."""
+    from PIL import Image
+
+    Image.fromarray(np.asarray(pixels, dtype=np.uint8)).save(path)
+    return path

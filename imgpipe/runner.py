@@ -133,7 +133,8 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
         with trainer.strategy.scope():
             model = task.build_model(recipe, data)
         outcome = trainer.fit(model, task.compile_settings(recipe, data), train_ds, val_ds, steps_per_epoch,
-                              monitor=task.monitor, class_weight=task.class_weight(recipe, data))
+                              monitor=task.monitor, class_weight=task.class_weight(recipe, data),
+                              callbacks=task.callbacks(recipe, data, val_ds))
         metrics = task.final_metrics(model, val_ds, data, run_dir)
     _require_some_images(decoder, data)
     report.plot_curves(outcome["history"], run_dir / "curves.png")

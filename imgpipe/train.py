@@ -137,7 +137,7 @@ class Trainer:
         return self.settings.batch_size * self.replicas
 
     def fit(self, model, compile_settings, train_ds, val_ds, steps_per_epoch, monitor=("val_loss", "min"),
-            class_weight=None):
+            class_weight=None, callbacks=()):
         """Compiles and fits `model` (built under `self.strategy.scope()`), in one or two phases.
 
         Args:
@@ -147,6 +147,7 @@ class Trainer:
             steps_per_epoch: int, batches per training epoch (for the schedule).
             monitor: (metric name, 'min' or 'max') for early stopping and the best checkpoint.
             class_weight: optional {class index: weight}.
+            callbacks: the task's own callbacks, run before the history is written.
 
         Returns:
             dict with `history` (metric -> list, all epochs of this run including
@@ -163,12 +164,12 @@ class Trainer:
         elif warmup:
             backbone.trainable = False
             self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
-                            self.settings.learning_rate, steps_per_epoch, monitor, class_weight)
+                            self.settings.learning_rate, steps_per_epoch, monitor, class_weight, callbacks)
             model.save_weights(warmup_done)
             backbone.trainable = True
         peak = self.settings.learning_rate * (FINE_TUNE_LR_FACTOR if warmup else 1.0)
         self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs, peak,
-                        steps_per_epoch, monitor, class_weight)
+                        steps_per_epoch, monitor, class_weight, callbacks)
         history = read_history(self.run_dir / "history.csv")
         return {
             "history": history,
@@ -177,7 +178,7 @@ class Trainer:
         }
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
-                   steps_per_epoch, monitor, class_weight):
+                   steps_per_epoch, monitor, class_weight, task_callbacks):
         with self.strategy.scope():
             optimizer = keras.optimizers.AdamW(
                 learning_rate=learning_rate_schedule(peak, steps_per_epoch * (last_epoch - first_epoch)),
@@ -189,16 +190,16 @@ class Trainer:
             validation_data=val_ds,
             epochs=last_epoch,
             initial_epoch=first_epoch,
-            callbacks=self._callbacks(phase, monitor),
+            callbacks=self._callbacks(phase, monitor, task_callbacks),
             class_weight=class_weight,
             shuffle=False,  # the pipeline shuffles, seeded
             verbose=self.settings.verbose,
         )
 
-    def _callbacks(self, phase, monitor):
+    def _callbacks(self, phase, monitor, task_callbacks=()):
         metric, mode = monitor
         history_csv = self.run_dir / "history.csv"
-        callbacks = [
+        callbacks = list(task_callbacks) + [
             # Optimizer state and epoch counter, every epoch; two copies so a
             # kill during the write still leaves a loadable one.
             keras.callbacks.BackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True),

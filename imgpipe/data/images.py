@@ -44,6 +44,12 @@ class ImageHeader:
     width: int
     height: int
     exif_rotated: bool
+    exif_swaps_sides: bool = False
+
+    @property
+    def upright_size(self):
+        """(width, height) once the EXIF rotation is applied, as `load_image` returns it."""
+        return (self.height, self.width) if self.exif_swaps_sides else (self.width, self.height)
 
 
 def read_header(path, max_pixels=DEFAULT_MAX_PIXELS):
@@ -53,13 +59,15 @@ def read_header(path, max_pixels=DEFAULT_MAX_PIXELS):
     non-images and images over `max_pixels`.
     """
     with _open(path) as image:
+        orientation = _exif_orientation(image)
         header = ImageHeader(
             path=str(path),
             format=image.format or "unknown",
             mode=image.mode,
             width=image.width,
             height=image.height,
-            exif_rotated=_exif_orientation(image) not in (None, 1),
+            exif_rotated=orientation not in (None, 1),
+            exif_swaps_sides=orientation in (5, 6, 7, 8),
         )
     _check_pixels(path, header.width, header.height, max_pixels)
     return header

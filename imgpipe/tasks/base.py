@@ -45,6 +45,10 @@ class Task:
         """dict of `loss` and `metrics` for `model.compile`."""
         raise NotImplementedError
 
+    def callbacks(self, recipe, data, val_ds):
+        """Extra Keras callbacks; they run before the history is written, so they may add to the logs."""
+        return []
+
     def class_weight(self, recipe, data):
         """Optional {class index: weight} for `model.fit`."""
         return None
