@@ -62,16 +62,18 @@ def _image_size(value):
 @click.option("--name", help="Model name for the export and the run folder (export.name).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --output (or the latest one).")
 @click.option("--no-export", is_flag=True, help="Train and evaluate without writing a SavedModel.")
+@click.option("--style", help="Style transfer: the style image (data.style).")
+@click.option("--loss-weights", help="Style transfer: imagenet, random or a VGG weights file (model.loss_weights).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any recipe key, e.g. train.patience=5.")
 def run(recipe, data, epochs, batch_size, image_size, model_name, weights, output, export_dir, name, resume,
-        no_export, overrides):
+        no_export, style, loss_weights, overrides):
     """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
     from imgpipe.runner import run as run_recipe
 
     overrides = list(overrides) + (["export.enabled=false"] if no_export else [])
     result = run_recipe(recipe, overrides, resume=resume, data=data, epochs=epochs, batch_size=batch_size,
                         image_size=_image_size(image_size), model=model_name, weights=weights, output=output,
-                        export_dir=export_dir, name=name)
+                        export_dir=export_dir, name=name, style=style, loss_weights=loss_weights)
     click.echo("\nvalidation metrics:")
     for key, value in sorted(result.metrics.items()):
         if "/" not in key and key.startswith("val_"):
@@ -111,7 +113,8 @@ def evaluate(export, data, report_dir, as_json):
 @click.argument("export", type=click.Path())
 @click.argument("images", nargs=-1, required=True, type=click.Path())
 @click.option("--top-k", type=int, default=1, show_default=True, help="Classes per image.")
-@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Folder for masks or images produced.")
+@click.option("--out", "out_dir", type=click.Path(),
+              help="Folder for the masks, drawn boxes or images produced (a .png file for one styled image).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def predict(export, images, top_k, out_dir, as_json):
     """Run IMAGES through an EXPORT's serving signature."""
@@ -129,6 +132,27 @@ def _describe_prediction(result):
     else:
         answer = " ".join(f"{key}={value}" for key, value in result.items() if key != "file")
     return f"{result['file']}: {answer}"
+
+
+@main.command()
+@click.argument("image", type=click.Path())
+@click.option("--style", required=True, type=click.Path(), help="The style image (a painting).")
+@click.option("--out", required=True, type=click.Path(dir_okay=False), help="Where the result goes (.png, .jpg).")
+@click.option("--steps", type=int, default=300, show_default=True, help="Optimisation steps.")
+@click.option("--size", type=int, default=384, show_default=True, help="Longest side of the result.")
+@click.option("--loss-network", type=click.Choice(["vgg16", "vgg19"]), default="vgg16", show_default=True)
+@click.option("--loss-weights", default="imagenet", show_default=True,
+              help="imagenet, random (fixed random features, lower quality) or a VGG weights file.")
+def stylize(image, style, out, steps, size, loss_network, loss_weights):
+    """Render IMAGE in the style of --style by optimising its pixels (Gatys et al.; no training)."""
+    from imgpipe.gatys import stylize_image
+    from imgpipe.report import save_image
+
+    if size < 16:
+        raise click.BadParameter("must be at least 16", param_hint="--size")
+    pixels = stylize_image(image, style, steps=steps, size=size, network=loss_network, loss_weights=loss_weights)
+    save_image(pixels, out)
+    click.echo(f"styled: {out} ({pixels.shape[1]}x{pixels.shape[0]})")
 
 
 @main.command()

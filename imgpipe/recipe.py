@@ -86,6 +86,7 @@ class DataSettings:
         min=0,
     )
     max_boxes: int = _setting(100, "detection: most objects kept per image", min=1)
+    style: typing.Optional[str] = _setting(None, "style transfer: the style image (a painting); empty runs the demo")
     max_pixels: int = _setting(
         89_478_485, "images with more pixels are refused before decoding (decompression bombs)", min=1
     )
@@ -105,6 +106,10 @@ class ModelSettings:
         None, "initial weights: none, imagenet, or a local weights file for the backbone"
     )
     dropout: float = _setting(0.2, "dropout before the classification head", min=0.0, max=0.9)
+    loss_network: str = _setting("vgg16", "style transfer: VGG whose features define the perceptual loss",
+                                 choices=("vgg16", "vgg19"))
+    loss_weights: str = _setting(
+        "imagenet", "style transfer: loss network weights: imagenet, random (fixed, lower quality) or a file")
 
 
 @dataclasses.dataclass
@@ -115,6 +120,9 @@ class TrainSettings:
     weight_decay: float = _setting(0.0001, "AdamW decoupled weight decay", min=0.0)
     label_smoothing: float = _setting(0.1, "classification label smoothing", min=0.0, max=0.5)
     dice_weight: float = _setting(0.0, "segmentation: weight of the soft Dice term added to cross-entropy", min=0.0)
+    content_weight: float = _setting(1.0, "style transfer: weight of the content (VGG feature) loss", min=0.0)
+    style_weight: float = _setting(5.0, "style transfer: weight of the style (Gram matrix) loss", min=0.0)
+    tv_weight: float = _setting(0.5, "style transfer: weight of the total-variation (smoothness) loss", min=0.0)
     warmup_epochs: int = _setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )
@@ -140,6 +148,12 @@ class ExportSettings:
     root: str = _setting("saved_models", "export root: <root>/<name>/<version>/")
     name: typing.Optional[str] = _setting(None, "model name; defaults to the task name")
     top_k: int = _setting(5, "names and scores returned per image by the classification signature", min=1)
+    score_threshold: float = _setting(
+        0.1, "detection: served boxes score at least this (CenterNet peaks stay near 0.2-0.4 after short training)",
+        min=0.0, max=1.0)
+    max_detections: int = _setting(100, "detection: most boxes served per image", min=1)
+    max_side: int = _setting(1024, "style transfer: larger images are styled at this longest side, then "
+                             "resized back", min=32)
 
 
 @dataclasses.dataclass

@@ -47,6 +47,8 @@ SHORTCUTS = {
     "output": "train.run_dir",
     "export_dir": "export.root",
     "name": "export.name",
+    "style": "data.style",
+    "loss_weights": "model.loss_weights",
 }
 
 

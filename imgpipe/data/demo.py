@@ -1,7 +1,7 @@
-"""The built-in demo data set: coloured shapes drawn on noisy backgrounds.
+"""The built-in demo data sets: coloured shapes drawn on noisy or textured backgrounds.
 
-`imgpipe run classify` with no `--data` trains on it, so a fresh install can be
-tried without a download. It is drawn with a fixed seed into a cache folder
+`imgpipe run classify` (and `detect`, `stylize`) with no `--data` trains on them, so a
+fresh install can be tried without a download. It is drawn with a fixed seed into a cache folder
 (never into the user's data) the first time it is needed.
 
 Example:
@@ -27,18 +27,11 @@ def cache_root():
     return pathlib.Path(os.environ.get("IMGPIPE_CACHE", default))
 
 
-def draw_shape(shape, size, rng):
-    """One `size`×`size` RGB image of `shape` at a random place, scale and colour."""
-    background = rng.integers(0, 256, 3)
-    noise = rng.normal(0, 18, (size, size, 3))
-    pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
-    image = Image.fromarray(pixels)
-    draw = ImageDraw.Draw(image)
-    radius = rng.uniform(0.22, 0.4) * size
-    cx, cy = rng.uniform(radius, size - radius, 2)
-    colour = tuple(int(c) for c in (background + rng.integers(90, 166, 3)) % 256)
-    width = max(2, int(radius / 3))
-    box = [cx - radius, cy - radius, cx + radius, cy + radius]
+def _draw_shape_in(draw, shape, box, colour):
+    """Draws `shape` filling `box` (x_min, y_min, x_max, y_max) on a PIL ImageDraw."""
+    x_min, y_min, x_max, y_max = box
+    cx, cy = (x_min + x_max) / 2, (y_min + y_max) / 2
+    width = max(2, int((x_max - x_min) / 6))
     if shape == "circle":
         draw.ellipse(box, fill=colour)
     elif shape == "ring":
@@ -46,10 +39,22 @@ def draw_shape(shape, size, rng):
     elif shape == "square":
         draw.rectangle(box, fill=colour)
     elif shape == "triangle":
-        draw.polygon([(cx, cy - radius), (cx - radius, cy + radius), (cx + radius, cy + radius)], fill=colour)
+        draw.polygon([(cx, y_min), (x_min, y_max), (x_max, y_max)], fill=colour)
     elif shape == "cross":
-        draw.rectangle([cx - radius, cy - width / 2, cx + radius, cy + width / 2], fill=colour)
-        draw.rectangle([cx - width / 2, cy - radius, cx + width / 2, cy + radius], fill=colour)
+        draw.rectangle([x_min, cy - width / 2, x_max, cy + width / 2], fill=colour)
+        draw.rectangle([cx - width / 2, y_min, cx + width / 2, y_max], fill=colour)
+
+
+def draw_shape(shape, size, rng):
+    """One `size`×`size` RGB image of `shape` at a random place, scale and colour."""
+    background = rng.integers(0, 256, 3)
+    noise = rng.normal(0, 18, (size, size, 3))
+    pixels = np.clip(background + noise, 0, 255).astype(np.uint8)
+    image = Image.fromarray(pixels)
+    radius = rng.uniform(0.22, 0.4) * size
+    cx, cy = rng.uniform(radius, size - radius, 2)
+    colour = tuple(int(c) for c in (background + rng.integers(90, 166, 3)) % 256)
+    _draw_shape_in(ImageDraw.Draw(image), shape, [cx - radius, cy - radius, cx + radius, cy + radius], colour)
     return image
 
 
@@ -64,16 +69,106 @@ def make_shapes_folder(folder, per_class=100, size=32, seed=0):
     return folder
 
 
-def demo_classification_folder(per_class=100, size=32):
-    """The demo folder in the cache, drawn once (atomically) and reused afterwards."""
-    folder = cache_root() / "demo" / f"shapes-{per_class}-{size}"
+def textured_background(size, rng):
+    """A `size`×`size` RGB array: a colour gradient with stripes and noise, so objects need context."""
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    start, end = rng.integers(0, 256, 3), rng.integers(0, 256, 3)
+    gradient = start + (end - start) * ((xs + ys) / 2)[..., None]
+    stripes = 25 * np.sin(2 * np.pi * rng.uniform(2, 6) * (xs * np.cos(rng.uniform(0, np.pi)) + ys))[..., None]
+    return np.clip(gradient + stripes + rng.normal(0, 12, (size, size, 3)), 0, 255).astype(np.uint8)
+
+
+DETECTION_SHAPES = ("circle", "square", "triangle")
+
+
+def _voc_xml(name, size, objects):
+    rows = "".join(
+        f"<object><name>{shape}</name><bndbox><xmin>{box[0]}</xmin><ymin>{box[1]}</ymin>"
+        f"<xmax>{box[2]}</xmax><ymax>{box[3]}</ymax></bndbox></object>" for shape, box in objects)
+    return (f"<annotation><filename>{name}</filename><size><width>{size}</width><height>{size}</height>"
+            f"<depth>3</depth></size>{rows}</annotation>")
+
+
+def make_detection_folder(folder, images=200, size=64, seed=0):
+    """Writes a Pascal VOC layout (`images/*.png`, `annotations/*.xml`) of 1-3 shapes per image."""
+    folder = pathlib.Path(folder)
+    (folder / "images").mkdir(parents=True, exist_ok=True)
+    (folder / "annotations").mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(images):
+        image = Image.fromarray(textured_background(size, rng))
+        draw = ImageDraw.Draw(image)
+        objects = []
+        for _ in range(rng.integers(1, 4)):
+            side = int(rng.uniform(0.2, 0.45) * size)
+            x_min, y_min = (int(v) for v in rng.integers(0, size - side, 2))
+            box = [x_min, y_min, x_min + side, y_min + side]
+            shape = DETECTION_SHAPES[rng.integers(len(DETECTION_SHAPES))]
+            _draw_shape_in(draw, shape, box, tuple(int(c) for c in rng.integers(0, 256, 3)))
+            objects.append((shape, box))
+        name = f"shapes_{index:04d}.png"
+        image.save(folder / "images" / name)
+        (folder / "annotations" / f"shapes_{index:04d}.xml").write_text(_voc_xml(name, size, objects))
+    return folder
+
+
+def _cached(name, make):
+    """`cache_root()/demo/name`, made once by `make(folder)` (atomically) and reused afterwards."""
+    folder = cache_root() / "demo" / name
     if folder.is_dir():
         return folder
     folder.parent.mkdir(parents=True, exist_ok=True)
-    staging = pathlib.Path(tempfile.mkdtemp(prefix=".shapes-", dir=folder.parent))
-    make_shapes_folder(staging, per_class=per_class, size=size)
+    staging = pathlib.Path(tempfile.mkdtemp(prefix=f".{name}-", dir=folder.parent))
+    make(staging)
     try:
         staging.rename(folder)
     except OSError:  # another process drew it first; theirs is identical
         shutil.rmtree(staging, ignore_errors=True)
     return folder
+
+
+def demo_classification_folder(per_class=100, size=32):
+    """The classification demo: five shape classes in sub-folders."""
+    return _cached(f"shapes-{per_class}-{size}", lambda folder: make_shapes_folder(folder, per_class, size))
+
+
+def demo_detection_folder(images=200, size=64):
+    """The detection demo: circles, squares and triangles on textured backgrounds, in VOC layout."""
+    return _cached(f"detect-shapes-{images}-{size}", lambda folder: make_detection_folder(folder, images, size))
+
+
+def make_scenes_folder(folder, images=64, size=64, seed=0):
+    """Writes `images` PNGs of shapes on textured backgrounds (content images for style transfer)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(images):
+        image = Image.fromarray(textured_background(size, rng))
+        draw = ImageDraw.Draw(image)
+        for _ in range(rng.integers(2, 5)):
+            side = int(rng.uniform(0.2, 0.5) * size)
+            x_min, y_min = (int(v) for v in rng.integers(0, size - side, 2))
+            shape = DETECTION_SHAPES[rng.integers(len(DETECTION_SHAPES))]
+            _draw_shape_in(draw, shape, [x_min, y_min, x_min + side, y_min + side],
+                           tuple(int(c) for c in rng.integers(0, 256, 3)))
+        image.save(folder / f"scene_{index:04d}.png")
+    return folder
+
+
+def make_style_pattern(path, size=128):
+    """Writes a strongly textured, colourful pattern (swirled waves) to use as a style image."""
+    ys, xs = (np.mgrid[0:size, 0:size] / size - 0.5) * 2
+    radius, angle = np.hypot(xs, ys), np.arctan2(ys, xs)
+    swirl = np.sin(18 * radius + 5 * angle)
+    channels = [np.sin(3 * swirl + phase) for phase in (0.0, 2.1, 4.2)]
+    pixels = np.stack([(c + 1) * 127.5 for c in channels], axis=-1)
+    stroke = np.sin(40 * (xs + 0.3 * np.sin(9 * ys)))[..., None] * 40
+    Image.fromarray(np.clip(pixels + stroke, 0, 255).astype(np.uint8)).save(path)
+    return pathlib.Path(path)
+
+
+def demo_stylize_data(images=64, size=64):
+    """(content folder, style image) of the style-transfer demo."""
+    folder = _cached(f"scenes-{images}-{size}", lambda target: make_scenes_folder(target, images, size))
+    style = _cached("style-pattern", lambda target: make_style_pattern(pathlib.Path(target) / "waves.png"))
+    return folder, style / "waves.png"

@@ -98,6 +98,8 @@ def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
         # Stratify on each image's first class (negatives apart), so rare classes reach validation.
         strata = [int(a.classes[0]) if len(a.classes) else -1 for a in all_annotations]
         train_index, val_index = stratified_split(strata, val_split, seed)
+        if len(val_index) == 0:  # every stratum a singleton (tiny sets): split the images as one group
+            train_index, val_index = stratified_split([0] * len(all_annotations), val_split, seed)
     else:
         train_index = np.array([i for i, s in enumerate(split_of) if s == "train"])
         val_index = np.array([i for i, s in enumerate(split_of) if s == "val"])

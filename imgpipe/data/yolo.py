@@ -16,7 +16,7 @@ import yaml
 
 from imgpipe.data.boxes import Annotation
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import read_header
+from imgpipe.data.images import UnreadableImage, read_header
 from imgpipe.errors import DataError
 
 NAME_FILES = ("classes.txt", "obj.names", "data.yaml", "dataset.yaml")
@@ -85,11 +85,14 @@ def read_yolo(root, max_pixels=89_478_485):
         for image in list_images(image_dir):
             relative = pathlib.Path(image).relative_to(image_dir).with_suffix(".txt")
             label = label_dir / relative
+            boxes, classes = [], []
             if label.is_file():
-                width, height = read_header(image, max_pixels).upright_size
-                boxes, classes = parse_label_file(label, width, height, len(names))
-            else:
-                boxes, classes = [], []
+                try:
+                    width, height = read_header(image, max_pixels).upright_size
+                except UnreadableImage:
+                    pass  # skipped with a warning when the split is cleaned
+                else:
+                    boxes, classes = parse_label_file(label, width, height, len(names))
             annotations.append(Annotation(image, boxes, classes))
         splits[split] = annotations
     return splits, names

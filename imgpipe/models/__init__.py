@@ -12,4 +12,4 @@ from imgpipe.registry import Registry
 
 MODELS = Registry("model")
 
-from imgpipe.models import centernet, classifiers, segmenters  # noqa: E402,F401  (registers the builders)
+from imgpipe.models import centernet, classifiers, segmenters, transformer_net  # noqa: E402,F401  (registers the builders)

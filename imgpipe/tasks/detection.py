@@ -20,6 +20,7 @@ import tensorflow as tf
 from imgpipe import report
 from imgpipe.coco_eval import coco_map
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
+from imgpipe.data.demo import demo_detection_folder
 from imgpipe.data.detection import clean_split, read_annotations, read_detection
 from imgpipe.errors import DataError
 from imgpipe.inference import run_signature
@@ -29,7 +30,7 @@ from imgpipe.serving import decode_batch, resize_float
 from imgpipe.tasks import TASKS
 from imgpipe.tasks.base import Task
 
-DRAW_SCORE = 0.3
+DRAW_SCORE = 0.1  # the default export.score_threshold
 PREDICTION_SAMPLES = 8
 
 
@@ -68,10 +69,9 @@ class DetectionTask(Task):
     # === Data ===
     def read_data(self, recipe):
         settings = recipe.data
-        if settings.path is None:
-            raise DataError("data.path: detection needs --data DIR (VOC, COCO or YOLO layout)")
+        path = settings.path if settings.path is not None else str(demo_detection_folder())
         data_format = settings.format if settings.format in ("voc", "coco", "yolo") else "auto"
-        data = read_detection(settings.path, data_format, settings.val_split, settings.seed, settings.max_pixels,
+        data = read_detection(path, data_format, settings.val_split, settings.seed, settings.max_pixels,
                               settings.image_size)
         data.extras["max_boxes"] = settings.max_boxes
         return data
@@ -153,9 +153,12 @@ class DetectionTask(Task):
         size = list(data.image_size)
         class_names = tf.constant(list(data.class_names) + [""])
         num_classes = data.num_classes
+        settings = recipe.export
 
         def answer(images, original_sizes):
-            boxes, scores, classes, counts = decode_detections(model(images, training=False), num_classes)
+            boxes, scores, classes, counts = decode_detections(
+                model(images, training=False), num_classes, max_detections=settings.max_detections,
+                min_score=settings.score_threshold)
             scale = tf.cast(original_sizes, tf.float32) / tf.constant(size, tf.float32)
             scale = tf.stack([scale[:, 1], scale[:, 0], scale[:, 1], scale[:, 0]], axis=-1)[:, None, :]
             limit = tf.cast(tf.stack([original_sizes[:, 1], original_sizes[:, 0]] * 2, axis=-1), tf.float32)
@@ -182,7 +185,8 @@ class DetectionTask(Task):
         return archive
 
     def export_metadata(self, data, recipe):
-        return {"class_names": list(data.class_names), "box_format": "x_min, y_min, x_max, y_max (pixels)"}
+        return {"class_names": list(data.class_names), "box_format": "x_min, y_min, x_max, y_max (pixels)",
+                "score_threshold": recipe.export.score_threshold, "max_detections": recipe.export.max_detections}
 
     # === Using an export ===
     def evaluate_export(self, loaded, metadata, data_path, report_dir):
@@ -198,17 +202,16 @@ class DetectionTask(Task):
         found = [(outputs["boxes"][i][:n], outputs["scores"][i][:n], outputs["class_ids"][i][:n])
                  for i, n in enumerate(outputs["num_detections"])]
         return {**coco_map(truth, found, metadata["class_names"]), "images": len(annotations),
-                "skipped_files": len(skipped)}
+                "skipped_files": len(skipped), "score_threshold": metadata["score_threshold"]}
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         outputs = run_signature(loaded, paths)
         results = []
         for index, path in enumerate(paths):
             count = int(outputs["num_detections"][index])
-            keep = [i for i in range(count) if outputs["scores"][index][i] >= DRAW_SCORE]
             objects = [{"class_name": outputs["class_names"][index][i].decode(),
                         "score": round(float(outputs["scores"][index][i]), 4),
-                        "box": [round(float(v), 1) for v in outputs["boxes"][index][i]]} for i in keep]
+                        "box": [round(float(v), 1) for v in outputs["boxes"][index][i]]} for i in range(count)]
             result = {"file": path, "objects": objects}
             if out_dir is not None:
                 from imgpipe.data.images import load_image

@@ -1,0 +1,274 @@
+"""Style transfer: a feed-forward network that renders any photo in the style of one painting.
+
+What is special here: there are no labels (a content image is its own target),
+the loss is perceptual (`imgpipe.perceptual`: VGG content, Gram-matrix style and
+total variation) and lives in the training model, the style image's Gram
+matrices are computed once when the model is built, and serving answers with
+the styled image, as PNG bytes and floats, at the input's own size.
+
+Example:
+    >>> result = imgpipe.run("stylize", data="photos/", style="starry_night.jpg", loss_weights="random")
+    >>> result.metrics["val_style_loss"], result.metrics["val_style_loss_identity"]
+"""
+
+import logging
+import os
+import pathlib
+import time
+
+import keras
+import numpy as np
+import tensorflow as tf
+
+from imgpipe import report
+from imgpipe.data.demo import demo_stylize_data
+from imgpipe.data.folders import list_images
+from imgpipe.data.images import UnreadableImage, load_image, read_header
+from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
+from imgpipe.data.split import stratified_split
+from imgpipe.errors import DataError, RecipeError
+from imgpipe.inference import read_image_bytes
+from imgpipe.models import MODELS
+from imgpipe.perceptual import LossWeights, StyleTransferModel, loss_network, perceptual_terms, style_grams
+from imgpipe.serving import decode_one
+from imgpipe.tasks import TASKS
+from imgpipe.tasks.base import Task
+
+log = logging.getLogger("imgpipe")
+
+SAMPLES = 6
+TIMING_SIDE = 256
+TIMING_RUNS = 10
+IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
+
+
+def imagenet_weights_cached(network):
+    """True when Keras already holds the no-top ImageNet weights of `network` (no download needed)."""
+    module = {"vgg16": keras.applications.vgg16, "vgg19": keras.applications.vgg19}[network]
+    url = module.WEIGHTS_PATH_NO_TOP if hasattr(module, "WEIGHTS_PATH_NO_TOP") else ""
+    keras_home = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
+    return bool(url) and (keras_home / "models" / url.rsplit("/", 1)[-1]).is_file()
+
+
+def styled(transformer, images, max_side):
+    """Styles uint8 or float images [B, H, W, 3] at their own size (at most `max_side` on the longer side)."""
+    images = tf.cast(images, tf.float32)
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    scale = tf.minimum(1.0, max_side / tf.cast(tf.maximum(height, width), tf.float32))
+    working = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float32) * scale), tf.int32)
+    smaller = tf.image.resize(images, working, method="area")
+    result = transformer(smaller, training=False)
+    result = tf.image.resize(result, [height, width], method="bilinear")
+    return tf.clip_by_value(result, 0.0, 255.0)
+
+
+@TASKS.register("stylize", description="fast style transfer from a folder of photos and one style image")
+class StylizeTask(Task):
+    name = "stylize"
+    target_kind = "label"
+    monitor = ("val_loss", "min")
+    main_metric = "val_style_loss"
+
+    # === Data ===
+    def read_data(self, recipe):
+        settings = recipe.data
+        content, style = settings.path, settings.style
+        if content is None and style is None:
+            content, style = demo_stylize_data()
+        elif content is None or style is None:
+            missing = "data.path (--data CONTENT_DIR)" if content is None else "data.style (--style IMAGE)"
+            raise DataError(f"{missing}: style transfer needs both a content folder and a style image")
+        root = pathlib.Path(content)
+        if not root.is_dir():
+            raise DataError(f"{root}: content folder not found" if not root.exists() else f"{root}: not a folder")
+        style_path = pathlib.Path(style)
+        if not style_path.is_file():
+            raise DataError(f"{style_path}: style image not found")
+        style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
+
+        paths, headers, skipped = [], [], []
+        for path in list_images(root):
+            try:
+                headers.append(read_header(path, settings.max_pixels))
+                paths.append(path)
+            except UnreadableImage as error:
+                log.warning("skipped %s", error)
+                skipped.append(str(error))
+        if len(paths) < 2:
+            raise DataError(f"{root}: style transfer needs at least two readable content images, found {len(paths)}")
+        train_index, val_index = stratified_split([0] * len(paths), settings.val_split, settings.seed)
+        size = auto_image_size(headers, low=64, high=128, step=32) if settings.image_size == "auto" \
+            else list(settings.image_size)
+
+        def subset(indices):
+            return ImageSet.from_files([paths[i] for i in indices], np.zeros(len(indices), np.int32))
+
+        return TaskData(train=subset(train_index), val=subset(val_index), class_names=[], image_size=size,
+                        source=str(root), skipped=skipped,
+                        extras={"style": style_pixels, "style_path": str(style_path.resolve()),
+                                "demo": settings.path is None})
+
+    def target_signature(self, data):
+        return tf.int32, ()
+
+    # === Model ===
+    def loss_weights_source(self, recipe, data):
+        """The loss network's weights; the demo uses random ones when ImageNet's are not on disk yet."""
+        weights = recipe.model.loss_weights
+        if data.extras["demo"] and weights == "imagenet" and not imagenet_weights_cached(recipe.model.loss_network):
+            log.info("demo: ImageNet VGG weights are not cached; using the fixed random-feature loss network")
+            return "random"
+        return weights
+
+    def build_model(self, recipe, data):
+        if recipe.model.weights not in (None, "none") and not pathlib.Path(recipe.model.weights).is_file():
+            raise RecipeError("model.weights: the style network trains from scratch; give a weights file of an "
+                              "earlier stylize run to start from it, or none")
+        transformer = MODELS.get(recipe.model.name, key="model.name")((None, None, 3), 0)
+        if recipe.model.weights not in (None, "none"):
+            transformer.load_weights(recipe.model.weights)
+        features = loss_network(recipe.model.loss_network, self.loss_weights_source(recipe, data), recipe.data.seed)
+        style = tf.image.resize(data.extras["style"], self._style_size(data), method="area", antialias=True)
+        train = recipe.train
+        model = StyleTransferModel(transformer, features, style_grams(features, style),
+                                   LossWeights(train.content_weight, train.style_weight, train.tv_weight))
+        model(tf.zeros([1] + list(data.image_size) + [3]))
+        return model
+
+    @staticmethod
+    def _style_size(data):
+        """The style image scaled so its longer side matches the training images' longer side."""
+        height, width = data.extras["style"].shape[:2]
+        scale = max(data.image_size) / max(height, width)
+        return [max(1, round(height * scale)), max(1, round(width * scale))]
+
+    def compile_settings(self, recipe, data):
+        return {}  # the loss lives in StyleTransferModel.compute_loss
+
+    # === Results ===
+    def final_metrics(self, model, val_ds, data, run_dir):
+        metrics = super().final_metrics(model, val_ds, data, run_dir)
+        identity = {"content": [], "style": []}
+        samples = []
+        for images, _ in val_ds:
+            content, style, _ = perceptual_terms(model.features, images, images, model.grams)
+            identity["content"].append(content.numpy())
+            identity["style"].append(style.numpy())
+            if len(samples) < SAMPLES:
+                results = model.transformer(images, training=False).numpy()
+                samples += list(zip(images.numpy(), results))[: SAMPLES - len(samples)]
+        metrics["val_content_loss_identity"] = float(np.mean(np.concatenate(identity["content"])))
+        metrics["val_style_loss_identity"] = float(np.mean(np.concatenate(identity["style"])))
+        metrics["ms_per_image_256"] = self.milliseconds_per_image(model.transformer)
+        self.plot_samples(samples, data, pathlib.Path(run_dir) / "samples.png")
+        return metrics
+
+    @staticmethod
+    def milliseconds_per_image(transformer, side=TIMING_SIDE, runs=TIMING_RUNS):
+        """Median wall time of one side×side image through the compiled network, on this machine."""
+        forward = tf.function(lambda images: transformer(images, training=False))
+        image = tf.random.uniform([1, side, side, 3], 0, 255, seed=0)
+        forward(image)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            forward(image).numpy()
+            times.append(time.perf_counter() - start)
+        return round(1000 * float(np.median(times)), 1)
+
+    def plot_samples(self, samples, data, path):
+        style = np.asarray(data.extras["style"])
+        images, titles = [], []
+        for content, result in samples:
+            height, width = content.shape[:2]
+            style_thumb = tf.image.resize(style, (height, width), method="area").numpy()
+            images += [content.astype(np.uint8), style_thumb.astype(np.uint8), np.clip(result, 0, 255).astype(np.uint8)]
+            titles += ["content", "style", "result"]
+        report.plot_image_grid(images, titles, path, columns=6, title="validation: content | style | result")
+
+    def preview(self, samples, data, path):
+        images = [image for image, _ in samples]
+        return report.plot_image_grid(images, ["content"] * len(images), path, title="augmented content images")
+
+    # === Serving ===
+    def export_archive(self, model, data, recipe):
+        transformer = model.transformer
+        max_side = recipe.export.max_side
+
+        def serve_image_bytes(image_bytes):
+            sizes = tf.map_fn(lambda one: tf.shape(decode_one(one))[:2], image_bytes,
+                              fn_output_signature=tf.TensorSpec([2], tf.int32))
+            largest = tf.reduce_max(sizes, axis=0)
+
+            def one(encoded):
+                image = decode_one(encoded)
+                result = styled(transformer, image[None], max_side)[0]
+                png = tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
+                padding = [[0, largest[0] - tf.shape(image)[0]], [0, largest[1] - tf.shape(image)[1]], [0, 0]]
+                return png, tf.pad(result, padding)
+
+            png, images = tf.map_fn(one, image_bytes, fn_output_signature=(
+                tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.float32)))
+            return {"image_png": png, "image": images, "height": sizes[:, 0], "width": sizes[:, 1]}
+
+        def serve_images(images):
+            return {"image": styled(transformer, images, max_side)}
+
+        archive = self.make_archive(transformer)
+        archive.add_endpoint("serving_default", serve_image_bytes,
+                             [tf.TensorSpec([None], tf.string, name="image_bytes")])
+        archive.add_endpoint("serve_images", serve_images,
+                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
+        return archive
+
+    def export_metadata(self, data, recipe):
+        return {"style_image": data.extras["style_path"], "max_side": recipe.export.max_side,
+                "loss_network": recipe.model.loss_network,
+                "loss_weights": self.loss_weights_source(recipe, data),
+                "loss_weighting": {"content": recipe.train.content_weight, "style": recipe.train.style_weight,
+                                   "tv": recipe.train.tv_weight}}
+
+    # === Using an export ===
+    def evaluate_export(self, loaded, metadata, data_path, report_dir):
+        style_path = pathlib.Path(metadata["style_image"])
+        if not style_path.is_file():
+            raise DataError(f"{style_path}: the style image this model was trained on is needed to score it")
+        paths = list_images(data_path)
+        if not paths:
+            raise DataError(f"{data_path}: no images")
+        features = loss_network(metadata["loss_network"], metadata["loss_weights"])
+        style = load_image(style_path)
+        size = metadata["image_size"]
+        scale = max(size) / max(style.shape[:2])
+        grams = style_grams(features, tf.image.resize(style, [max(1, round(s * scale)) for s in style.shape[:2]],
+                                                      method="area", antialias=True))
+        totals = {"content_loss": [], "style_loss": [], "style_loss_identity": []}
+        serve = loaded.signatures["serve_images"]
+        for path in paths:
+            image = tf.image.resize(load_image(path)[None].astype(np.float32), size, method="area", antialias=True)
+            result = serve(images=image)["image"]
+            content, style_term, _ = perceptual_terms(features, result, image, grams)
+            _, identity, _ = perceptual_terms(features, image, image, grams)
+            totals["content_loss"].append(float(content[0]))
+            totals["style_loss"].append(float(style_term[0]))
+            totals["style_loss_identity"].append(float(identity[0]))
+        return {**{key: float(np.mean(values)) for key, values in totals.items()}, "images": len(paths)}
+
+    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
+        if out_dir is None:
+            raise DataError("predict: style transfer writes images; give --out FOLDER (or --out FILE.png for one)")
+        out = pathlib.Path(out_dir)
+        to_file = out.suffix.lower() in IMAGE_SUFFIXES
+        if to_file and len(paths) != 1:
+            raise DataError(f"{out}: an output file takes exactly one input image; give a folder for {len(paths)}")
+        serve = loaded.signatures["serving_default"]
+        results = []
+        for path in paths:
+            answer = serve(image_bytes=tf.constant([read_image_bytes(path)]))
+            target = out if to_file else out / f"{pathlib.Path(path).stem}_styled.png"
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(answer["image_png"].numpy()[0])
+            results.append({"file": path, "styled": str(target), "height": int(answer["height"][0]),
+                            "width": int(answer["width"][0])})
+        return results
+
