@@ -189,11 +189,13 @@ def models(task, image_size):
     """List model builders with their parameter counts."""
     from imgpipe.models import MODELS
 
-    click.echo(f"{'name':<20} {'task':<10} {'family':<12} {'parameters':>12}")
+    click.echo(f"{'name':<20} {'task':<17} {'family':<12} {'parameters':>12}")
     for name in MODELS.names(**({"task": task} if task else {})):
         info = MODELS.info(name)
         model = MODELS.get(name)((image_size, image_size, 3), 10, weights=None)
-        click.echo(f"{name:<20} {info.get('task', ''):<10} {info.get('family', ''):<12} {model.count_params():>12,}")
+        tasks = info.get("task", "")
+        tasks = ",".join(tasks) if isinstance(tasks, tuple) else tasks
+        click.echo(f"{name:<20} {tasks:<17} {info.get('family', ''):<12} {model.count_params():>12,}")
 
 
 def entry_point():

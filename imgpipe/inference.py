@@ -8,6 +8,7 @@ Example:
     >>> predictions = predict("saved_models/classify/1", ["cat.jpg"], top_k=3)
 """
 
+import io
 import pathlib
 
 import numpy as np
@@ -80,3 +81,37 @@ def predict(export, paths, top_k=None, out_dir=None):
     if not paths:
         raise DataError("predict: no image files given")
     return task.predict_export(loaded, metadata, [str(path) for path in paths], top_k, out_dir)
+
+
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def write_produced_images(loaded, paths, out, label):
+    """For tasks that answer with images: writes each file's `image_png` answer, one request per file.
+
+    `out` is a folder (files become `<stem>_<label>.png`) or, for a single input, an image file.
+    """
+    import tensorflow as tf
+
+    if out is None:
+        raise DataError("predict: this model answers with images; give --out FOLDER (or --out FILE.png for one)")
+    out = pathlib.Path(out)
+    to_file = out.suffix.lower() in OUTPUT_SUFFIXES
+    if to_file and len(paths) != 1:
+        raise DataError(f"{out}: an output file takes exactly one input image; give a folder for {len(paths)}")
+    serve = loaded.signatures["serving_default"]
+    results = []
+    for path in paths:
+        answer = serve(image_bytes=tf.constant([read_image_bytes(path)]))
+        target = out if to_file else out / f"{pathlib.Path(path).stem}_{label}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        png = answer["image_png"].numpy()[0]
+        if target.suffix.lower() == ".png":
+            target.write_bytes(png)
+        else:
+            from PIL import Image
+
+            Image.open(io.BytesIO(png)).save(target)
+        results.append({"file": str(path), label: str(target), "height": int(answer["height"][0]),
+                        "width": int(answer["width"][0])})
+    return results

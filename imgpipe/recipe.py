@@ -123,6 +123,9 @@ class TrainSettings:
     content_weight: float = _setting(1.0, "style transfer: weight of the content (VGG feature) loss", min=0.0)
     style_weight: float = _setting(5.0, "style transfer: weight of the style (Gram matrix) loss", min=0.0)
     tv_weight: float = _setting(0.5, "style transfer: weight of the total-variation (smoothness) loss", min=0.0)
+    color_loss: str = _setting(
+        "classification", "colorization: classification over ab bins with rebalancing (vivid), or l1 (dull)",
+        choices=("classification", "l1"))
     warmup_epochs: int = _setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )

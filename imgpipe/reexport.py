@@ -23,9 +23,10 @@ from imgpipe.tasks import TASKS
 CLASSES_FILE = "classes.json"
 
 
-def write_run_classes(run_dir, data):
-    """Records the class names of a run, so the run can be rebuilt without its data."""
-    (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps({"class_names": list(data.class_names)}))
+def write_run_classes(run_dir, data, task):
+    """Records the class names (and what else the task needs) of a run, so it can be rebuilt without its data."""
+    record = {"class_names": list(data.class_names), "extras": task.saved_extras(data)}
+    (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps(record))
 
 
 def export_run(run_dir, export_dir=None, name=None, weights="best"):
@@ -33,7 +34,8 @@ def export_run(run_dir, export_dir=None, name=None, weights="best"):
     run_dir = pathlib.Path(run_dir)
     try:
         recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir))
-        class_names = json.loads((run_dir / CLASSES_FILE).read_text())["class_names"]
+        record = json.loads((run_dir / CLASSES_FILE).read_text())
+        class_names = record["class_names"]
     except (OSError, ValueError, KeyError, yaml.YAMLError):
         raise DataError(f"{run_dir}: not an imgpipe run folder (recipe.yaml or {CLASSES_FILE} missing)") from None
     checkpoint = run_dir / "checkpoints" / f"{weights}.weights.h5"
@@ -43,7 +45,8 @@ def export_run(run_dir, export_dir=None, name=None, weights="best"):
                               (("export.root", export_dir), ("export.name", name)) if value is not None})
     task = TASKS.get(recipe.task, key="task")()
     data = TaskData(train=ImageSet(), val=ImageSet(), class_names=class_names,
-                    image_size=list(recipe.data.image_size), source=str(run_dir))
+                    image_size=list(recipe.data.image_size), source=str(run_dir),
+                    extras=task.restored_extras(record.get("extras", {})))
     model = task.build_model(recipe.update(**{"model.weights": None}), data)
     model.load_weights(checkpoint)
     metadata = {"task": task.name, "name": recipe.name, "image_size": list(data.image_size),

@@ -46,11 +46,15 @@ class Registry:
         return self._entries[name][1]
 
     def names(self, **where):
-        """Sorted names whose registration info matches every `where` item."""
+        """Sorted names whose registration info matches every `where` item (or holds it, for a tuple)."""
+        def matches(info, key, value):
+            found = info.get(key)
+            return value in found if isinstance(found, tuple) else found == value
+
         return sorted(
             name
             for name, (_, info) in self._entries.items()
-            if all(info.get(key) == value for key, value in where.items())
+            if all(matches(info, key, value) for key, value in where.items())
         )
 
     def __contains__(self, name):

@@ -115,7 +115,7 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
     recipe = recipe.update(**{"data.image_size": list(data.image_size)})
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
-    write_run_classes(run_dir, data)
+    write_run_classes(run_dir, data, task)
     log.info("run directory: %s", run_dir)
 
     trainer = Trainer(recipe, run_dir, resume=resume)

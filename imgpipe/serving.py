@@ -36,3 +36,26 @@ def decode_batch(image_bytes, size):
         image_bytes,
         fn_output_signature=(tf.TensorSpec(list(size) + [3], tf.float32), tf.TensorSpec([2], tf.int32)),
     )
+
+
+def images_at_original_size(image_bytes, transform):
+    """Runs `transform` (uint8 [H, W, 3] -> float 0..255 [H, W, 3]) on each encoded image at its own size.
+
+    Returns the answer of image-producing signatures: `image_png` (PNG bytes at
+    each image's size), `image` (float, padded with zeros to the largest image
+    of the batch), `height` and `width`.
+    """
+    sizes = tf.map_fn(lambda one: tf.shape(decode_one(one))[:2], image_bytes,
+                      fn_output_signature=tf.TensorSpec([2], tf.int32))
+    largest = tf.reduce_max(sizes, axis=0)
+
+    def one(encoded):
+        image = decode_one(encoded)
+        result = tf.clip_by_value(transform(image), 0.0, 255.0)
+        png = tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
+        padding = [[0, largest[0] - tf.shape(image)[0]], [0, largest[1] - tf.shape(image)[1]], [0, 0]]
+        return png, tf.pad(result, padding)
+
+    png, images = tf.map_fn(one, image_bytes, fn_output_signature=(
+        tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.float32)))
+    return {"image_png": png, "image": images, "height": sizes[:, 0], "width": sizes[:, 1]}

@@ -241,10 +241,15 @@ def read_history(path):
 
 
 def _find_backbone(model):
-    try:
-        return model.get_layer(BACKBONE_LAYER)
-    except ValueError:
-        return None
+    """The layer named `backbone`, looked for in nested models too (a colorizer wraps a segmenter)."""
+    for layer in model.layers:
+        if layer.name == BACKBONE_LAYER:
+            return layer
+        if isinstance(layer, keras.Model):
+            found = _find_backbone(layer)
+            if found is not None:
+                return found
+    return None
 
 
 def environment_summary(trainer):

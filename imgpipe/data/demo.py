@@ -1,6 +1,6 @@
 """The built-in demo data sets: coloured shapes drawn on noisy or textured backgrounds.
 
-`imgpipe run classify` (and `detect`, `stylize`) with no `--data` trains on them, so a
+`imgpipe run classify` (and `detect`, `stylize`, `colorize`) with no `--data` trains on them, so a
 fresh install can be tried without a download. It is drawn with a fixed seed into a cache folder
 (never into the user's data) the first time it is needed.
 
@@ -172,3 +172,42 @@ def demo_stylize_data(images=64, size=64):
     folder = _cached(f"scenes-{images}-{size}", lambda target: make_scenes_folder(target, images, size))
     style = _cached("style-pattern", lambda target: make_style_pattern(pathlib.Path(target) / "waves.png"))
     return folder, style / "waves.png"
+
+
+def draw_landscape(size, rng):
+    """A `size`×`size` landscape whose colours follow from its objects: blue sky, green grass, a sun, trees."""
+    ys, xs = np.mgrid[0:size, 0:size] / size
+    horizon = rng.uniform(0.45, 0.7)
+    sky = np.array([90, 150, 235]) * (0.75 + 0.35 * ys[..., None]) + rng.normal(0, 4, (size, size, 3))
+    grass = (np.array([60, 150, 50]) * (0.8 + 0.25 * np.sin(40 * ys + 6 * xs)[..., None] * 0.5)
+             + rng.normal(0, 10, (size, size, 3)))
+    pixels = np.where((ys < horizon + 0.03 * np.sin(9 * xs + rng.uniform(0, 6)))[..., None], sky, grass)
+    image = Image.fromarray(np.clip(pixels, 0, 255).astype(np.uint8))
+    draw = ImageDraw.Draw(image)
+    radius = rng.uniform(0.06, 0.12) * size
+    cx, cy = rng.uniform(0.1, 0.9) * size, rng.uniform(0.08, horizon - 0.15) * size
+    draw.ellipse([cx - radius, cy - radius, cx + radius, cy + radius], fill=(250, 200, 40))
+    for _ in range(rng.integers(1, 4)):
+        tx = rng.uniform(0.05, 0.95) * size
+        base = rng.uniform(horizon + 0.1, 0.95) * size
+        height = rng.uniform(0.15, 0.3) * size
+        draw.rectangle([tx - size * 0.02, base - height * 0.5, tx + size * 0.02, base], fill=(110, 70, 30))
+        crown = height * 0.35
+        draw.ellipse([tx - crown, base - height - crown * 0.2, tx + crown, base - height * 0.5 + crown * 0.5],
+                     fill=(30, 110 + int(rng.integers(0, 40)), 40))
+    return image
+
+
+def make_landscapes_folder(folder, images=160, size=64, seed=0):
+    """Writes `images` landscape PNGs (the colorization demo's training data)."""
+    folder = pathlib.Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    rng = np.random.default_rng(seed)
+    for index in range(images):
+        draw_landscape(size, rng).save(folder / f"landscape_{index:04d}.png")
+    return folder
+
+
+def demo_colorize_folder(images=160, size=64):
+    """The colorization demo: landscapes whose colours can be learnt from their shapes and shading."""
+    return _cached(f"landscapes-{images}-{size}", lambda folder: make_landscapes_folder(folder, images, size))

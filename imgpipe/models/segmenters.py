@@ -39,7 +39,7 @@ def _require_multiple(name, input_shape, factor):
                           f"{input_shape[0]}x{input_shape[1]}")
 
 
-@MODELS.register("unet", task="segment", family="from scratch")
+@MODELS.register("unet", task=("segment", "colorize"), family="from scratch")
 def build_unet(input_shape, num_classes, weights=None, dropout=0.1, base_filters=16, depth=4):
     """U-Net with `depth` pooling stages of doubling width (16-32-64-128, 256 at the bottom)."""
     if weights not in (None, "none"):
@@ -67,7 +67,7 @@ def build_unet(input_shape, num_classes, weights=None, dropout=0.1, base_filters
     return keras.Model(inputs, _pixel_classifier(x, num_classes), name="unet")
 
 
-@MODELS.register("deeplabv3plus", task="segment", family="pretrained", pretrained=True)
+@MODELS.register("deeplabv3plus", task=("segment", "colorize"), family="pretrained", pretrained=True)
 def build_deeplabv3plus(input_shape, num_classes, weights=None, dropout=0.1):
     """DeepLabV3+ on ResNet50: ASPP (rates 6, 12, 18) on stride-16 features, decoder on stride-4 features."""
     _require_multiple("deeplabv3plus", input_shape, 16)

@@ -8,4 +8,4 @@ from imgpipe.registry import Registry
 
 TASKS = Registry("task")
 
-from imgpipe.tasks import classification, detection, segmentation, stylize  # noqa: E402,F401  (registers the tasks)
+from imgpipe.tasks import classification, colorize, detection, segmentation, stylize  # noqa: E402,F401  (registers the tasks)

@@ -32,6 +32,14 @@ class Task:
         """(tf dtype, shape) of one target as the pipeline carries it."""
         raise NotImplementedError
 
+    def saved_extras(self, data):
+        """The JSON-able part of `data.extras` that `build_model` and the export need (kept in the run folder)."""
+        return {}
+
+    def restored_extras(self, saved):
+        """`data.extras` rebuilt from `saved_extras`, for `imgpipe export RUN_DIR`."""
+        return dict(saved)
+
     def load_target(self, data):
         """Optional `fn(target, size) -> array` for targets stored in files; None passes targets through."""
         return None

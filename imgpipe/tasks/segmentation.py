@@ -226,6 +226,12 @@ class SegmentationTask(Task):
         return report.plot_image_grid(images, [""] * len(images), path, title="augmented training samples + masks")
 
     # === Serving ===
+    def saved_extras(self, data):
+        return {"encoding": data.extras["encoding"].to_dict()}
+
+    def restored_extras(self, saved):
+        return {"encoding": MaskEncoding(**saved["encoding"])}
+
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)
         num_classes = data.num_classes

@@ -23,14 +23,13 @@ import tensorflow as tf
 from imgpipe import report
 from imgpipe.data.demo import demo_stylize_data
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import UnreadableImage, load_image, read_header
-from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
-from imgpipe.data.split import stratified_split
+from imgpipe.data.images import load_image
+from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError, RecipeError
-from imgpipe.inference import read_image_bytes
+from imgpipe.inference import write_produced_images
 from imgpipe.models import MODELS
 from imgpipe.perceptual import LossWeights, StyleTransferModel, loss_network, perceptual_terms, style_grams
-from imgpipe.serving import decode_one
+from imgpipe.serving import images_at_original_size
 from imgpipe.tasks import TASKS
 from imgpipe.tasks.base import Task
 
@@ -39,7 +38,6 @@ log = logging.getLogger("imgpipe")
 SAMPLES = 6
 TIMING_SIDE = 256
 TIMING_RUNS = 10
-IMAGE_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp")
 
 
 def imagenet_weights_cached(network):
@@ -78,35 +76,13 @@ class StylizeTask(Task):
         elif content is None or style is None:
             missing = "data.path (--data CONTENT_DIR)" if content is None else "data.style (--style IMAGE)"
             raise DataError(f"{missing}: style transfer needs both a content folder and a style image")
-        root = pathlib.Path(content)
-        if not root.is_dir():
-            raise DataError(f"{root}: content folder not found" if not root.exists() else f"{root}: not a folder")
         style_path = pathlib.Path(style)
         if not style_path.is_file():
             raise DataError(f"{style_path}: style image not found")
         style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
-
-        paths, headers, skipped = [], [], []
-        for path in list_images(root):
-            try:
-                headers.append(read_header(path, settings.max_pixels))
-                paths.append(path)
-            except UnreadableImage as error:
-                log.warning("skipped %s", error)
-                skipped.append(str(error))
-        if len(paths) < 2:
-            raise DataError(f"{root}: style transfer needs at least two readable content images, found {len(paths)}")
-        train_index, val_index = stratified_split([0] * len(paths), settings.val_split, settings.seed)
-        size = auto_image_size(headers, low=64, high=128, step=32) if settings.image_size == "auto" \
-            else list(settings.image_size)
-
-        def subset(indices):
-            return ImageSet.from_files([paths[i] for i in indices], np.zeros(len(indices), np.int32))
-
-        return TaskData(train=subset(train_index), val=subset(val_index), class_names=[], image_size=size,
-                        source=str(root), skipped=skipped,
-                        extras={"style": style_pixels, "style_path": str(style_path.resolve()),
-                                "demo": settings.path is None})
+        data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
+        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()), demo=settings.path is None)
+        return data
 
     def target_signature(self, data):
         return tf.int32, ()
@@ -141,6 +117,12 @@ class StylizeTask(Task):
         height, width = data.extras["style"].shape[:2]
         scale = max(data.image_size) / max(height, width)
         return [max(1, round(height * scale)), max(1, round(width * scale))]
+
+    def saved_extras(self, data):
+        return {"style_path": data.extras["style_path"], "demo": data.extras["demo"]}
+
+    def restored_extras(self, saved):
+        return {**saved, "style": load_image(saved["style_path"])}
 
     def compile_settings(self, recipe, data):
         return {}  # the loss lives in StyleTransferModel.compute_loss
@@ -196,20 +178,7 @@ class StylizeTask(Task):
         max_side = recipe.export.max_side
 
         def serve_image_bytes(image_bytes):
-            sizes = tf.map_fn(lambda one: tf.shape(decode_one(one))[:2], image_bytes,
-                              fn_output_signature=tf.TensorSpec([2], tf.int32))
-            largest = tf.reduce_max(sizes, axis=0)
-
-            def one(encoded):
-                image = decode_one(encoded)
-                result = styled(transformer, image[None], max_side)[0]
-                png = tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
-                padding = [[0, largest[0] - tf.shape(image)[0]], [0, largest[1] - tf.shape(image)[1]], [0, 0]]
-                return png, tf.pad(result, padding)
-
-            png, images = tf.map_fn(one, image_bytes, fn_output_signature=(
-                tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.float32)))
-            return {"image_png": png, "image": images, "height": sizes[:, 0], "width": sizes[:, 1]}
+            return images_at_original_size(image_bytes, lambda image: styled(transformer, image[None], max_side)[0])
 
         def serve_images(images):
             return {"image": styled(transformer, images, max_side)}
@@ -255,20 +224,4 @@ class StylizeTask(Task):
         return {**{key: float(np.mean(values)) for key, values in totals.items()}, "images": len(paths)}
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
-        if out_dir is None:
-            raise DataError("predict: style transfer writes images; give --out FOLDER (or --out FILE.png for one)")
-        out = pathlib.Path(out_dir)
-        to_file = out.suffix.lower() in IMAGE_SUFFIXES
-        if to_file and len(paths) != 1:
-            raise DataError(f"{out}: an output file takes exactly one input image; give a folder for {len(paths)}")
-        serve = loaded.signatures["serving_default"]
-        results = []
-        for path in paths:
-            answer = serve(image_bytes=tf.constant([read_image_bytes(path)]))
-            target = out if to_file else out / f"{pathlib.Path(path).stem}_styled.png"
-            target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(answer["image_png"].numpy()[0])
-            results.append({"file": path, "styled": str(target), "height": int(answer["height"][0]),
-                            "width": int(answer["width"][0])})
-        return results
-
+        return write_produced_images(loaded, paths, out_dir, "styled")

@@ -117,3 +117,12 @@ def test_cli_segment_needs_data_and_names_a_missing_mask(cli, tmp_path):
     (tmp_path / "data" / "masks" / "1.png").unlink()
     code, _, err = cli("run", "segment", "--data", tmp_path / "data", "--epochs", "1")
     assert code == 2 and "1.jpg" in err and "Traceback" not in err
+
+
+def test_reexport_rebuilds_the_mask_encoding_from_the_run_folder(segment_run, tmp_path):
+    from imgpipe.reexport import export_run
+
+    result, _ = segment_run
+    path = export_run(result.run_dir, export_dir=tmp_path / "models", name="again")
+    _, metadata, _ = load_export(path)
+    assert metadata["encoding"] == load_export(result.export_path)[1]["encoding"]

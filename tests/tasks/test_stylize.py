@@ -105,3 +105,15 @@ def test_cli_stylize_errors_name_the_problem(cli, stylize_data, tmp_path):
     assert code == 2 and "missing.jpg" in err and "Traceback" not in err
     code, _, err = cli("stylize", tmp_path / "nothing.jpg", "--style", style, "--out", tmp_path / "x.png")
     assert code == 2 and "nothing.jpg" in err
+
+
+def test_reexport_reloads_the_style_from_the_run_folder(stylize_run, tmp_path):
+    from imgpipe.reexport import export_run
+
+    result, _ = stylize_run
+    path = export_run(result.run_dir, export_dir=tmp_path / "models", name="again", weights="last")
+    _, metadata, loaded = load_export(path)
+    assert metadata["style_image"].endswith("waves.png")
+    image = tf.constant(np.full((1, 24, 24, 3), 120.0, np.float32))
+    np.testing.assert_allclose(loaded.signatures["serve_images"](images=image)["image"].numpy(),
+                               styled(result.model.transformer, image, 48).numpy(), atol=1e-2)
