@@ -18,7 +18,7 @@ from imgpipe.data.images import load_image
 from imgpipe.errors import RecipeError
 from imgpipe.perceptual import LossWeights, loss_network, perceptual_terms, style_grams
 
-DEFAULT_WEIGHTS = LossWeights(content=1.0, style=5.0, tv=0.5)
+DEFAULT_WEIGHTS = LossWeights(content=1.0, style=2.0, tv=0.1)  # the recipe defaults
 
 
 def _fit(pixels, longest):

@@ -121,8 +121,8 @@ class TrainSettings:
     label_smoothing: float = _setting(0.1, "classification label smoothing", min=0.0, max=0.5)
     dice_weight: float = _setting(0.0, "segmentation: weight of the soft Dice term added to cross-entropy", min=0.0)
     content_weight: float = _setting(1.0, "style transfer: weight of the content (VGG feature) loss", min=0.0)
-    style_weight: float = _setting(5.0, "style transfer: weight of the style (Gram matrix) loss", min=0.0)
-    tv_weight: float = _setting(0.5, "style transfer: weight of the total-variation (smoothness) loss", min=0.0)
+    style_weight: float = _setting(2.0, "style transfer: weight of the style (Gram matrix) loss", min=0.0)
+    tv_weight: float = _setting(0.1, "style transfer: weight of the total-variation (smoothness) loss", min=0.0)
     color_loss: str = _setting(
         "classification", "colorization: classification over ab bins with rebalancing (vivid), or l1 (dull)",
         choices=("classification", "l1"))

@@ -3,9 +3,10 @@
 A residual encoder-decoder: a 9x9 convolution, two stride-2 convolutions,
 five residual blocks, two nearest-neighbour upsample + convolution steps
 (instead of transposed convolutions, which leave checkerboard artefacts;
-Odena et al. 2016) and a 9x9 convolution back to RGB. Every convolution but
-the last is followed by instance normalisation (Ulyanov et al. 2016), which
-is what lets one network restyle images of any contrast.
+Odena et al. 2016) and a 9x9 convolution back to RGB. Every convolution
+reflect-pads its input (zero padding leaves frames around the result) and all
+but the last are followed by instance normalisation (Ulyanov et al. 2016),
+which is what lets one network restyle images of any contrast.
 
 The network is fully convolutional and takes any height and width: the input
 is reflect-padded to a multiple of 4 and the output cropped back, so the
@@ -59,8 +60,29 @@ class CropToReference(layers.Layer):
         return (images_shape[0], reference_shape[1], reference_shape[2], images_shape[3])
 
 
+@keras.saving.register_keras_serializable(package="imgpipe")
+class ReflectPad(layers.Layer):
+    """Reflect-pads `amount` pixels on every side, so convolutions see no dark zero border (as in the paper)."""
+
+    def __init__(self, amount, **kwargs):
+        super().__init__(**kwargs)
+        self.amount = amount
+
+    def call(self, images):
+        a = self.amount
+        return tf.pad(images, [[0, 0], [a, a], [a, a], [0, 0]], mode="REFLECT")
+
+    def compute_output_shape(self, input_shape):
+        grow = lambda side: None if side is None else side + 2 * self.amount  # noqa: E731
+        return (input_shape[0], grow(input_shape[1]), grow(input_shape[2]), input_shape[3])
+
+    def get_config(self):
+        return {**super().get_config(), "amount": self.amount}
+
+
 def _conv(x, filters, kernel, name, strides=1, relu=True):
-    x = layers.Conv2D(filters, kernel, strides=strides, padding="same", name=f"{name}_conv")(x)
+    x = ReflectPad(kernel // 2, name=f"{name}_pad")(x)
+    x = layers.Conv2D(filters, kernel, strides=strides, padding="valid", name=f"{name}_conv")(x)
     x = layers.GroupNormalization(groups=-1, name=f"{name}_instance_norm")(x)
     return layers.ReLU(name=f"{name}_relu")(x) if relu else x
 
@@ -85,7 +107,8 @@ def transformer_net(input_shape, width=32, residual_blocks=5, name="johnson"):
     x = _conv(x, width * 2, 3, "decode1")
     x = layers.UpSampling2D(2, interpolation="nearest", name="up2")(x)
     x = _conv(x, width, 3, "decode2")
-    x = layers.Conv2D(3, 9, padding="same", activation="tanh", name="to_rgb")(x)
+    x = ReflectPad(4, name="to_rgb_pad")(x)
+    x = layers.Conv2D(3, 9, padding="valid", activation="tanh", name="to_rgb")(x)
     x = layers.Rescaling(127.5, offset=127.5, dtype="float32", name="to_pixels")(x)
     outputs = CropToReference(dtype="float32", name="crop")(x, inputs)
     return keras.Model(inputs, outputs, name=name)

@@ -96,3 +96,11 @@ def test_l1_loss_option_trains(tmp_path):
 def test_cli_colorize_names_a_missing_folder(cli, tmp_path):
     code, _, err = cli("run", "colorize", "--data", tmp_path / "nowhere", "--epochs", "1")
     assert code == 2 and "nowhere" in err and "Traceback" not in err
+
+
+def test_the_colorization_model_trains_on_two_logical_devices(tmp_path):
+    make_landscapes_folder(tmp_path / "photos", images=6, size=32)
+    result = imgpipe.run("colorize", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "train.devices=2",
+                                      "data.image_size=32", f"train.run_dir={tmp_path / 'r'}", "export.enabled=false"],
+                         data=tmp_path / "photos")
+    assert result.metrics["epochs_run"] == 1 and np.isfinite(result.metrics["val_psnr"])

@@ -117,3 +117,11 @@ def test_reexport_reloads_the_style_from_the_run_folder(stylize_run, tmp_path):
     image = tf.constant(np.full((1, 24, 24, 3), 120.0, np.float32))
     np.testing.assert_allclose(loaded.signatures["serve_images"](images=image)["image"].numpy(),
                                styled(result.model.transformer, image, 48).numpy(), atol=1e-2)
+
+
+def test_the_loss_model_trains_on_two_logical_devices(stylize_data, tmp_path):
+    root, style = stylize_data
+    result = imgpipe.run("stylize", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "data.image_size=32",
+                                     "train.devices=2", f"train.run_dir={tmp_path / 'run'}", "export.enabled=false"],
+                         data=root / "photos", style=style, loss_weights="random")
+    assert result.metrics["epochs_run"] == 1 and np.isfinite(result.metrics["val_style_loss"])
