@@ -60,23 +60,41 @@ def ab_bins():
     return (cells * BIN_SIZE).astype(np.float32)
 
 
-def soft_encode(ab, bins, neighbours=5, sigma=5.0):
-    """ab [..., 2] -> [..., Q] target distributions: Gaussian weights on the `neighbours` nearest bins."""
+def _squared_distances(ab, bins):
+    """[N, 2] x [Q, 2] -> [N, Q] squared distances, by one matrix product."""
+    bins = tf.constant(bins) if isinstance(bins, np.ndarray) else bins
+    return (tf.reduce_sum(tf.square(ab), axis=-1, keepdims=True) - 2.0 * tf.matmul(ab, bins, transpose_b=True)
+            + tf.reduce_sum(tf.square(bins), axis=-1)[None])
+
+
+def encode_ab(ab, bins, neighbours=5, sigma=5.0):
+    """ab [..., 2] -> (soft targets [..., Q], nearest bin [...]).
+
+    The targets put Gaussian weights (sigma in ab units) on the `neighbours`
+    nearest bin centres and sum to one (Zhang et al.'s soft encoding).
+    """
     shape = tf.shape(ab)
     flat = tf.reshape(tf.cast(ab, tf.float32), [-1, 2])
-    distance = tf.reduce_sum(tf.square(flat[:, None, :] - bins[None]), axis=-1)
-    nearest, index = tf.math.top_k(-distance, k=neighbours)
+    count, classes = tf.shape(flat)[0], tf.shape(bins)[0]
+    nearest, index = tf.math.top_k(-_squared_distances(flat, bins), k=neighbours)
     weights = tf.nn.softmax(nearest / (2 * sigma**2), axis=-1)
-    rows = tf.repeat(tf.range(tf.shape(flat)[0]), neighbours)
+    rows = tf.repeat(tf.range(count), neighbours)
     dense = tf.scatter_nd(tf.stack([rows, tf.reshape(index, [-1])], axis=1), tf.reshape(weights, [-1]),
-                          [tf.shape(flat)[0], tf.shape(bins)[0]])
-    return tf.reshape(dense, tf.concat([shape[:-1], [tf.shape(bins)[0]]], axis=0))
+                          [count, classes])
+    return (tf.reshape(dense, tf.concat([shape[:-1], [classes]], axis=0)),
+            tf.reshape(index[:, 0], shape[:-1]))
+
+
+def soft_encode(ab, bins, neighbours=5, sigma=5.0):
+    """ab [..., 2] -> [..., Q] target distributions (see `encode_ab`)."""
+    return encode_ab(ab, bins, neighbours, sigma)[0]
 
 
 def nearest_bin(ab, bins):
     """ab [..., 2] -> [...] int32 index of the nearest bin centre."""
-    distance = tf.reduce_sum(tf.square(tf.cast(ab, tf.float32)[..., None, :] - bins), axis=-1)
-    return tf.argmin(distance, axis=-1, output_type=tf.int32)
+    shape = tf.shape(ab)
+    flat = tf.reshape(tf.cast(ab, tf.float32), [-1, 2])
+    return tf.reshape(tf.argmin(_squared_distances(flat, bins), axis=-1, output_type=tf.int32), shape[:-1])
 
 
 def annealed_mean(logits, bins, temperature=0.38):
