@@ -129,6 +129,9 @@ def predict(export, images, top_k, out_dir, as_json):
 def _describe_prediction(result):
     if "predictions" in result:
         answer = ", ".join(f"{p['class_name']} {p['score']:.3f}" for p in result["predictions"])
+    elif "objects" in result:
+        found = "; ".join(f"{o['class_name']} {o['score']:.2f} at {o['box']}" for o in result["objects"])
+        answer = f"{found or 'nothing found'} -> {result['drawn']}"
     else:
         answer = " ".join(f"{key}={value}" for key, value in result.items() if key != "file")
     return f"{result['file']}: {answer}"

@@ -126,6 +126,9 @@ class TrainSettings:
     color_loss: str = _setting(
         "classification", "colorization: classification over ab bins with rebalancing (vivid), or l1 (dull)",
         choices=("classification", "l1"))
+    color_uniform_mix: float = _setting(
+        0.5, "colorization: rebalancing mixes the colour distribution with this much uniform; 1 means no "
+        "rebalancing, lower favours rare (vivid) colours more", min=0.0, max=1.0, exclusive_min=True)
     warmup_epochs: int = _setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )

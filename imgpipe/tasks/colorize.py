@@ -126,7 +126,8 @@ class ColorizeTask(Task):
                                  low=64, high=128, step=32)
         bins = ab_bins()
         counts = bin_counts(data.train.paths, bins, settings.max_pixels)
-        data.extras["bin_weights"] = rebalancing_weights(counts, bins=bins).tolist()
+        mix = recipe.train.color_uniform_mix
+        data.extras["bin_weights"] = rebalancing_weights(counts, mix=mix, bins=bins).tolist()
         return data
 
     def target_signature(self, data):

@@ -22,6 +22,7 @@ from imgpipe.coco_eval import coco_map
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.data.demo import demo_detection_folder
 from imgpipe.data.detection import clean_split, read_annotations, read_detection
+from imgpipe.data.images import load_image
 from imgpipe.errors import DataError
 from imgpipe.inference import run_signature
 from imgpipe.models import MODELS
@@ -205,6 +206,8 @@ class DetectionTask(Task):
                 "skipped_files": len(skipped), "score_threshold": metadata["score_threshold"]}
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
+        """Boxes per file, and each image drawn with its boxes into `out_dir` (default runs/predict/<name>)."""
+        out_dir = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path("runs") / "predict" / metadata["name"]
         outputs = run_signature(loaded, paths)
         results = []
         for index, path in enumerate(paths):
@@ -212,15 +215,10 @@ class DetectionTask(Task):
             objects = [{"class_name": outputs["class_names"][index][i].decode(),
                         "score": round(float(outputs["scores"][index][i]), 4),
                         "box": [round(float(v), 1) for v in outputs["boxes"][index][i]]} for i in range(count)]
-            result = {"file": path, "objects": objects}
-            if out_dir is not None:
-                from imgpipe.data.images import load_image
-
-                target = pathlib.Path(out_dir) / (pathlib.Path(path).stem + "_boxes.png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                drawn = report.draw_boxes(load_image(path), [o["box"] for o in objects],
-                                          [f"{o['class_name']} {o['score']:.2f}" for o in objects], (230, 40, 40))
-                report.save_image(drawn, target)
-                result["drawn"] = str(target)
-            results.append(result)
+            target = out_dir / (pathlib.Path(path).stem + "_boxes.png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            drawn = report.draw_boxes(load_image(path), [o["box"] for o in objects],
+                                      [f"{o['class_name']} {o['score']:.2f}" for o in objects], (230, 40, 40))
+            report.save_image(drawn, target)
+            results.append({"file": path, "objects": objects, "drawn": str(target)})
         return results

@@ -181,6 +181,14 @@ def test_cli_evaluate_and_predict_draw_boxes(cli, detect_run, tmp_path):
     assert Image.open(answer["drawn"]).size == (64, 64)
 
 
+def test_cli_predict_draws_into_runs_predict_by_default(cli, detect_run, tmp_path, monkeypatch):
+    result, root = detect_run
+    monkeypatch.chdir(tmp_path)
+    code, out, err = cli("predict", result.export_path, root / "data" / "images" / "shapes_0002.png")
+    assert code == 0, err
+    assert (tmp_path / "runs" / "predict" / "detect" / "shapes_0002_boxes.png").is_file()
+
+
 def test_cli_detect_names_a_broken_annotation_file(cli, tmp_path):
     make_detection_folder(tmp_path / "data", images=4, size=32)
     (tmp_path / "data" / "annotations" / "shapes_0002.xml").write_text("<annotation><object>")
