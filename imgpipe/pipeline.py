@@ -111,6 +111,7 @@ def make_dataset(
     cache_dir=None,
     max_pixels=89_478_485,
     decoder=None,
+    drop_remainder=False,
 ):
     """Builds the tf.data pipeline for one split.
 
@@ -124,6 +125,7 @@ def make_dataset(
         cache: 'auto', 'memory', 'disk' or 'none'.
         cache_dir: folder for the 'disk' cache file.
         decoder: optional `FileDecoder` (for targets in files); one is made otherwise.
+        drop_remainder: bool, leave out the last, smaller batch.
 
     Returns:
         (dataset of (float32 images [B,H,W,3] in 0..255, targets), the decoder or None)
@@ -148,9 +150,29 @@ def make_dataset(
             dataset = tf.data.Dataset.zip(dataset, seeds).map(
                 _seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False
             )
-    dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE)
+    dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE, drop_remainder=drop_remainder)
     dataset = dataset.map(_to_float)
     return dataset.prefetch(AUTOTUNE), decoder
+
+
+def replica_safe_batch_size(count, batch_size, replicas):
+    """The largest batch size <= `batch_size` whose last batch gives every replica at least one image.
+
+    tf.distribute splits each global batch across replicas; a last batch of
+    fewer images than replicas leaves a replica an empty batch, which oneDNN's
+    convolution does not handle (it returns its input unchanged). Validation
+    cannot drop images, so it takes a batch size that divides evenly enough.
+
+    Example:
+        >>> replica_safe_batch_size(count=9, batch_size=8, replicas=2)   # 9 % 8 = 1 image for 2 replicas
+        7
+    """
+    if replicas <= 1:
+        return batch_size
+    for size in range(batch_size, replicas - 1, -1):
+        if count % size == 0 or count % size >= replicas:
+            return size
+    return batch_size
 
 
 def _decoded(image, target, ok):

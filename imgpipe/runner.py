@@ -26,7 +26,7 @@ from imgpipe.data.sources import ImageSet
 from imgpipe.errors import DataError, RecipeError
 from imgpipe.export import write_export
 from imgpipe.models import MODELS
-from imgpipe.pipeline import FileDecoder, make_dataset
+from imgpipe.pipeline import FileDecoder, make_dataset, replica_safe_batch_size
 from imgpipe.recipe import Recipe, load_recipe, recipe_from_dict
 from imgpipe.reexport import write_run_classes
 from imgpipe.tasks import TASKS
@@ -126,11 +126,16 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
                   cache=recipe.data.cache, cache_dir=run_dir / "cache", max_pixels=recipe.data.max_pixels,
                   decoder=decoder)
     augmenter = Augmenter.from_recipe(recipe, task.target_kind)
-    train_ds, _ = make_dataset(data.train, training=True, augmenter=augmenter, **common)
-    val_ds, _ = make_dataset(data.val, training=False, **common)
+    # Several replicas: no replica may get an empty batch (see replica_safe_batch_size).
+    _require_an_image_per_replica(data, trainer.replicas)
+    drop_remainder = trainer.replicas > 1 and data.train.count >= trainer.global_batch_size
+    train_ds, _ = make_dataset(data.train, training=True, augmenter=augmenter, drop_remainder=drop_remainder,
+                               **common)
+    val_ds, _ = make_dataset(data.val, training=False, **{
+        **common, "batch_size": replica_safe_batch_size(data.val.count, trainer.global_batch_size, trainer.replicas)})
     _write_preview(task, data, recipe, augmenter, decoder, run_dir)
 
-    steps_per_epoch = int(np.ceil(data.train.count / trainer.global_batch_size))
+    steps_per_epoch = int((np.floor if drop_remainder else np.ceil)(data.train.count / trainer.global_batch_size))
     with dtype_policy(trainer.policy):
         with trainer.strategy.scope():
             model = task.build_model(recipe, data)
@@ -215,6 +220,13 @@ def _first_samples(image_set, count, seed):
         return ImageSet(dataset=image_set.dataset.take(count), count=min(count, image_set.count))
     chosen = np.random.default_rng(seed).permutation(image_set.count)[:count]
     return ImageSet.from_files([image_set.paths[i] for i in chosen], np.asarray(image_set.targets)[chosen])
+
+
+def _require_an_image_per_replica(data, replicas):
+    for split, image_set in (("training", data.train), ("validation", data.val)):
+        if image_set.count < replicas:
+            raise DataError(f"{data.source}: the {split} split has {image_set.count} image(s), fewer than the "
+                            f"{replicas} devices training on it; add images or change data.val_split")
 
 
 def _require_some_images(decoder, data):

@@ -1,6 +1,7 @@
 import logging
 
 import numpy as np
+import pytest
 
 from imgpipe.augment import Augmenter
 from imgpipe.data.folders import read_class_folders
@@ -70,3 +71,13 @@ def test_auto_cache_keeps_small_sets_in_memory():
     assert cache_mode(1000, [64, 64], "auto", budget_bytes=2**30) == "memory"
     assert cache_mode(100_000, [224, 224], "auto", budget_bytes=2**30) == "disk"
     assert cache_mode(10, [8, 8], "none") == "none"
+
+
+@pytest.mark.parametrize("count, batch, replicas, expected", [(9, 8, 2, 7), (16, 8, 2, 8), (10, 8, 2, 8),
+                                                              (9, 8, 1, 8), (13, 4, 4, 4), (7, 4, 4, 4)])
+def test_replica_safe_batch_size_leaves_no_replica_empty(count, batch, replicas, expected):
+    from imgpipe.pipeline import replica_safe_batch_size
+
+    size = replica_safe_batch_size(count, batch, replicas)
+    assert size == expected
+    assert count % size == 0 or count % size >= replicas or size == batch

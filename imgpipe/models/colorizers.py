@@ -1,14 +1,13 @@
-"""Colorization networks: a segmentation encoder-decoder that sees only lightness and answers ab bins.
+"""The input side of a colorizer: only lightness reaches the network.
 
-Any pixel-classifier builder (`unet`, `deeplabv3plus`) becomes a colorizer:
-the RGB input is reduced to its CIE L channel (so colour can never leak in),
-replicated to three grey channels for the builder, which then classifies
-every pixel into the Q quantised ab bins of `imgpipe.color.ab_bins`.
+Any pixel-classifier builder (`unet`, `deeplabv3plus`) becomes a colorizer
+behind this layer: the RGB input is reduced to its CIE L channel (so colour
+can never leak in), replicated to three grey channels, and the builder
+classifies every pixel into the Q quantised ab bins of `imgpipe.color.ab_bins`
+(see `imgpipe.tasks.colorize.ColorizationModel`).
 
 Example:
-    >>> model = build_colorizer(MODELS.get("unet"), (64, 64, 3), num_bins=313)
-    >>> model(keras.ops.zeros((1, 64, 64, 3))).shape
-    TensorShape([1, 64, 64, 313])
+    >>> GreyFromLightness()(keras.ops.ones((1, 4, 4, 3)) * 255.0)[0, 0, 0]   # white stays 255
 """
 
 import keras
@@ -27,11 +26,3 @@ class GreyFromLightness(keras.layers.Layer):
 
     def compute_output_shape(self, input_shape):
         return input_shape
-
-
-def build_colorizer(build_segmenter, input_shape, num_bins, weights=None):
-    """`build_segmenter(input_shape, num_bins, weights)` behind a lightness-only input; outputs [B, H, W, Q]."""
-    inputs = keras.Input(input_shape, name="image")
-    segmenter = build_segmenter(input_shape, num_bins, weights=weights)
-    outputs = segmenter(GreyFromLightness(dtype="float32", name="lightness")(inputs))
-    return keras.Model(inputs, outputs, name=f"colorize_{segmenter.name}")

@@ -27,7 +27,7 @@ from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError
 from imgpipe.inference import read_image_bytes, write_produced_images
 from imgpipe.models import MODELS
-from imgpipe.models.colorizers import build_colorizer
+from imgpipe.models.colorizers import GreyFromLightness
 from imgpipe.serving import images_at_original_size, resize_float
 from imgpipe.tasks import TASKS
 from imgpipe.tasks.base import Task
@@ -81,16 +81,19 @@ class ColorizationModel(keras.Model):
     absolute ab error of the decoded colours) besides the loss.
     """
 
-    def __init__(self, colorizer, bin_weights, loss="classification", **kwargs):
+    def __init__(self, segmenter, bin_weights, loss="classification", **kwargs):
         super().__init__(name=kwargs.pop("name", "colorization"), **kwargs)
-        self.colorizer = colorizer
+        # Held side by side, not nested in one functional model: MirroredStrategy mis-wires a
+        # functional model inside another on its second replica (Keras 3.15).
+        self.lightness = GreyFromLightness(dtype="float32", name="lightness")
+        self.segmenter = segmenter
         self.bins = tf.constant(ab_bins())
         self.bin_weights = tf.constant(np.asarray(bin_weights, np.float32))
         self.loss_kind = loss
         self.ab_error = keras.metrics.Mean(name="ab_error")
 
     def call(self, images, training=False):
-        return self.colorizer(images, training=training)
+        return self.segmenter(self.lightness(images), training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
         # At half resolution (probabilities averaged over 2x2 cells): a quarter of the target encoding
@@ -139,8 +142,8 @@ class ColorizeTask(Task):
     # === Model ===
     def build_model(self, recipe, data):
         build = MODELS.get(recipe.model.name, key="model.name")
-        colorizer = build_colorizer(build, tuple(data.image_size) + (3,), len(ab_bins()), recipe.model.weights)
-        model = ColorizationModel(colorizer, data.extras["bin_weights"], recipe.train.color_loss)
+        segmenter = build(tuple(data.image_size) + (3,), len(ab_bins()), weights=recipe.model.weights)
+        model = ColorizationModel(segmenter, data.extras["bin_weights"], recipe.train.color_loss)
         model(tf.zeros([1] + list(data.image_size) + [3]))
         return model
 
@@ -180,12 +183,11 @@ class ColorizeTask(Task):
 
     # === Serving ===
     def export_archive(self, model, data, recipe):
-        colorizer = model.colorizer
         size = list(data.image_size)
         temperature = TEMPERATURE[recipe.train.color_loss]
 
         def colour_at_original_size(images):
-            probabilities = colorizer(resize_float(images, size), training=False)
+            probabilities = model(resize_float(images, size), training=False)
             return colorized(probabilities, rgb_to_lab(tf.cast(images, tf.float32))[..., :1], temperature)
 
         def serve_image_bytes(image_bytes):
@@ -194,7 +196,7 @@ class ColorizeTask(Task):
         def serve_images(images):
             return {"image": colour_at_original_size(images)}
 
-        archive = self.make_archive(colorizer)
+        archive = self.make_archive(model)
         archive.add_endpoint("serving_default", serve_image_bytes,
                              [tf.TensorSpec([None], tf.string, name="image_bytes")])
         archive.add_endpoint("serve_images", serve_images,

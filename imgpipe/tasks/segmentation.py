@@ -198,7 +198,7 @@ class SegmentationTask(Task):
         matrix = np.zeros((data.num_classes, data.num_classes), np.int64)
         samples = []
         for images, masks in val_ds:
-            predicted = np.argmax(model.predict_on_batch(images), axis=-1)
+            predicted = np.argmax(model(images, training=False).numpy(), axis=-1)
             matrix += confusion_matrix(masks.numpy(), predicted, data.num_classes, encoding.ignore_index)
             for image, mask, guess in zip(images.numpy(), masks.numpy(), predicted):
                 if len(samples) < PREDICTION_SAMPLES:

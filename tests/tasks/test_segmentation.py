@@ -126,3 +126,11 @@ def test_reexport_rebuilds_the_mask_encoding_from_the_run_folder(segment_run, tm
     path = export_run(result.run_dir, export_dir=tmp_path / "models", name="again")
     _, metadata, _ = load_export(path)
     assert metadata["encoding"] == load_export(result.export_path)[1]["encoding"]
+
+
+def test_segmentation_trains_and_scores_on_two_logical_devices(tmp_path):
+    make_pairs(tmp_path / "data", count=8, size=(32, 32), values=(0, 1))
+    result = imgpipe.run("segment", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "train.devices=2",
+                                     "data.image_size=32", f"train.run_dir={tmp_path / 'run'}",
+                                     "export.enabled=false"], data=tmp_path / "data")
+    assert 0.0 <= result.metrics["val_mean_iou"] <= 1.0 and "val_iou/class_1" in result.metrics
