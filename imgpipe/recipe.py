@@ -127,7 +127,7 @@ class TrainSettings:
         "classification", "colorization: classification over ab bins with rebalancing (vivid), or l1 (dull)",
         choices=("classification", "l1"))
     color_uniform_mix: float = _setting(
-        0.5, "colorization: rebalancing mixes the colour distribution with this much uniform; 1 means no "
+        0.9, "colorization: rebalancing mixes the colour distribution with this much uniform; 1 means no "
         "rebalancing, lower favours rare (vivid) colours more", min=0.0, max=1.0, exclusive_min=True)
     warmup_epochs: int = _setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
