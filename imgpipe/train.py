@@ -20,6 +20,7 @@ Example:
 
 import contextlib
 import csv
+import functools
 import logging
 import os
 import pathlib
@@ -59,10 +60,22 @@ def select_strategy(devices="auto"):
     else:
         names = list(devices)
     if len(names) > 1:
-        return tf.distribute.MirroredStrategy(devices=names)
+        return _mirrored(tuple(names))
     if len(names) == 1 and devices != "auto":
         return tf.distribute.OneDeviceStrategy(names[0])
     return tf.distribute.get_strategy()
+
+
+@functools.lru_cache(maxsize=None)
+def _mirrored(names):
+    """One MirroredStrategy per device set and process.
+
+    A second MirroredStrategy over the same devices restarts the collective
+    instance keys, and its all-reduces then collide with the first one's
+    ("Shape mismatch in the collective instance"): a notebook running two
+    trainings would fail on the second. Reusing the strategy avoids that.
+    """
+    return tf.distribute.MirroredStrategy(devices=list(names))
 
 
 def precision_policy(setting="auto"):

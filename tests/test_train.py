@@ -68,6 +68,13 @@ def test_two_logical_devices_train_under_mirrored_strategy(class_folder, fast_re
     assert result.metrics["epochs_run"] == 2
 
 
+def test_one_mirrored_strategy_per_device_set_so_runs_in_one_process_do_not_collide():
+    from imgpipe.train import select_strategy
+
+    assert select_strategy(2) is select_strategy(2)
+    assert select_strategy(2).num_replicas_in_sync == 2
+
+
 def test_too_many_devices_is_a_recipe_error():
     with pytest.raises(RecipeError, match="train.devices"):
         select_strategy(64)
