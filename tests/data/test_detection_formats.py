@@ -224,3 +224,11 @@ def test_layout_that_is_not_detection_is_refused(tmp_path):
     (tmp_path / "data" / "cats").mkdir(parents=True)
     with pytest.raises(DataError, match="no detection layout found"):
         read_detection(tmp_path / "data")
+
+
+def test_real_raccoon_voc_set_reads_every_box(shared_data):
+    data = read_detection(shared_data / "raccoon")
+    annotations = data.extras["annotations"]
+    assert data.extras["format"] == "voc" and data.class_names == ["raccoon"]
+    assert len(annotations) == 200 and sum(len(a.boxes) for a in annotations) == 217
+    assert all(np.all(a.boxes[:, 2:] <= [a.width, a.height]) for a in annotations)
