@@ -89,7 +89,20 @@ class Task:
         """One result dict per file, in the user's terms (class names, boxes, masks); images go to `out_dir`."""
         raise NotImplementedError
 
-    def make_archive(self, model):
+    def make_archive(self, model, serve_image_bytes, serve_images):
+        """The two signatures every task serves: `serving_default` on encoded bytes, `serve_images` on floats.
+
+        Args:
+            model: the Keras model (or layer) whose variables the functions use.
+            serve_image_bytes: fn(string [None] of encoded images) -> dict of answers.
+            serve_images: fn(float32 [None, H, W, 3], RGB 0..255) -> dict of answers.
+        """
+        import tensorflow as tf
+
         archive = keras.export.ExportArchive()
         archive.track(model)
+        archive.add_endpoint("serving_default", serve_image_bytes,
+                             [tf.TensorSpec([None], tf.string, name="image_bytes")])
+        archive.add_endpoint("serve_images", serve_images,
+                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
         return archive

@@ -184,14 +184,7 @@ class ClassificationTask(Task):
             resized = resize_float(images, size)
             return answer(model(resized, training=False))
 
-        archive = self.make_archive(model)
-        archive.add_endpoint(
-            "serving_default", serve_image_bytes, [tf.TensorSpec([None], tf.string, name="image_bytes")]
-        )
-        archive.add_endpoint(
-            "serve_images", serve_images, [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")]
-        )
-        return archive
+        return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "top_k": min(recipe.export.top_k, data.num_classes)}

@@ -196,12 +196,7 @@ class ColorizeTask(Task):
         def serve_images(images):
             return {"image": colour_at_original_size(images)}
 
-        archive = self.make_archive(model)
-        archive.add_endpoint("serving_default", serve_image_bytes,
-                             [tf.TensorSpec([None], tf.string, name="image_bytes")])
-        archive.add_endpoint("serve_images", serve_images,
-                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-        return archive
+        return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
         return {"color_loss": recipe.train.color_loss, "temperature": TEMPERATURE[recipe.train.color_loss],

@@ -178,12 +178,7 @@ class DetectionTask(Task):
             sizes = tf.tile(tf.shape(images)[1:3][None], [tf.shape(images)[0], 1])
             return answer(resize_float(images, size), sizes)
 
-        archive = self.make_archive(model)
-        archive.add_endpoint("serving_default", serve_image_bytes,
-                             [tf.TensorSpec([None], tf.string, name="image_bytes")])
-        archive.add_endpoint("serve_images", serve_images,
-                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-        return archive
+        return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "box_format": "x_min, y_min, x_max, y_max (pixels)",

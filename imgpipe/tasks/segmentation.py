@@ -266,12 +266,7 @@ class SegmentationTask(Task):
             answer = masks_at(probabilities, sizes)
             return {"mask": answer["mask"], "class_fraction": answer["class_fraction"]}
 
-        archive = self.make_archive(model)
-        archive.add_endpoint("serving_default", serve_image_bytes,
-                             [tf.TensorSpec([None], tf.string, name="image_bytes")])
-        archive.add_endpoint("serve_images", serve_images,
-                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-        return archive
+        return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "encoding": data.extras["encoding"].to_dict()}

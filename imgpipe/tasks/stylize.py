@@ -183,12 +183,7 @@ class StylizeTask(Task):
         def serve_images(images):
             return {"image": styled(transformer, images, max_side)}
 
-        archive = self.make_archive(transformer)
-        archive.add_endpoint("serving_default", serve_image_bytes,
-                             [tf.TensorSpec([None], tf.string, name="image_bytes")])
-        archive.add_endpoint("serve_images", serve_images,
-                             [tf.TensorSpec([None, None, None, 3], tf.float32, name="images")])
-        return archive
+        return self.make_archive(transformer, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
         return {"style_image": data.extras["style_path"], "max_side": recipe.export.max_side,
