@@ -151,8 +151,12 @@ def stylize(image, style, out, steps, size, loss_network, loss_weights):
     from imgpipe.gatys import stylize_image
     from imgpipe.report import save_image
 
+    from imgpipe.inference import OUTPUT_SUFFIXES
+
     if size < 16:
         raise click.BadParameter("must be at least 16", param_hint="--size")
+    if os.path.splitext(out)[1].lower() not in OUTPUT_SUFFIXES:
+        raise click.BadParameter(f"needs an image extension ({', '.join(OUTPUT_SUFFIXES)})", param_hint="--out")
     pixels = stylize_image(image, style, steps=steps, size=size, network=loss_network, loss_weights=loss_weights)
     save_image(pixels, out)
     click.echo(f"styled: {out} ({pixels.shape[1]}x{pixels.shape[0]})")

@@ -104,7 +104,7 @@ def annealed_mean(logits, bins, temperature=0.38):
     0.38 is Zhang et al.'s compromise.
     """
     probabilities = tf.nn.softmax(tf.cast(logits, tf.float32) / temperature, axis=-1)
-    return tf.tensordot(probabilities, tf.constant(bins), axes=1)
+    return tf.tensordot(probabilities, tf.convert_to_tensor(bins, tf.float32), axes=1)
 
 
 def rebalancing_weights(bin_counts, mix=0.5, sigma=5.0, bins=None):

@@ -16,7 +16,7 @@ import tensorflow as tf
 
 from imgpipe.data.images import load_image
 from imgpipe.errors import RecipeError
-from imgpipe.perceptual import LossWeights, loss_network, perceptual_terms, style_grams
+from imgpipe.perceptual import LossWeights, content_targets, loss_network, perceptual_terms, style_grams
 
 DEFAULT_WEIGHTS = LossWeights(content=1.0, style=2.0, tv=0.1)  # the recipe defaults
 
@@ -47,13 +47,14 @@ def stylize_image(content_path, style_path, steps=300, size=384, learning_rate=4
     style = _fit(load_image(style_path), size)
     features = loss_network(network, loss_weights, seed)
     grams = style_grams(features, style)
+    targets = content_targets(features, content)  # once: the content image never changes
     image = tf.Variable(content)
     optimizer = keras.optimizers.Adam(learning_rate)
 
     @tf.function
     def step():
         with tf.GradientTape() as tape:
-            content_term, style_term, tv_term = perceptual_terms(features, image, content, grams)
+            content_term, style_term, tv_term = perceptual_terms(features, image, targets, grams)
             total = weights.content * content_term + weights.style * style_term + weights.tv * tv_term
         optimizer.apply_gradients([(tape.gradient(total, image), image)])
         image.assign(tf.clip_by_value(image, 0.0, 255.0))

@@ -134,13 +134,30 @@ def total_variation(images):
     return down + right
 
 
-def perceptual_terms(features, generated, content, grams):
-    """Per-image (content, style, tv) losses [B] of `generated` images against `content` and `grams`."""
+def content_targets(features, content):
+    """The content-layer features of `content` images, fixed (no gradient): what `perceptual_terms` compares."""
+    outputs = features(tf.cast(content, tf.float32))
+    return [tf.stop_gradient(output) for output in outputs[: features.content_count]]
+
+
+def identity_style_loss(features, images, grams):
+    """Per-image style loss of the images as they are: the baseline a stylised result is compared with."""
+    outputs = features(tf.cast(images, tf.float32))[features.content_count:]
+    return tf.add_n([style_loss(g, s) for g, s in zip(outputs, grams)]) / len(grams)
+
+
+def perceptual_terms(features, generated, targets, grams):
+    """Per-image (content, style, tv) losses [B] of `generated` images.
+
+    Args:
+        features: the loss network.
+        generated: images being judged, 0..255 [B, H, W, 3].
+        targets: `content_targets` of the content images (computed once where they do not change).
+        grams: the style's Gram matrices (`style_grams`).
+    """
     generated_features = features(tf.cast(generated, tf.float32))
-    content_features = features(tf.cast(content, tf.float32))
     count = features.content_count
-    content_term = tf.add_n([content_loss(g, tf.stop_gradient(c)) for g, c in
-                             zip(generated_features[:count], content_features[:count])]) / count
+    content_term = tf.add_n([content_loss(g, c) for g, c in zip(generated_features[:count], targets)]) / count
     style_term = tf.add_n([style_loss(g, s) for g, s in zip(generated_features[count:], grams)]) / len(grams)
     return content_term, style_term, total_variation(generated)
 
@@ -165,7 +182,7 @@ class StyleTransferModel(keras.Model):
         return self.transformer(images, training=training)
 
     def compute_loss(self, x=None, y=None, y_pred=None, sample_weight=None, training=True):
-        content, style, tv = perceptual_terms(self.features, y_pred, x, self.grams)
+        content, style, tv = perceptual_terms(self.features, y_pred, content_targets(self.features, x), self.grams)
         self.content_tracker.update_state(content)
         self.style_tracker.update_state(style)
         self.tv_tracker.update_state(tv)

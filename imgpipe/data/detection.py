@@ -19,7 +19,7 @@ import numpy as np
 
 from imgpipe.data.boxes import clean_annotation
 from imgpipe.data.coco import coco_files, read_coco
-from imgpipe.data.images import UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
 from imgpipe.data.split import stratified_split
 from imgpipe.data.voc import read_voc, voc_folders
@@ -43,7 +43,7 @@ def detect_format(root):
                     "or instances_*.json, YOLO images/ + labels/)")
 
 
-def read_annotations(root, format="auto", max_pixels=89_478_485):
+def read_annotations(root, format="auto", max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: [Annotation]}, class names, format) before cleaning."""
     format = detect_format(root) if format in ("auto", None) else format
     if format == "voc":
@@ -79,7 +79,7 @@ def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
     root = pathlib.Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found" if not root.exists() else f"{root}: not a folder")
-    max_pixels = max_pixels or 89_478_485
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     splits, names, format = read_annotations(root, format, max_pixels)
     if not names:
         raise DataError(f"{root}: no object classes found in the {format} annotations")

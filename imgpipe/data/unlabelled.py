@@ -12,7 +12,7 @@ import pathlib
 import numpy as np
 
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
 from imgpipe.data.split import stratified_split
 from imgpipe.errors import DataError
@@ -20,8 +20,8 @@ from imgpipe.errors import DataError
 log = logging.getLogger("imgpipe")
 
 
-def read_image_folder(root, val_split=0.2, seed=1337, max_pixels=89_478_485, image_size="auto", low=64, high=128,
-                      step=32):
+def read_image_folder(root, val_split=0.2, seed=1337, max_pixels=DEFAULT_MAX_PIXELS, image_size="auto", low=64,
+                      high=128, step=32):
     """Every readable image below `root`, split seeded; targets are zeros; unreadable files skipped with a warning.
 
     `image_size` 'auto' picks the median side clamped to [low, high] in multiples of `step`.

@@ -16,7 +16,7 @@ import yaml
 
 from imgpipe.data.boxes import Annotation
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.errors import DataError
 
 NAME_FILES = ("classes.txt", "obj.names", "data.yaml", "dataset.yaml")
@@ -70,7 +70,7 @@ def parse_label_file(path, width, height, num_classes):
     return boxes, classes
 
 
-def read_yolo(root, max_pixels=89_478_485):
+def read_yolo(root, max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: annotations}, class names) for a YOLO layout."""
     root = pathlib.Path(root)
     if not is_yolo(root):

@@ -22,7 +22,7 @@ from imgpipe.color import (ab_bins, annealed_mean, colorfulness, encode_ab, lab_
                            rebalancing_weights, rgb_to_lab)
 from imgpipe.data.demo import demo_colorize_folder
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import UnreadableImage, load_image
+from imgpipe.data.images import UnreadableImage, decode_bytes, load_image
 from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError
 from imgpipe.inference import read_image_bytes, write_produced_images
@@ -100,7 +100,7 @@ class ColorizationModel(keras.Model):
         # work, which otherwise costs as much as the network; Zhang et al. predict at a quarter.
         probabilities = tf.nn.avg_pool2d(tf.cast(y_pred, tf.float32), LOSS_POOL, LOSS_POOL, "VALID")
         true_ab = tf.image.resize(rgb_to_lab(x)[..., 1:], tf.shape(probabilities)[1:3], method="area")
-        predicted_ab = annealed_mean(tf.math.log(tf.maximum(probabilities, 1e-8)), ab_bins(),
+        predicted_ab = annealed_mean(tf.math.log(tf.maximum(probabilities, 1e-8)), self.bins,
                                      TEMPERATURE[self.loss_kind])
         self.ab_error.update_state(tf.reduce_mean(tf.abs(predicted_ab - true_ab), axis=-1))
         if self.loss_kind == "l1":
@@ -210,8 +210,9 @@ class ColorizeTask(Task):
         serve = loaded.signatures["serving_default"]
         per_image = {"": [], "_grey": [], "_true": []}
         for path in paths:
-            original = tf.constant(load_image(path)[None].astype(np.float32))
-            answer = serve(image_bytes=tf.constant([read_image_bytes(path)]))
+            encoded = read_image_bytes(path)  # read once: the model and the reference see the same bytes
+            original = tf.constant(decode_bytes(encoded, name=path)[None].astype(np.float32))
+            answer = serve(image_bytes=tf.constant([encoded]))
             height, width = int(answer["height"][0]), int(answer["width"][0])
             if (height, width) != tuple(original.shape[1:3]):
                 raise DataError(f"{path}: decoded at {width}x{height} by the model but {original.shape[2]}x"

@@ -22,7 +22,7 @@ from imgpipe.coco_eval import coco_map
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.data.demo import demo_detection_folder
 from imgpipe.data.detection import clean_split, read_annotations, read_detection
-from imgpipe.data.images import load_image
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, load_image
 from imgpipe.errors import DataError
 from imgpipe.inference import run_signature
 from imgpipe.models import MODELS
@@ -187,11 +187,10 @@ class DetectionTask(Task):
     # === Using an export ===
     def evaluate_export(self, loaded, metadata, data_path, report_dir):
         splits, names, _ = read_annotations(data_path)
-        if names != metadata["class_names"]:
-            missing = sorted(set(names) - set(metadata["class_names"]))
-            if missing:
-                raise DataError(f"{data_path}: class {missing[0]!r} is not one of the model's classes")
-        annotations, _, skipped = clean_split([a for split in splits.values() for a in split], 89_478_485)
+        missing = sorted(set(names) - set(metadata["class_names"]))
+        if missing:
+            raise DataError(f"{data_path}: class {missing[0]!r} is not one of the model's classes")
+        annotations, _, skipped = clean_split([a for split in splits.values() for a in split], DEFAULT_MAX_PIXELS)
         index_of = {name: metadata["class_names"].index(name) for name in names}
         outputs = run_signature(loaded, [a.image for a in annotations])
         truth = [(a.boxes, [index_of[names[c]] for c in a.classes]) for a in annotations]

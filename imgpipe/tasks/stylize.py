@@ -16,7 +16,6 @@ import os
 import pathlib
 import time
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -28,7 +27,8 @@ from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError, RecipeError
 from imgpipe.inference import write_produced_images
 from imgpipe.models import MODELS
-from imgpipe.perceptual import LossWeights, StyleTransferModel, loss_network, perceptual_terms, style_grams
+from imgpipe.perceptual import (LossWeights, StyleTransferModel, content_targets, identity_style_loss, loss_network,
+                                perceptual_terms, style_grams)
 from imgpipe.serving import images_at_original_size
 from imgpipe.tasks import TASKS
 from imgpipe.tasks.base import Task
@@ -41,11 +41,12 @@ TIMING_RUNS = 10
 
 
 def imagenet_weights_cached(network):
-    """True when Keras already holds the no-top ImageNet weights of `network` (no download needed)."""
-    module = {"vgg16": keras.applications.vgg16, "vgg19": keras.applications.vgg19}[network]
-    url = module.WEIGHTS_PATH_NO_TOP if hasattr(module, "WEIGHTS_PATH_NO_TOP") else ""
+    """True when Keras already holds the no-top ImageNet weights of `network` (no download needed).
+
+    The file name is the one `keras.applications` downloads to (its URL constant is not public API).
+    """
     keras_home = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
-    return bool(url) and (keras_home / "models" / url.rsplit("/", 1)[-1]).is_file()
+    return (keras_home / "models" / f"{network}_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file()
 
 
 def styled(transformer, images, max_side):
@@ -58,6 +59,14 @@ def styled(transformer, images, max_side):
     result = transformer(smaller, training=False)
     result = tf.image.resize(result, [height, width], method="bilinear")
     return tf.clip_by_value(result, 0.0, 255.0)
+
+
+def style_at_size(style, image_size):
+    """The style image scaled (area) so its longer side matches the training images' longer side."""
+    height, width = style.shape[:2]
+    scale = max(image_size) / max(height, width)
+    return tf.image.resize(style, [max(1, round(height * scale)), max(1, round(width * scale))], method="area",
+                           antialias=True)
 
 
 @TASKS.register("stylize", description="fast style transfer from a folder of photos and one style image")
@@ -81,17 +90,19 @@ class StylizeTask(Task):
             raise DataError(f"{style_path}: style image not found")
         style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
         data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
-        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()), demo=settings.path is None)
+        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()),
+                           loss_weights=self._loss_weights(recipe, demo=settings.path is None))
         return data
 
     def target_signature(self, data):
         return tf.int32, ()
 
     # === Model ===
-    def loss_weights_source(self, recipe, data):
+    @staticmethod
+    def _loss_weights(recipe, demo):
         """The loss network's weights; the demo uses random ones when ImageNet's are not on disk yet."""
         weights = recipe.model.loss_weights
-        if data.extras["demo"] and weights == "imagenet" and not imagenet_weights_cached(recipe.model.loss_network):
+        if demo and weights == "imagenet" and not imagenet_weights_cached(recipe.model.loss_network):
             log.info("demo: ImageNet VGG weights are not cached; using the fixed random-feature loss network")
             return "random"
         return weights
@@ -103,23 +114,16 @@ class StylizeTask(Task):
         transformer = MODELS.get(recipe.model.name, key="model.name")((None, None, 3), 0)
         if recipe.model.weights not in (None, "none"):
             transformer.load_weights(recipe.model.weights)
-        features = loss_network(recipe.model.loss_network, self.loss_weights_source(recipe, data), recipe.data.seed)
-        style = tf.image.resize(data.extras["style"], self._style_size(data), method="area", antialias=True)
+        features = loss_network(recipe.model.loss_network, data.extras["loss_weights"], recipe.data.seed)
         train = recipe.train
-        model = StyleTransferModel(transformer, features, style_grams(features, style),
+        model = StyleTransferModel(transformer, features,
+                                   style_grams(features, style_at_size(data.extras["style"], data.image_size)),
                                    LossWeights(train.content_weight, train.style_weight, train.tv_weight))
         model(tf.zeros([1] + list(data.image_size) + [3]))
         return model
 
-    @staticmethod
-    def _style_size(data):
-        """The style image scaled so its longer side matches the training images' longer side."""
-        height, width = data.extras["style"].shape[:2]
-        scale = max(data.image_size) / max(height, width)
-        return [max(1, round(height * scale)), max(1, round(width * scale))]
-
     def saved_extras(self, data):
-        return {"style_path": data.extras["style_path"], "demo": data.extras["demo"]}
+        return {"style_path": data.extras["style_path"], "loss_weights": data.extras["loss_weights"]}
 
     def restored_extras(self, saved):
         return {**saved, "style": load_image(saved["style_path"])}
@@ -130,17 +134,15 @@ class StylizeTask(Task):
     # === Results ===
     def final_metrics(self, model, val_ds, data, run_dir):
         metrics = super().final_metrics(model, val_ds, data, run_dir)
-        identity = {"content": [], "style": []}
+        identity = []
         samples = []
         for images, _ in val_ds:
-            content, style, _ = perceptual_terms(model.features, images, images, model.grams)
-            identity["content"].append(content.numpy())
-            identity["style"].append(style.numpy())
+            identity.append(identity_style_loss(model.features, images, model.grams).numpy())
             if len(samples) < SAMPLES:
                 results = model.transformer(images, training=False).numpy()
                 samples += list(zip(images.numpy(), results))[: SAMPLES - len(samples)]
-        metrics["val_content_loss_identity"] = float(np.mean(np.concatenate(identity["content"])))
-        metrics["val_style_loss_identity"] = float(np.mean(np.concatenate(identity["style"])))
+        metrics["val_content_loss_identity"] = 0.0  # an unstyled image has its own content exactly
+        metrics["val_style_loss_identity"] = float(np.mean(np.concatenate(identity)))
         metrics["ms_per_image_256"] = self.milliseconds_per_image(model.transformer)
         self.plot_samples(samples, data, pathlib.Path(run_dir) / "samples.png")
         return metrics
@@ -187,8 +189,8 @@ class StylizeTask(Task):
 
     def export_metadata(self, data, recipe):
         return {"style_image": data.extras["style_path"], "max_side": recipe.export.max_side,
-                "loss_network": recipe.model.loss_network,
-                "loss_weights": self.loss_weights_source(recipe, data),
+                "loss_network": recipe.model.loss_network, "loss_weights": data.extras["loss_weights"],
+                "loss_seed": recipe.data.seed,
                 "loss_weighting": {"content": recipe.train.content_weight, "style": recipe.train.style_weight,
                                    "tv": recipe.train.tv_weight}}
 
@@ -200,22 +202,18 @@ class StylizeTask(Task):
         paths = list_images(data_path)
         if not paths:
             raise DataError(f"{data_path}: no images")
-        features = loss_network(metadata["loss_network"], metadata["loss_weights"])
-        style = load_image(style_path)
+        features = loss_network(metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"])
         size = metadata["image_size"]
-        scale = max(size) / max(style.shape[:2])
-        grams = style_grams(features, tf.image.resize(style, [max(1, round(s * scale)) for s in style.shape[:2]],
-                                                      method="area", antialias=True))
+        grams = style_grams(features, style_at_size(load_image(style_path), size))
         totals = {"content_loss": [], "style_loss": [], "style_loss_identity": []}
         serve = loaded.signatures["serve_images"]
         for path in paths:
             image = tf.image.resize(load_image(path)[None].astype(np.float32), size, method="area", antialias=True)
             result = serve(images=image)["image"]
-            content, style_term, _ = perceptual_terms(features, result, image, grams)
-            _, identity, _ = perceptual_terms(features, image, image, grams)
+            content, style_term, _ = perceptual_terms(features, result, content_targets(features, image), grams)
             totals["content_loss"].append(float(content[0]))
             totals["style_loss"].append(float(style_term[0]))
-            totals["style_loss_identity"].append(float(identity[0]))
+            totals["style_loss_identity"].append(float(identity_style_loss(features, image, grams)[0]))
         return {**{key: float(np.mean(values)) for key, values in totals.items()}, "images": len(paths)}
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):

@@ -50,15 +50,18 @@ def test_viewpoint_policy_keeps_each_box_on_its_object():
     image[20:40, 10:30] = 255
     target = pad_boxes(np.array([[10, 20, 30, 40]], np.float32), np.array([0]), 2)
     augmenter = Augmenter("strong", "none", "none", target_kind="boxes")
+    checked = 0
     for seed in range(20):
         moved_image, moved = augmenter.apply(image, target, seed)
         boxes, _ = unpad_boxes(moved)
         if len(boxes) == 0:
             continue
+        checked += 1
         x0, y0, x1, y1 = np.round(boxes[0]).astype(int)
         white = moved_image[..., 0] > 128
         inside = white[max(y0 - 2, 0): y1 + 2, max(x0 - 2, 0): x1 + 2].sum()
         assert inside >= 0.9 * white.sum(), f"seed {seed}: the box {boxes[0]} lost its object"
+    assert checked >= 15, f"only {checked} of 20 augmentations kept the box"
 
 
 def test_rendered_targets_decode_back_to_the_boxes():

@@ -105,6 +105,8 @@ def test_cli_stylize_errors_name_the_problem(cli, stylize_data, tmp_path):
     assert code == 2 and "missing.jpg" in err and "Traceback" not in err
     code, _, err = cli("stylize", tmp_path / "nothing.jpg", "--style", style, "--out", tmp_path / "x.png")
     assert code == 2 and "nothing.jpg" in err
+    code, _, err = cli("stylize", root / "photos" / "scene_0000.png", "--style", style, "--out", tmp_path / "x.txt")
+    assert code == 2 and "--out" in err and "Traceback" not in err
 
 
 def test_reexport_reloads_the_style_from_the_run_folder(stylize_run, tmp_path):
@@ -125,3 +127,15 @@ def test_the_loss_model_trains_on_two_logical_devices(stylize_data, tmp_path):
                                      "train.devices=2", f"train.run_dir={tmp_path / 'run'}", "export.enabled=false"],
                          data=root / "photos", style=style, loss_weights="random")
     assert result.metrics["epochs_run"] == 1 and np.isfinite(result.metrics["val_style_loss"])
+
+
+def test_demo_uses_cached_imagenet_weights_and_falls_back_to_random(tmp_path, monkeypatch):
+    from imgpipe.tasks.stylize import StylizeTask, imagenet_weights_cached
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    recipe = imgpipe.load_recipe("stylize")
+    assert not imagenet_weights_cached("vgg16") and StylizeTask._loss_weights(recipe, demo=True) == "random"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"")
+    assert imagenet_weights_cached("vgg16") and StylizeTask._loss_weights(recipe, demo=True) == "imagenet"
+    assert StylizeTask._loss_weights(recipe, demo=False) == "imagenet"
