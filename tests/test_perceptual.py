@@ -6,8 +6,9 @@ import tensorflow as tf
 from imgpipe import perceptual
 from imgpipe.errors import RecipeError
 from imgpipe.models.transformer_net import build_johnson, build_johnson_light
-from imgpipe.perceptual import (LossWeights, StyleTransferModel, content_loss, content_targets, gram_matrix, loss_network,
-                                perceptual_terms, style_grams, style_loss, total_variation)
+from imgpipe.perceptual import (LossWeights, StyleTransferModel, content_loss, content_targets, gram_matrix,
+                                identity_style_loss, loss_network, perceptual_terms, style_grams, style_loss,
+                                total_variation)
 
 
 def test_gram_matrix_against_hand_computed_values():
@@ -69,6 +70,7 @@ def test_transformer_output_has_the_input_size_and_pixel_range(build, shape):
 
 
 def test_short_training_lowers_the_style_loss(random_vgg):
+    keras.utils.set_random_seed(0)  # the starting network, whatever ran before this test
     rng = np.random.default_rng(0)
     content = rng.uniform(0, 255, (4, 32, 32, 3)).astype(np.float32)
     stripes = np.zeros((32, 32, 3), np.float32)
@@ -78,10 +80,12 @@ def test_short_training_lowers_the_style_loss(random_vgg):
     model(content[:1])
 
     def style_now():
-        return float(tf.reduce_mean(perceptual_terms(random_vgg, model(content), content_targets(random_vgg, content), grams)[1]))
+        targets = content_targets(random_vgg, content)
+        return float(tf.reduce_mean(perceptual_terms(random_vgg, model(content), targets, grams)[1]))
 
     before = style_now()
-    model.compile(optimizer=keras.optimizers.Adam(0.01))
-    history = model.fit(content, np.zeros(4), batch_size=4, epochs=25, verbose=0)
+    unstyled = float(tf.reduce_mean(identity_style_loss(random_vgg, content, grams)))
+    model.compile(optimizer=keras.optimizers.Adam(0.002))
+    history = model.fit(content, np.zeros(4), batch_size=4, epochs=40, verbose=0)
     assert {"loss", "content_loss", "style_loss", "tv_loss"} <= set(history.history)
-    assert style_now() < 0.5 * before
+    assert style_now() < 0.5 * min(before, unstyled)
