@@ -16,7 +16,7 @@ Example:
     >>> image, label = augmenter.apply(image, label, seed=7)
 """
 
-import threading
+import queue
 
 import albumentations as A
 import cv2
@@ -119,7 +119,10 @@ class Augmenter:
             raise ValueError(f"target_kind: expected one of {TARGET_KINDS}, got {target_kind!r}")
         self.strengths = strengths
         self.target_kind = target_kind
-        self._local = threading.local()
+        # Compose objects hold random state, so each call borrows one nobody else is using.
+        # A pool, not a thread-local: tf.data runs `numpy_function` on short-lived threads,
+        # and a thread-local Compose was rebuilt on almost every call (3x the augmentation).
+        self._idle = queue.SimpleQueue()
 
     @classmethod
     def from_recipe(cls, recipe, target_kind="label"):
@@ -140,10 +143,19 @@ class Augmenter:
 
     def apply(self, image, target, seed):
         """Augments one uint8 HxWx3 image (and its mask) with the transformation drawn from `seed`."""
-        compose = getattr(self._local, "compose", None)
-        if compose is None:
-            # Compose objects hold random state; one per tf.data worker thread.
-            compose = self._local.compose = self.build()
+        compose = self._borrow()
+        try:
+            return self._apply(compose, image, target, seed)
+        finally:
+            self._idle.put(compose)
+
+    def _borrow(self):
+        try:
+            return self._idle.get_nowait()
+        except queue.Empty:
+            return self.build()
+
+    def _apply(self, compose, image, target, seed):
         compose.set_random_seed(int(seed) % (2**32))
         if self.target_kind == "mask":
             out = compose(image=image, mask=target)

@@ -85,6 +85,28 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, outpu
 
 
 @main.command()
+@click.option("--data", required=True, type=click.Path(), help="The data folder, as `imgpipe run --data` takes it.")
+@click.option("--task", type=click.Choice(["classify", "segment", "detect", "stylize", "colorize"]),
+              help="What the data is for (default: guessed from the layout).")
+@click.option("--style", help="Style transfer: the style image (data.style).")
+@click.option("--near", "near_bits", type=int, default=4, show_default=True,
+              help="Perceptual-hash bits (of 64) two images may differ in and count as copies; -1: exact only.")
+@click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe keys, e.g. data.val_split=0.1.")
+@click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
+def check(data, task, style, near_bits, overrides, as_json):
+    """Check a data folder before training: unreadable files, duplicates, leakage, balance.
+
+    Exits 0 when the data can be trained on (warnings allowed), 2 when it cannot.
+    """
+    from imgpipe.check import check_data, render
+
+    report = check_data(data, task, list(overrides), near_duplicate_bits=near_bits, style=style)
+    click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else render(report))
+    if not report.trainable:
+        sys.exit(2)
+
+
+@main.command()
 @click.argument("export", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Folder laid out like the training data.")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Where the plots go.")

@@ -163,18 +163,42 @@ def _stem(path, root):
     return os.path.splitext(os.path.relpath(path, root))[0]
 
 
-def discover_encoding(mask_paths, table_names, table_colours, ignore_index, voc_layout=False):
-    """Works out the mask convention and class names from the masks and the colour table."""
-    grey_values, colours = set(), set()
+@dataclasses.dataclass
+class MaskValues:
+    """The values stored in a set of mask files, before any class mapping.
+
+    Attributes:
+        pixels: {value: pixel count}; an int for grey/palette masks, an (r, g, b) tuple for colour masks.
+        unreadable: {mask path: one-line reason} for masks that could not be decoded.
+    """
+
+    pixels: dict
+    unreadable: dict
+
+
+def count_mask_values(mask_paths):
+    """Reads every mask once and counts its stored values; undecodable masks are listed, not raised."""
+    pixels, unreadable = {}, {}
     for path in mask_paths:
-        raw = read_mask_array(path)
-        if raw.ndim == 3:
-            flat = raw.reshape(-1, raw.shape[-1])[:, :3]
-            colours.update(map(tuple, np.unique(flat, axis=0).tolist()))
-        else:
-            grey_values.update(np.unique(raw).tolist())
+        try:
+            raw = read_mask_array(path)
+        except UnreadableImage as error:
+            unreadable[str(path)] = str(error)
+            continue
+        flat = raw.reshape(-1, raw.shape[-1])[:, :3] if raw.ndim == 3 else raw.reshape(-1, 1)
+        values, counts = np.unique(flat, axis=0, return_counts=True)
+        for value, count in zip(values.tolist(), counts.tolist()):
+            key = tuple(value) if raw.ndim == 3 else int(value[0])
+            pixels[key] = pixels.get(key, 0) + count
+    return MaskValues(pixels, unreadable)
+
+
+def discover_encoding(values, table_names, table_colours, ignore_index, voc_layout=False, folder=""):
+    """Works out the mask convention and class names from the values found and the colour table."""
+    colours = {value for value in values.pixels if isinstance(value, tuple)}
+    grey_values = {value for value in values.pixels if not isinstance(value, tuple)}
     if colours and grey_values:
-        raise DataError(f"{pathlib.Path(mask_paths[0]).parent}: masks mix colour (RGB) and single-channel files")
+        raise DataError(f"{folder}: masks mix colour (RGB) and single-channel files")
     if colours:
         if table_colours is None:
             table_colours = sorted(colours, key=lambda c: (sum(c) > 0, c))
@@ -205,19 +229,28 @@ def discover_encoding(mask_paths, table_names, table_colours, ignore_index, voc_
     return MaskEncoding("index", count, ignore_index), names
 
 
-def _check_sizes(images, masks, max_pixels):
-    headers = []
+def _readable_pairs(images, masks, max_pixels):
+    """(images, masks, image headers, skip reasons): pairs whose two headers read; the rest skipped with a warning.
+
+    A mask whose size differs from its image is an error, not a skip: it means
+    the pairing or the export of the masks is wrong, not one bad file.
+    """
+    kept_images, kept_masks, headers, skipped = [], [], [], []
     for image_path, mask_path in zip(images, masks):
-        image = read_header(image_path, max_pixels)
         try:
+            image = read_header(image_path, max_pixels)
             mask = read_header(mask_path, max_pixels)
         except UnreadableImage as error:
-            raise DataError(str(error)) from None
+            log.warning("skipped %s", error)
+            skipped.append(str(error))
+            continue
         if (image.width, image.height) != (mask.width, mask.height):
             raise DataError(f"{mask_path}: mask is {mask.width}x{mask.height} but its image {image_path} is "
                             f"{image.width}x{image.height}")
+        kept_images.append(image_path)
+        kept_masks.append(mask_path)
         headers.append(image)
-    return headers
+    return kept_images, kept_masks, headers, skipped
 
 
 def _layout(root):
@@ -232,6 +265,15 @@ def _layout(root):
         return [("voc", root / "JPEGImages", root / "SegmentationClass")]
     raise DataError(f"{root}: expected images/ + masks/, train/ + val/ folders holding them, or a Pascal VOC "
                     "JPEGImages/ + SegmentationClass/ layout")
+
+
+def has_mask_layout(root):
+    """True when `root` is laid out as one of the segmentation layouts above."""
+    try:
+        _layout(pathlib.Path(root))
+    except DataError:
+        return False
+    return True
 
 
 def _voc_pairs(root, image_dir, mask_dir):
@@ -296,14 +338,26 @@ def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_siz
             if not mask_dir.is_dir():
                 raise DataError(f"{mask_dir}: masks folder not found for {image_dir}")
             split_lists[name] = find_pairs(image_dir, mask_dir)
-    all_images = [p for images, _ in split_lists.values() for p in images]
-    all_masks = [p for _, masks in split_lists.values() for p in masks]
-    if not all_images:
+    if not any(images for images, _ in split_lists.values()):
         raise DataError(f"{root}: no image/mask pairs found")
-    headers = _check_sizes(all_images, all_masks, max_pixels)
+    headers, skipped = [], []
+    for name, (images, masks) in split_lists.items():
+        images, masks, split_headers, split_skipped = _readable_pairs(images, masks, max_pixels)
+        split_lists[name] = (images, masks)
+        headers += split_headers
+        skipped += split_skipped
+    values = count_mask_values([p for _, masks in split_lists.values() for p in masks])
+    for name, (images, masks) in split_lists.items():
+        kept = [i for i, mask in enumerate(masks) if mask not in values.unreadable]
+        split_lists[name] = ([images[i] for i in kept], [masks[i] for i in kept])
+    for reason in values.unreadable.values():
+        log.warning("skipped %s", reason)
+        skipped.append(reason)
+    if not any(images for images, _ in split_lists.values()):
+        raise DataError(f"{root}: no readable image/mask pairs")
     table_names, table_colours = read_colour_table(root)
-    encoding, class_names = discover_encoding(all_masks, table_names, table_colours, ignore_index,
-                                              voc_layout=layout[0][0] == "voc")
+    encoding, class_names = discover_encoding(values, table_names, table_colours, ignore_index,
+                                              voc_layout=layout[0][0] == "voc", folder=str(root))
     if None in split_lists:
         images, masks = split_lists[None]
         train_index, val_index = stratified_split(np.zeros(len(images)), val_split, seed)
@@ -317,4 +371,4 @@ def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_siz
                         f"{train.count} and {val.count})")
     size = auto_image_size(headers, low=32, high=256, step=32) if image_size == "auto" else list(image_size)
     return TaskData(train=train, val=val, class_names=class_names, image_size=size, source=str(root),
-                    extras={"encoding": encoding})
+                    skipped=skipped, extras={"encoding": encoding})

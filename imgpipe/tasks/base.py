@@ -28,6 +28,18 @@ class Task:
         """Returns a `TaskData` for the recipe's `data` section; raises `DataError` for unusable data."""
         raise NotImplementedError
 
+    def read_examples(self, recipe):
+        """The data as `read_data` reads it, without what training derives from it (`imgpipe check`).
+
+        Tasks whose `read_data` also prepares training (loss networks, rebalancing
+        weights) override this to stop at the examples themselves.
+        """
+        return self.read_data(recipe)
+
+    def describe_data(self, recipe, data):
+        """What `imgpipe check` reports for this task: {title: a value, or a table as a list of row dicts}."""
+        return {}
+
     def target_signature(self, data):
         """(tf dtype, shape) of one target as the pipeline carries it."""
         raise NotImplementedError

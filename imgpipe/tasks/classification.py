@@ -119,6 +119,19 @@ class ClassificationTask(Task):
                              settings.val_split, settings.image_size)
         return read_class_folders(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
 
+    def describe_data(self, recipe, data):
+        if not data.train.is_files:
+            return {}
+        train = np.bincount(np.asarray(data.train.targets, np.int64), minlength=data.num_classes)
+        val = np.bincount(np.asarray(data.val.targets, np.int64), minlength=data.num_classes)
+        weights = inverse_frequency_weights(data.train.targets, data.num_classes)
+        totals = train + val
+        return {
+            "classes": [{"class": name, "training": int(train[i]), "validation": int(val[i]),
+                         "weight (class_weight: auto)": weights[i]} for i, name in enumerate(data.class_names)],
+            "imbalance ratio (largest / smallest class)": round(float(totals.max() / max(totals.min(), 1)), 2),
+        }
+
     def target_signature(self, data):
         return tf.int32, ()
 

@@ -123,15 +123,19 @@ class ColorizeTask(Task):
 
     # === Data ===
     def read_data(self, recipe):
+        data = self.read_examples(recipe)
         settings = recipe.data
-        path = settings.path if settings.path is not None else str(demo_colorize_folder())
-        data = read_image_folder(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size,
-                                 low=64, high=128, step=32)
         bins = ab_bins()
         counts = bin_counts(data.train.paths, bins, settings.max_pixels)
         mix = recipe.train.color_uniform_mix
         data.extras["bin_weights"] = rebalancing_weights(counts, mix=mix, bins=bins).tolist()
         return data
+
+    def read_examples(self, recipe):
+        settings = recipe.data
+        path = settings.path if settings.path is not None else str(demo_colorize_folder())
+        return read_image_folder(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size,
+                                 low=64, high=128, step=32)
 
     def target_signature(self, data):
         return tf.int32, ()

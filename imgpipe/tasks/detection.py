@@ -77,6 +77,28 @@ class DetectionTask(Task):
         data.extras["max_boxes"] = settings.max_boxes
         return data
 
+    def describe_data(self, recipe, data):
+        annotations = data.extras["annotations"]
+        rows = {name: {"class": name, "training objects": 0, "validation objects": 0, "images": 0}
+                for name in data.class_names}
+        empty = {"training": 0, "validation": 0}
+        for split, image_set in (("training", data.train), ("validation", data.val)):
+            for index in image_set.targets:
+                classes = annotations[int(index)].classes
+                if len(classes) == 0:
+                    empty[split] += 1
+                for class_index in classes.tolist():
+                    rows[data.class_names[class_index]][f"{split} objects"] += 1
+                for class_index in set(classes.tolist()):
+                    rows[data.class_names[class_index]]["images"] += 1
+        return {
+            "annotation format": data.extras["format"],
+            "class names found": ", ".join(data.class_names),
+            "images without objects": f"{empty['training']} training, {empty['validation']} validation "
+                                      "(kept as negatives)",
+            "objects per class": list(rows.values()),
+        }
+
     def target_signature(self, data):
         return tf.float32, (data.extras["max_boxes"], 5)
 

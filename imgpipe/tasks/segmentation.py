@@ -19,7 +19,8 @@ import tensorflow as tf
 from keras import ops
 
 from imgpipe import report
-from imgpipe.data.masks import MaskEncoding, list_pairs, load_mask, read_mask_array, read_mask_folders
+from imgpipe.data.masks import (MaskEncoding, count_mask_values, list_pairs, load_mask, read_mask_array,
+                                 read_mask_folders)
 from imgpipe.errors import DataError
 from imgpipe.inference import run_signature
 from imgpipe.models import MODELS
@@ -133,13 +134,19 @@ def iou_report(matrix, class_names):
     return metrics
 
 
-def pixel_class_weights(mask_paths, encoding, size):
-    """Inverse pixel-frequency weights n / (C * n_c) from the training masks (at model size)."""
+def pixel_class_counts(mask_paths, encoding, size):
+    """Pixels of each class in the masks at model size (ignored pixels left out)."""
     counts = np.zeros(encoding.num_classes, np.int64)
     for path in mask_paths:
         mask = load_mask(path, size, encoding)
         valid = (mask >= 0) & (mask < encoding.num_classes)
         counts += np.bincount(mask[valid], minlength=encoding.num_classes)
+    return counts
+
+
+def pixel_class_weights(mask_paths, encoding, size):
+    """Inverse pixel-frequency weights n / (C * n_c) from the training masks (at model size)."""
+    counts = pixel_class_counts(mask_paths, encoding, size)
     total = counts.sum()
     return [float(total / (len(counts) * count)) if count else 0.0 for count in counts]
 
@@ -158,6 +165,26 @@ class SegmentationTask(Task):
             raise DataError("data.path: segmentation needs --data DIR (images/ + masks/)")
         return read_mask_folders(settings.path, settings.val_split, settings.seed, settings.max_pixels,
                                  settings.image_size, settings.ignore_index)
+
+    def describe_data(self, recipe, data):
+        encoding = data.extras["encoding"]
+        masks = list(data.train.targets) + list(data.val.targets)
+        counts = pixel_class_counts(data.train.targets, encoding, data.image_size)
+        weights = pixel_class_weights(data.train.targets, encoding, data.image_size)
+        values = []
+        for value, pixels in sorted(count_mask_values(masks).pixels.items()):
+            index = int(encoding.encode(np.array([[value]]))[0, 0])
+            ignored = encoding.ignore_index is not None and index == encoding.ignore_index
+            meaning = "ignored" if ignored or not 0 <= index < data.num_classes else data.class_names[index]
+            shown = ",".join(map(str, value)) if isinstance(value, tuple) else value
+            values.append({"stored value": shown, "pixels": pixels, "read as": meaning})
+        return {
+            "mask encoding": f"{encoding.kind}, {data.num_classes} classes, ignore index {encoding.ignore_index}",
+            "mask values found": values,
+            "classes (training pixels at model size)": [
+                {"class": name, "pixel share": round(float(counts[i] / max(counts.sum(), 1)), 4),
+                 "weight (class_weight: auto)": round(weights[i], 4)} for i, name in enumerate(data.class_names)],
+        }
 
     def target_signature(self, data):
         return tf.int32, tuple(data.image_size)

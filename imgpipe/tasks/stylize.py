@@ -78,6 +78,11 @@ class StylizeTask(Task):
 
     # === Data ===
     def read_data(self, recipe):
+        data = self.read_examples(recipe)
+        data.extras["loss_weights"] = self._loss_weights(recipe, demo=recipe.data.path is None)
+        return data
+
+    def read_examples(self, recipe):
         settings = recipe.data
         content, style = settings.path, settings.style
         if content is None and style is None:
@@ -90,8 +95,7 @@ class StylizeTask(Task):
             raise DataError(f"{style_path}: style image not found")
         style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
         data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
-        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()),
-                           loss_weights=self._loss_weights(recipe, demo=settings.path is None))
+        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()))
         return data
 
     def target_signature(self, data):
