@@ -167,6 +167,26 @@ class Augmenter:
             return np.ascontiguousarray(out["image"]), pad_boxes(moved, np.asarray(out["classes"]), len(target))
         return np.ascontiguousarray(compose(image=image)["image"]), target
 
+    def apply_batch(self, images, targets, seeds):
+        """`apply` to each image of a batch (uint8 [B, H, W, 3], targets [B, ...], seeds [B]); same results."""
+        compose = self._borrow()
+        try:
+            pairs = [self._apply(compose, image, target, seed) for image, target, seed in zip(images, targets, seeds)]
+        finally:
+            self._idle.put(compose)
+        return np.stack([image for image, _ in pairs]), np.stack([target for _, target in pairs]).astype(targets.dtype)
+
+    def tf_map_batch(self, images, targets, seeds):
+        """The `apply_batch` step as a tf.data map function on batches; one Python call per batch."""
+        import tensorflow as tf
+
+        augmented_images, augmented_targets = tf.numpy_function(
+            self.apply_batch, [images, targets, seeds], [tf.uint8, targets.dtype], stateful=False
+        )
+        augmented_images.set_shape(images.shape)
+        augmented_targets.set_shape(targets.shape)
+        return augmented_images, augmented_targets
+
     def tf_map(self, image, target, seed):
         """The `apply` step as a tf.data map function (image uint8 [H,W,3], target, int64 seed)."""
         import tensorflow as tf

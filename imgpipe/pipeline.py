@@ -1,6 +1,6 @@
 """From an `ImageSet` to batches for `model.fit`: decode, resize, cache, augment, batch.
 
-    paths -> decode+resize (parallel) -> cache -> shuffle -> augment (parallel) -> batch -> float -> prefetch
+    paths -> read+decode+resize (parallel) -> cache -> shuffle -> batch -> augment (parallel) -> float -> prefetch
 
 Images stay uint8 until the last step, so the cache and the augmentation
 work on a quarter of the bytes; the model sees float32 pixels in 0..255 and
@@ -8,6 +8,12 @@ does its own scaling. The cache sits after decode+resize and before
 augmentation, so epochs after the first skip decoding and still see fresh
 augmentation. Files that fail to decode mid-run are dropped with one warning
 each, never a crash.
+
+Where the time goes (benchmarks/README.md has the figures): plain JPEGs are
+decoded by TensorFlow in the graph at a reduced DCT scale (no Python, no GIL),
+other files by Pillow; shrinking is an area average; augmentation, which is
+Python (albumentations) and so holds the GIL, runs once per batch rather than
+once per image, which halves its overhead.
 
 Example:
     >>> train_ds = make_dataset(data.train, [64, 64], batch_size=32, training=True,
@@ -22,12 +28,14 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from imgpipe.data.images import UnreadableImage, load_image
+from imgpipe.data.images import UnreadableImage, decode_bytes, plain_jpeg_scale
 
 log = logging.getLogger("imgpipe")
 
 AUTOTUNE = tf.data.AUTOTUNE
 SHUFFLE_BUFFER = 2048
+DCT_SCALES = (1, 2, 4, 8)
+NOT_A_PLAIN_JPEG = -1
 
 # Files that fail to decode are filtered out, so a file-based dataset's length
 # is unknown until it has been read once, and Keras warns at that first end.
@@ -36,6 +44,11 @@ warnings.filterwarnings("ignore", message="Your input ran out of data", category
 
 class FileDecoder:
     """Decodes files in tf.data worker threads, remembering (and warning once about) failures.
+
+    Each file is read once, in Python: its header says whether it is a plain
+    JPEG (`plain_jpeg_scale`), whose bytes then go on to `tf.io.decode_jpeg`
+    at a reduced DCT scale in the graph, or anything else, which Pillow
+    decodes from the same bytes. Either way the pixels are those of `load_image`.
 
     Args:
         size: [height, width] every image is resized to.
@@ -53,13 +66,26 @@ class FileDecoder:
         self.failed = set()
         self._lock = threading.Lock()
 
-    def decode(self, path, target):
+    def read(self, path, target):
+        """Reads one file: (Pillow's pixels or an empty image, JPEG bytes or b"", DCT scale index, target, ok).
+
+        A plain JPEG comes back as its bytes and the index of its scale in
+        `DCT_SCALES`, for the graph to decode; anything else as Pillow's
+        pixels and `NOT_A_PLAIN_JPEG`.
+        """
         path = path.decode() if isinstance(path, bytes) else str(path)
         try:
-            image = load_image(path, max_pixels=self.max_pixels, draft=self.size)
+            contents = _read_bytes(path)
+            scale = plain_jpeg_scale(contents, self.size, self.max_pixels, name=path)
+            if scale:
+                image, jpeg, scale_index = np.zeros([0, 0, 3], np.uint8), contents, DCT_SCALES.index(scale)
+            else:
+                image = decode_bytes(contents, max_pixels=self.max_pixels, name=path, draft=self.size)
+                jpeg, scale_index = b"", NOT_A_PLAIN_JPEG
             if self.load_target is not None:
                 target = self.load_target(target, self.size)
-            return image, np.asarray(target, dtype=self.target_dtype.as_numpy_dtype), True
+            target = np.asarray(target, dtype=self.target_dtype.as_numpy_dtype)
+            return image, jpeg, np.int32(scale_index), target, True
         except UnreadableImage as error:
             with self._lock:
                 first_time = path not in self.failed
@@ -69,24 +95,49 @@ class FileDecoder:
             blank_target = np.zeros(
                 [d if d is not None else 1 for d in self.target_shape], self.target_dtype.as_numpy_dtype
             )
-            return np.zeros([1, 1, 3], np.uint8), blank_target, False
+            return np.zeros([1, 1, 3], np.uint8), b"", np.int32(NOT_A_PLAIN_JPEG), blank_target, False
 
     def tf_decode(self, path, target):
-        image, target_out, ok = tf.numpy_function(
-            self.decode, [path, target], [tf.uint8, self.target_dtype, tf.bool], stateful=False
+        image, jpeg, scale_index, target_out, ok = tf.numpy_function(
+            self.read, [path, target], [tf.uint8, tf.string, tf.int32, self.target_dtype, tf.bool], stateful=False
         )
-        # Resized in the graph with the op the serving signature uses, so
-        # training and serving see the same pixels.
         image.set_shape([None, None, 3])
+        jpeg.set_shape([])
+        scale_index.set_shape([])
+        image = tf.cond(scale_index == NOT_A_PLAIN_JPEG, lambda: image, lambda: decode_jpeg_scaled(jpeg, scale_index))
+        # Resized in the graph, as the serving signature resizes.
         image = resize_uint8(image, self.size)
         target_out.set_shape(self.target_shape)
         ok.set_shape(())
         return image, target_out, ok
 
 
+def decode_jpeg_scaled(jpeg, scale_index):
+    """JPEG bytes -> uint8 [H, W, 3] decoded at `DCT_SCALES[scale_index]`, with Pillow's exact IDCT.
+
+    Example:
+        >>> decode_jpeg_scaled(tf.io.read_file("photo.jpg"), scale_index=1)   # half size
+    """
+    def at(scale):
+        return lambda: tf.io.decode_jpeg(jpeg, channels=3, ratio=scale, dct_method="INTEGER_ACCURATE")
+
+    return tf.switch_case(scale_index, [at(scale) for scale in DCT_SCALES])
+
+
 def resize_uint8(image, size):
-    """Bilinear, antialiased resize of a uint8 image tensor that stays uint8."""
-    resized = tf.image.resize(image, size, method="bilinear", antialias=True)
+    """Resizes a uint8 image tensor to `size` ([height, width]) and keeps it uint8.
+
+    Shrinking averages the covered source pixels (`area`), which is the
+    anti-aliasing filter and costs half of TensorFlow's antialiased bilinear;
+    enlarging (or a mix) is antialiased bilinear, as before.
+
+    Example:
+        >>> resize_uint8(tf.zeros([480, 640, 3], tf.uint8), [224, 224]).shape
+        TensorShape([224, 224, 3])
+    """
+    shrinking = tf.reduce_all(tf.shape(image)[:2] >= size)
+    resized = tf.cond(shrinking, lambda: tf.image.resize(image, size, method="area"),
+                      lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
@@ -138,6 +189,9 @@ def make_dataset(
         targets = np.asarray(image_set.targets)[order]
         dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
         dataset = dataset.map(decoder.tf_decode, num_parallel_calls=AUTOTUNE)
+        # A plain JPEG whose entropy-coded data is corrupt (header and end marker intact)
+        # fails in tf.io.decode_jpeg; it is dropped with TensorFlow's warning, not a crash.
+        dataset = dataset.ignore_errors(log_warning=True)
         dataset = dataset.filter(_decoded).map(_drop_flag)
     else:
         decoder = None
@@ -145,12 +199,15 @@ def make_dataset(
     dataset = _cache(dataset, cache_mode(image_set.count, size, cache), cache_dir, "train" if training else "val")
     if training:
         dataset = dataset.shuffle(min(image_set.count, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
-        if augmenter is not None and not augmenter.is_identity:
-            seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
-            dataset = tf.data.Dataset.zip(dataset, seeds).map(
-                _seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False
-            )
+    augmenting = training and augmenter is not None and not augmenter.is_identity
+    if augmenting:
+        seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)
+        dataset = tf.data.Dataset.zip(dataset, seeds)
     dataset = dataset.batch(batch_size, num_parallel_calls=AUTOTUNE, drop_remainder=drop_remainder)
+    if augmenting:
+        # One Python call per batch: albumentations holds the GIL, and per image
+        # the call overhead cost as much as the augmentation itself.
+        dataset = dataset.map(_seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False)
     dataset = dataset.map(_to_float)
     return dataset.prefetch(AUTOTUNE), decoder
 
@@ -195,10 +252,22 @@ def _resizer(size):
 
 
 def _seeded(augmenter):
-    def augment(element, seed):
-        return augmenter.tf_map(element[0], element[1], seed)
+    def augment(elements, seeds):
+        return augmenter.tf_map_batch(elements[0], elements[1], seeds)
 
     return augment
+
+
+def _read_bytes(path):
+    try:
+        with open(path, "rb") as handle:
+            return handle.read()
+    except FileNotFoundError:
+        raise UnreadableImage(f"{path}: file not found") from None
+    except IsADirectoryError:
+        raise UnreadableImage(f"{path}: is a folder, not an image") from None
+    except OSError as error:
+        raise UnreadableImage(f"{path}: cannot read file ({error.strerror or error})") from None
 
 
 def _cache(dataset, mode, cache_dir, split):

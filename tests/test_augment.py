@@ -80,3 +80,39 @@ def test_runs_inside_tf_data_with_parallel_calls():
     assert len(outputs) == 6
     assert all(image.shape == (24, 32, 3) and image.dtype == np.uint8 for image, _ in outputs)
     assert dataset.element_spec[0].shape == (24, 32, 3)
+
+
+@pytest.mark.parametrize("target_kind", ["label", "mask"])
+def test_a_batch_gets_what_each_image_gets_alone(target_kind):
+    augmenter = Augmenter("strong", "strong", "strong", target_kind=target_kind)
+    images = np.stack([random_image(i) for i in range(4)])
+    targets = np.arange(4, dtype=np.int32) if target_kind == "label" else np.ones((4, 24, 32), np.int32)
+    seeds = np.array([3, 4, 5, 6])
+    batch_images, batch_targets = augmenter.apply_batch(images, targets, seeds)
+    alone = [augmenter.apply(image, target, seed) for image, target, seed in zip(images, targets, seeds)]
+    assert np.array_equal(batch_images, np.stack([image for image, _ in alone]))
+    assert np.array_equal(batch_targets, np.stack([target for _, target in alone]))
+    assert batch_targets.dtype == np.int32
+
+
+def test_pipelines_are_built_once_and_reused(monkeypatch):
+    augmenter = Augmenter()
+    built = []
+    original = augmenter.build
+    monkeypatch.setattr(augmenter, "build", lambda: built.append(1) or original())
+    for seed in range(5):
+        augmenter.apply(random_image(), 0, seed=seed)
+    augmenter.apply_batch(np.stack([random_image()] * 2), np.zeros(2, np.int32), np.array([1, 2]))
+    assert len(built) == 1
+
+
+def test_runs_inside_tf_data_per_batch():
+    augmenter = Augmenter("medium", "medium", "medium")
+    images = np.stack([random_image(i) for i in range(6)])
+    dataset = tf.data.Dataset.zip(
+        tf.data.Dataset.from_tensor_slices((images, np.arange(6, dtype=np.int32))),
+        tf.data.Dataset.random(seed=1),
+    ).batch(4).map(lambda element, seeds: augmenter.tf_map_batch(element[0], element[1], seeds), num_parallel_calls=2)
+    outputs = list(dataset.as_numpy_iterator())
+    assert [len(labels) for _, labels in outputs] == [4, 2]
+    assert dataset.element_spec[0].shape.as_list() == [None, 24, 32, 3]

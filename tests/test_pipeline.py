@@ -1,11 +1,14 @@
 import logging
+import pathlib
 
 import numpy as np
 import pytest
+from PIL import Image
 
 from imgpipe.augment import Augmenter
 from imgpipe.data.folders import read_class_folders
-from imgpipe.pipeline import cache_mode, make_dataset
+from imgpipe.data.images import load_image, plain_jpeg_scale
+from imgpipe.pipeline import cache_mode, make_dataset, resize_uint8
 
 
 def batches(dataset):
@@ -81,3 +84,47 @@ def test_replica_safe_batch_size_leaves_no_replica_empty(count, batch, replicas,
     size = replica_safe_batch_size(count, batch, replicas)
     assert size == expected
     assert count % size == 0 or count % size >= replicas or size == batch
+
+
+def jpeg_class_folder(root, count=4, size=(48, 64)):
+    rng = np.random.default_rng(0)
+    for name in ("cats", "dogs"):
+        (root / name).mkdir(parents=True)
+        for index in range(count):
+            pixels = rng.integers(0, 255, size + (3,), dtype=np.uint8)
+            Image.fromarray(pixels).save(root / name / f"{index}.jpg", quality=90)
+    return root
+
+
+def test_plain_jpegs_decoded_in_the_graph_match_pillow(tmp_path):
+    data = read_class_folders(jpeg_class_folder(tmp_path / "images"), val_split=0.5)
+    dataset, _ = make_dataset(data.val, [12, 16], batch_size=8, training=False)
+    images = batches(dataset)[0][0]
+    expected = [resize_uint8(load_image(path, draft=[12, 16]), [12, 16]).numpy() for path in data.val.paths]
+    assert np.array_equal(images, np.stack(expected).astype(np.float32))
+
+
+def test_corrupt_jpeg_with_intact_header_is_dropped_not_a_crash(tmp_path):
+    data = read_class_folders(jpeg_class_folder(tmp_path / "images"), val_split=0.5)
+    broken = pathlib.Path(data.train.paths[0])
+    content = bytearray(broken.read_bytes())
+    middle = len(content) // 2
+    content[middle:middle + 400] = bytes((value * 7 + 3) % 256 for value in content[middle:middle + 400])
+    broken.write_bytes(bytes(content))
+    assert plain_jpeg_scale(bytes(content), [16, 16])  # so TensorFlow, not Pillow, meets the corruption
+    dataset, _ = make_dataset(data.train, [16, 16], batch_size=8, training=False, cache="none")
+    assert sum(len(labels) for _, labels in batches(dataset)) == data.train.count - 1
+
+
+@pytest.mark.parametrize("source, size", [((40, 60), [10, 20]), ((8, 8), [16, 24]), ((8, 40), [16, 16])])
+def test_resize_keeps_uint8_and_flat_colour(source, size):
+    image = np.full(source + (3,), 200, np.uint8)
+    resized = resize_uint8(image, size).numpy()
+    assert resized.shape == tuple(size) + (3,) and resized.dtype == np.uint8
+    assert np.all(resized == 200)
+
+
+def test_shrinking_averages_the_covered_pixels():
+    stripes = np.zeros((4, 4, 3), np.uint8)
+    stripes[:, ::2] = 200
+    assert np.all(resize_uint8(stripes, [2, 2]).numpy() == 100)

@@ -5,6 +5,8 @@ by extension, and its modes cover greyscale, palette, RGBA, CMYK and 16-bit.
 The header is read first so that decompression bombs are refused before any
 pixel is decoded, and JPEGs much larger than the target are decoded at reduced
 size (DCT scaling via `Image.draft`), which is most of the decode time saved.
+`plain_jpeg_scale` tells the training pipeline which JPEGs TensorFlow can
+decode to the same pixels without Pillow (most photos), which is faster still.
 
 Example:
     >>> pixels = load_image("cat.jpg", size=(96, 128))
@@ -24,6 +26,7 @@ from imgpipe.errors import DataError
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".bmp", ".gif", ".webp", ".tif", ".tiff")
 DEFAULT_MAX_PIXELS = 89_478_485
+JPEG_END_MARKER = b"\xff\xd9"
 
 # imgpipe enforces its own data.max_pixels limit before decoding; Pillow's
 # global limit would otherwise fire first with its own wording.
@@ -104,9 +107,38 @@ def load_image(path, size=None, max_pixels=DEFAULT_MAX_PIXELS, draft=None):
         return np.asarray(rgb, dtype=np.uint8)
 
 
-def decode_bytes(data, size=None, max_pixels=DEFAULT_MAX_PIXELS, name="<bytes>"):
-    """Like `load_image`, for encoded bytes already in memory."""
-    return load_image(_NamedBytes(data, name), size=size, max_pixels=max_pixels)
+def plain_jpeg_scale(data, size, max_pixels=DEFAULT_MAX_PIXELS, name="<bytes>"):
+    """The DCT scale (1, 2, 4 or 8) at which a plain JPEG can be decoded outside Pillow; 0 for any other image.
+
+    A plain JPEG is RGB or greyscale, upright (no EXIF rotation) and complete
+    (it ends with the end-of-image marker). TensorFlow's
+    `tf.io.decode_jpeg(ratio=scale, dct_method="INTEGER_ACCURATE")` decodes it
+    to exactly the pixels `load_image(..., draft=size)` gives, but in the graph,
+    in parallel and without holding Python's GIL. Everything else (CMYK,
+    EXIF-rotated, truncated, other formats) returns 0 and goes through
+    `load_image`. The scale is the one `Image.draft` picks: the largest that
+    keeps the decoded image at least `size` = (height, width).
+
+    Raises:
+        UnreadableImage: the header is unreadable, or the image is over `max_pixels` or empty.
+
+    Example:
+        >>> plain_jpeg_scale(open("photo_1600x1200.jpg", "rb").read(), size=(224, 224))
+        4
+    """
+    with _open(_NamedBytes(data, name)) as image:
+        _check_pixels(name, image.width, image.height, max_pixels)
+        plain = (image.format == "JPEG" and image.mode in ("RGB", "L")
+                 and _exif_orientation(image) in (None, 1) and data.endswith(JPEG_END_MARKER))
+        shrink = min(image.width // size[1], image.height // size[0])
+    if not plain:
+        return 0
+    return next((scale for scale in (8, 4, 2) if shrink >= scale), 1)
+
+
+def decode_bytes(data, size=None, max_pixels=DEFAULT_MAX_PIXELS, name="<bytes>", draft=None):
+    """Like `load_image`, for encoded bytes already in memory; `name` (the file, say) names it in errors."""
+    return load_image(_NamedBytes(data, name), size=size, max_pixels=max_pixels, draft=draft)
 
 
 def to_rgb(image):

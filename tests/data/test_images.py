@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from imgpipe.data.images import UnreadableImage, load_image, read_header
+from imgpipe.data.images import UnreadableImage, decode_bytes, load_image, plain_jpeg_scale, read_header
 
 RED = (200, 20, 20)
 
@@ -104,3 +104,45 @@ def test_decompression_bomb_is_refused_before_decoding(tmp_path):
         read_header(path, max_pixels=10_000_000)
     with pytest.raises(UnreadableImage, match=r"bomb.png.*data.max_pixels"):
         load_image(path, max_pixels=10_000_000)
+
+
+def jpeg_bytes(width, height, mode="RGB", **kwargs):
+    pixels = np.random.default_rng(1).integers(0, 255, (height, width, 3), dtype=np.uint8)
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).convert(mode).save(buffer, "JPEG", **kwargs)
+    return buffer.getvalue()
+
+
+@pytest.mark.parametrize("width, height, size, scale", [(64, 48, (16, 16), 2), (64, 64, (16, 16), 4),
+                                                        (200, 160, (16, 16), 8), (20, 20, (16, 16), 1),
+                                                        (10, 10, (16, 16), 1)])
+def test_plain_jpeg_scale_is_the_one_draft_picks(width, height, size, scale):
+    assert plain_jpeg_scale(jpeg_bytes(width, height), size) == scale
+    assert plain_jpeg_scale(jpeg_bytes(width, height, mode="L"), size) == scale
+
+
+def test_jpegs_pillow_must_decode_are_not_plain():
+    exif = Image.Exif()
+    exif[0x0112] = 6
+    png = io.BytesIO()
+    Image.new("RGB", (32, 32), RED).save(png, "PNG")
+    assert plain_jpeg_scale(jpeg_bytes(32, 32, mode="CMYK"), (16, 16)) == 0
+    assert plain_jpeg_scale(jpeg_bytes(32, 32, exif=exif.tobytes()), (16, 16)) == 0
+    assert plain_jpeg_scale(jpeg_bytes(32, 32)[:-200], (16, 16)) == 0
+    assert plain_jpeg_scale(png.getvalue(), (16, 16)) == 0
+
+
+def test_plain_jpeg_scale_refuses_bombs_naming_the_file():
+    with pytest.raises(UnreadableImage, match=r"big.jpg.*data.max_pixels"):
+        plain_jpeg_scale(jpeg_bytes(64, 64), (16, 16), max_pixels=1000, name="big.jpg")
+
+
+@pytest.mark.parametrize("mode", ["RGB", "L"])
+def test_tensorflow_decodes_a_plain_jpeg_to_pillows_pixels(mode):
+    import tensorflow as tf
+
+    data = jpeg_bytes(96, 72, mode=mode)
+    scale = plain_jpeg_scale(data, (24, 24))
+    graph = tf.io.decode_jpeg(data, channels=3, ratio=scale, dct_method="INTEGER_ACCURATE").numpy()
+    assert scale == 2
+    assert np.array_equal(graph, decode_bytes(data, draft=(24, 24)))
