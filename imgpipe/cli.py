@@ -18,7 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
-from imgpipe.errors import ImgpipeError  # noqa: E402
+from imgpipe.errors import ImgpipeError, InterruptedWrite  # noqa: E402
 
 log = logging.getLogger("imgpipe")
 
@@ -231,6 +231,9 @@ def entry_point():
     """Console script: runs `main`, turning user errors into one line and exit status 2."""
     try:
         main.main(standalone_mode=False)
+    except InterruptedWrite as error:
+        click.echo(f"error: {error}", err=True)
+        _exit_now(2)
     except ImgpipeError as error:
         click.echo(f"error: {error}", err=True)
         sys.exit(2)
@@ -243,6 +246,18 @@ def entry_point():
     except click.exceptions.Exit as done:
         sys.exit(done.exit_code)
     sys.exit(0)
+
+
+def _exit_now(status):
+    """Exits without the interpreter's clean-up, after a write failed part-way (a full disk).
+
+    h5py keeps the half-written checkpoint open, and its destructor retries the
+    failed flush at shutdown, printing a traceback and crashing the process.
+    Everything worth keeping is already on disk or reported.
+    """
+    sys.stdout.flush()
+    sys.stderr.flush()
+    os._exit(status)
 
 
 if __name__ == "__main__":

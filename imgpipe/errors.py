@@ -19,3 +19,11 @@ class DataError(ImgpipeError):
 
 class ExportError(ImgpipeError):
     """An export cannot be read or written; the message names the folder."""
+
+
+class OutputError(ImgpipeError):
+    """An output folder cannot be written (full, read-only, not permitted); the message names it."""
+
+
+class InterruptedWrite(OutputError):
+    """A write failed part-way (disk full); libraries may still hold the half-written files open."""

@@ -31,6 +31,7 @@ from imgpipe.recipe import Recipe, load_recipe, recipe_from_dict
 from imgpipe.reexport import write_run_classes
 from imgpipe.tasks import TASKS
 from imgpipe.train import Trainer, dtype_policy, environment_summary
+from imgpipe.writable import output_guard, require_writable
 
 log = logging.getLogger("imgpipe")
 
@@ -110,6 +111,14 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
     run_dir = _run_directory(recipe, resume)
     if resume:
         recipe = _saved_recipe(run_dir)
+    require_writable(run_dir, "--output")
+    if recipe.export.enabled:
+        require_writable(recipe.export.root, "--export-dir")
+    with output_guard(run_dir, "--output", then="continue with --resume"):
+        return _train_and_export(recipe, run_dir, resume)
+
+
+def _train_and_export(recipe, run_dir, resume):
     task = TASKS.get(recipe.task, key="task")()
     data = task.read_data(recipe)
     recipe = recipe.update(**{"data.image_size": list(data.image_size)})
@@ -155,8 +164,10 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
             "model": recipe.model.name,
             **task.export_metadata(data, recipe),
         }
-        export_path = write_export(task.export_archive(model, data, recipe), recipe.export.root, recipe.name,
-                                   metadata, recipe.to_yaml())
+        with output_guard(pathlib.Path(recipe.export.root) / recipe.name, "--export-dir",
+                          then=f"export the trained run with `imgpipe export {run_dir}`"):
+            export_path = write_export(task.export_archive(model, data, recipe), recipe.export.root, recipe.name,
+                                       metadata, recipe.to_yaml())
     metrics.update(
         epochs_run=outcome["epochs_run"],
         train_seconds=outcome["train_seconds"],

