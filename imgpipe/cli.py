@@ -214,10 +214,20 @@ def recipes(keys):
 @main.command()
 @click.option("--task", help="Only builders for this task.")
 @click.option("--image-size", type=int, default=224, show_default=True, help="Input side used to count.")
-def models(task, image_size):
-    """List model builders with their parameter counts."""
+@click.option("--summary", "summary_name", metavar="NAME",
+              help="Print NAME's layers with their parameter counts and the arithmetic behind them.")
+@click.option("--classes", type=int, default=10, show_default=True, help="Output classes used with --summary.")
+def models(task, image_size, summary_name, classes):
+    """List model builders with their parameter counts (or one builder's layer table)."""
     from imgpipe.models import MODELS
 
+    if summary_name:
+        from imgpipe.layer_table import format_table
+
+        model = MODELS.get(summary_name, key="--summary")((image_size, image_size, 3), classes, weights=None)
+        click.echo(f"{summary_name} at {image_size}x{image_size}x3, {classes} classes")
+        click.echo(format_table(model))
+        return
     click.echo(f"{'name':<20} {'task':<17} {'family':<12} {'parameters':>12}")
     for name in MODELS.names(**({"task": task} if task else {})):
         info = MODELS.info(name)
