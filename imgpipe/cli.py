@@ -197,6 +197,28 @@ def export(run_dir, export_dir, name, weights):
 
 
 @main.command()
+@click.argument("run_dir", type=click.Path(exists=True, file_okay=False))
+@click.option("--image", "images", multiple=True, required=True, type=click.Path(),
+              help="An image to explain (repeatable).")
+@click.option("--class", "class_name", help="Explain this class instead of the prediction (segmentation: its region).")
+@click.option("--layer", help="Spatial layer Grad-CAM weighs (default: the last before the head).")
+@click.option("--filters", "filters_layer", metavar="LAYER",
+              help="Also show the most active filters of LAYER: synthesised inputs and the images that excite them.")
+@click.option("--out", "out_dir", type=click.Path(file_okay=False), help="Where the grids go (default RUN_DIR/explain).")
+@click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
+def explain(run_dir, images, class_name, layer, filters_layer, out_dir, weights):
+    """Grad-CAM heat maps (and filter visualisations) of a classification or segmentation run."""
+    from imgpipe.explain_run import explain_run
+
+    result = explain_run(run_dir, images, class_name, layer, filters_layer, out_dir, weights)
+    for path, name, score in result["predictions"]:
+        click.echo(f"{path}: {name} {score:.3f}")
+    click.echo(f"grad-cam: {result['gradcam']}")
+    if result["filters"]:
+        click.echo(f"filters:  {result['filters']}")
+
+
+@main.command()
 @click.option("--keys", is_flag=True, help="List every recipe key with its default and meaning.")
 def recipes(keys):
     """List the shipped recipes (or every recipe key)."""

@@ -21,6 +21,7 @@ from imgpipe.data.demo import demo_classification_folder
 from imgpipe.data.folders import read_class_folders, scan_class_folders
 from imgpipe.data.tfds import read_tfds
 from imgpipe.errors import DataError
+from imgpipe.explain import write_grad_cam_grid
 from imgpipe.inference import run_signature
 from imgpipe.models import MODELS
 from imgpipe.serving import decode_batch, resize_float
@@ -28,6 +29,7 @@ from imgpipe.tasks import TASKS
 from imgpipe.tasks.base import Task
 
 TOP5_MIN_CLASSES = 5
+GRAD_CAM_IMAGES = 8  # validation images in the run folder's gradcam.png
 
 
 @keras.saving.register_keras_serializable(package="imgpipe")
@@ -165,6 +167,9 @@ class ClassificationTask(Task):
         metrics.update({f"val_{key}": value for key, value in report_metrics.items()
                         if "/" in key})
         report.plot_confusion_matrix(matrix, data.class_names, pathlib.Path(run_dir) / "confusion_matrix.png")
+        images, labels = next(iter(val_ds.unbatch().batch(GRAD_CAM_IMAGES)))
+        write_grad_cam_grid(model, images.numpy(), data.class_names, pathlib.Path(run_dir) / "gradcam.png",
+                            labels=labels.numpy())
         return metrics
 
     def preview(self, samples, data, path):

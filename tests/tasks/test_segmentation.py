@@ -134,3 +134,14 @@ def test_segmentation_trains_and_scores_on_two_logical_devices(tmp_path):
                                      "data.image_size=32", f"train.run_dir={tmp_path / 'run'}",
                                      "export.enabled=false"], data=tmp_path / "data")
     assert 0.0 <= result.metrics["val_mean_iou"] <= 1.0 and "val_iou/class_1" in result.metrics
+
+
+def test_explain_shows_the_evidence_for_a_chosen_class_region(segment_run, tmp_path):
+    from imgpipe.explain_run import explain_run
+
+    result, root = segment_run
+    image = sorted((root / "data").rglob("*.png"))[0]
+    explained = explain_run(result.run_dir, [image], class_name="class_2", out_dir=tmp_path)
+    assert explained["gradcam"] == tmp_path / "gradcam.png" and explained["gradcam"].stat().st_size > 1000
+    (path, name, share), = explained["predictions"]
+    assert path == str(image) and name == "class_2" and 0.0 <= share <= 1.0
