@@ -23,6 +23,8 @@ import keras
 from imgpipe.errors import RecipeError
 
 HEAT_ALPHA = 0.45
+JITTER = 2  # pixels the image is shifted by, at most, before each ascent step
+BLUR_EVERY = 4  # ascent steps between blurs
 
 
 def feature_layers(model):
@@ -112,8 +114,13 @@ def heat_overlay(image, heat, alpha=HEAT_ALPHA):
     return np.clip(blended, 0, 255).astype(np.uint8)
 
 
-def maximise_filter(model, layer, filter_index, size=None, steps=40, step_size=8.0, seed=1337):
+def maximise_filter(model, layer, filter_index, size=None, steps=60, step_size=6.0, seed=1337):
     """The input that most activates one filter, found by normalised gradient ascent on the pixels.
+
+    Plain ascent finds high-frequency noise that a filter happens to like; as in
+    Yosinski et al. (2015), the image is jittered by a pixel or two before each
+    step and blurred every `BLUR_EVERY` steps, which leaves the patterns a filter
+    responds to across positions.
 
     Args:
         model: a functional Keras model taking float32 RGB 0..255 images.
@@ -130,16 +137,34 @@ def maximise_filter(model, layer, filter_index, size=None, steps=40, step_size=8
     size = size or tuple(model.input_shape[1:3])
     rng = np.random.default_rng(seed)
     pixels = tf.Variable(128.0 + rng.normal(0.0, 10.0, (1, *size, 3)).astype(np.float32))
+
+    def activation_of(image):
+        return tf.reduce_mean(tf.cast(probe(image, training=False), tf.float32)[..., filter_index])
+
     trace = []
-    for _ in range(steps):
+    for step in range(steps):
+        shift = rng.integers(-JITTER, JITTER + 1, 2).tolist()
         with tf.GradientTape() as tape:
-            activation = tf.reduce_mean(tf.cast(probe(pixels, training=False), tf.float32)[..., filter_index])
+            tape.watch(pixels)
+            activation = activation_of(tf.roll(pixels, shift, axis=[1, 2]))
         gradient = tape.gradient(activation, pixels)
         gradient = gradient / (tf.sqrt(tf.reduce_mean(tf.square(gradient))) + 1e-8)
-        pixels.assign(tf.clip_by_value(pixels + step_size * gradient, 0.0, 255.0))
+        updated = pixels + step_size * gradient
+        if step % BLUR_EVERY == BLUR_EVERY - 1 and step < steps - 1:
+            updated = _blur(updated)
+        pixels.assign(tf.clip_by_value(updated, 0.0, 255.0))
         trace.append(float(activation))
-    trace.append(float(tf.reduce_mean(tf.cast(probe(pixels, training=False), tf.float32)[..., filter_index])))
+    trace.append(float(activation_of(pixels)))
     return pixels.numpy()[0].astype(np.uint8), trace
+
+
+def _blur(images):
+    """A 3x3 Gaussian blur per channel (sigma about 0.8 px)."""
+    taps = np.array([1.0, 2.0, 1.0], np.float32)
+    kernel = np.outer(taps, taps) / 16.0
+    kernel = np.tile(kernel[:, :, None, None], (1, 1, 3, 1))
+    return tf.nn.depthwise_conv2d(tf.pad(images, [[0, 0], [1, 1], [1, 1], [0, 0]], mode="REFLECT"), kernel,
+                                  strides=[1, 1, 1, 1], padding="VALID")
 
 
 def strongest_filters(model, layer, images, count):

@@ -68,6 +68,24 @@ def inverse_frequency_weights(labels, num_classes):
             for index, count in enumerate(counts)}
 
 
+def images_across_classes(dataset, count, num_classes):
+    """Up to `count` (image, label) pairs from a batched dataset, taking the classes in turn.
+
+    The validation pipeline is in folder order, so its first images are often all one class.
+    """
+    per_class = {label: [] for label in range(num_classes)}
+    wanted = -(-count // num_classes)
+    for images, labels in dataset:
+        for image, label in zip(images.numpy(), labels.numpy()):
+            if len(per_class[int(label)]) < wanted:
+                per_class[int(label)].append(image.copy())  # not a view holding the whole batch
+        if all(len(found) >= wanted for found in per_class.values()):
+            break
+    chosen = [(found[rank], label) for rank in range(wanted) for label, found in per_class.items() if rank < len(found)]
+    chosen = chosen[:count]
+    return np.stack([image for image, _ in chosen]), np.array([label for _, label in chosen])
+
+
 def classification_report(labels, probabilities, class_names):
     """Accuracy, top-5 accuracy, per-class precision/recall/F1 and the confusion matrix.
 
@@ -167,15 +185,24 @@ class ClassificationTask(Task):
         metrics.update({f"val_{key}": value for key, value in report_metrics.items()
                         if "/" in key})
         report.plot_confusion_matrix(matrix, data.class_names, pathlib.Path(run_dir) / "confusion_matrix.png")
-        images, labels = next(iter(val_ds.unbatch().batch(GRAD_CAM_IMAGES)))
-        write_grad_cam_grid(model, images.numpy(), data.class_names, pathlib.Path(run_dir) / "gradcam.png",
-                            labels=labels.numpy())
+        images, labels = images_across_classes(val_ds, GRAD_CAM_IMAGES, data.num_classes)
+        write_grad_cam_grid(model, images, data.class_names, pathlib.Path(run_dir) / "gradcam.png", labels=labels)
         return metrics
 
     def preview(self, samples, data, path):
         images = [image for image, _ in samples]
         titles = [data.class_names[int(label)] for _, label in samples]
         return report.plot_image_grid(images, titles, path, title="augmented training samples")
+
+    # === Robustness ===
+    robustness_metric_name = "accuracy"
+
+    def robustness_answers(self, model, images, metadata):
+        return {"probabilities": np.asarray(model(images, training=False))}
+
+    def robustness_metric(self, answers, images, targets, metadata):
+        metrics, _ = classification_report(targets, answers["probabilities"], metadata["class_names"])
+        return metrics["accuracy"]
 
     # === Serving ===
     def export_archive(self, model, data, recipe):

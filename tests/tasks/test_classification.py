@@ -42,3 +42,16 @@ def test_recipe_loaded_changed_and_run_from_python(class_folder, tmp_path):
     assert result.export_path == tmp_path / "models" / "classify" / "1"
     assert set(result.metrics) >= {"val_accuracy", "val_loss", "epochs_run", "train_seconds", "export_path"}
     assert result.model.name == "lenet"
+
+
+def test_grad_cam_samples_take_the_classes_in_turn():
+    import tensorflow as tf
+
+    from imgpipe.tasks.classification import images_across_classes
+
+    labels = np.array([0] * 6 + [1] * 3 + [2])
+    images = np.arange(10, dtype=np.float32).reshape(10, 1, 1, 1) * np.ones((1, 2, 2, 3), np.float32)
+    dataset = tf.data.Dataset.from_tensor_slices((images, labels)).batch(4)
+    chosen_images, chosen_labels = images_across_classes(dataset, 5, 3)
+    assert chosen_labels.tolist() == [0, 1, 2, 0, 1]
+    assert chosen_images[:, 0, 0, 0].tolist() == [0, 6, 9, 1, 7]
