@@ -62,15 +62,17 @@ def _image_size(value):
 @click.option("--name", help="Model name for the export and the run folder (export.name).")
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --output (or the latest one).")
 @click.option("--no-export", is_flag=True, help="Train and evaluate without writing a SavedModel.")
+@click.option("--no-robustness", is_flag=True, help="Skip the robustness card (evaluate.robustness=false).")
 @click.option("--style", help="Style transfer: the style image (data.style).")
 @click.option("--loss-weights", help="Style transfer: imagenet, random or a VGG weights file (model.loss_weights).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any recipe key, e.g. train.patience=5.")
 def run(recipe, data, epochs, batch_size, image_size, model_name, weights, output, export_dir, name, resume,
-        no_export, style, loss_weights, overrides):
+        no_export, no_robustness, style, loss_weights, overrides):
     """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
     from imgpipe.runner import run as run_recipe
 
-    overrides = list(overrides) + (["export.enabled=false"] if no_export else [])
+    overrides = list(overrides) + (["export.enabled=false"] if no_export else []) + \
+        (["evaluate.robustness=false"] if no_robustness else [])
     result = run_recipe(recipe, overrides, resume=resume, data=data, epochs=epochs, batch_size=batch_size,
                         image_size=_image_size(image_size), model=model_name, weights=weights, output=output,
                         export_dir=export_dir, name=name, style=style, loss_weights=loss_weights)
@@ -82,6 +84,8 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, outpu
     click.echo(f"run directory: {result.run_dir}")
     if result.export_path:
         click.echo(f"export:        {result.export_path}")
+    if (result.run_dir / "robustness.json").is_file():
+        click.echo(f"robustness:    {result.run_dir / 'robustness.json'}")
 
 
 @main.command()
@@ -110,12 +114,18 @@ def check(data, task, style, near_bits, overrides, as_json):
 @click.argument("export", type=click.Path())
 @click.option("--data", required=True, type=click.Path(), help="Folder laid out like the training data.")
 @click.option("--report-dir", type=click.Path(file_okay=False), help="Where the plots go.")
+@click.option("--robustness", is_flag=True,
+              help="Also the robustness card on the recipe's validation split of --data (robustness.json, .png).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
-def evaluate(export, data, report_dir, as_json):
+def evaluate(export, data, report_dir, robustness, as_json):
     """Evaluate an EXPORT (saved_models/<name>/<version>) on a folder."""
     from imgpipe.inference import evaluate as evaluate_export
 
     metrics = evaluate_export(export, data, report_dir)
+    if robustness:
+        from imgpipe.robustness import describe, export_card
+
+        metrics["robustness"] = export_card(export, data, metrics["report_dir"])
     if as_json:
         click.echo(json.dumps(metrics, indent=2, sort_keys=True))
         return
@@ -128,6 +138,8 @@ def evaluate(export, data, report_dir, as_json):
         for name in per_class:
             click.echo(f"{name:<20} {metrics[f'precision/{name}']:>9.3f} {metrics[f'recall/{name}']:>9.3f} "
                        f"{metrics[f'f1/{name}']:>9.3f} {metrics[f'support/{name}']:>8d}")
+    if robustness:
+        click.echo("\n" + describe(metrics["robustness"]))
     click.echo(f"\nimages: {metrics.get('images')}  plots: {metrics['report_dir']}")
 
 

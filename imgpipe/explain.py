@@ -28,20 +28,33 @@ BLUR_EVERY = 4  # ascent steps between blurs
 
 
 def feature_layers(model):
-    """Layers of `model` with a spatial (4-D) output, in order, except input, rescaling, pooling and output
-    layers: the candidates for Grad-CAM and filter visualisation."""
+    """Layers of `model` with a spatial (4-D) output, in order, except input, preprocessing (image-shaped),
+    pooling and output layers: the candidates for Grad-CAM and filter visualisation."""
     outputs = {id(tensor) for tensor in model.outputs}
     skipped = (keras.layers.InputLayer, keras.layers.Rescaling, keras.layers.Normalization,
                keras.layers.MaxPooling2D, keras.layers.AveragePooling2D)
     found = []
     for layer in model.layers:
         try:
-            output = layer.output
+            output = outer_output(layer)
         except (AttributeError, ValueError):
             continue
-        if len(output.shape) == 4 and not isinstance(layer, skipped) and id(output) not in outputs:
+        image_like = tuple(output.shape[1:]) == tuple(model.inputs[0].shape[1:])  # preprocessing layers
+        if len(output.shape) == 4 and not isinstance(layer, skipped) and id(output) not in outputs and not image_like:
             found.append(layer)
     return found
+
+
+def outer_output(layer):
+    """The layer's output in the model that calls it.
+
+    For a nested model (a keras.applications backbone), `layer.output` is the
+    inner graph's tensor, from which no gradient flows back to the outer input;
+    the node of its call in the outer graph holds the connected one.
+    """
+    if isinstance(layer, keras.Model) and layer._inbound_nodes:
+        return layer._inbound_nodes[-1].output_tensors[0]
+    return layer.output
 
 
 def feature_layer(model, name=None):
@@ -89,14 +102,14 @@ def grad_cam(model, images, score=None, layer=None):
     """
     layer = layer if isinstance(layer, keras.layers.Layer) else feature_layer(model, layer)
     score = score or class_score()
-    probe = keras.Model(model.inputs, [layer.output, model.output])
+    probe = keras.Model(model.inputs, [outer_output(layer), model.output])
     images = tf.convert_to_tensor(images, tf.float32)
     with tf.GradientTape() as tape:
         features, outputs = probe(images, training=False)
-        features = tf.cast(features, tf.float32)
         tape.watch(features)
         scores, chosen = score(tf.cast(outputs, tf.float32))
-    gradients = tape.gradient(scores, features)
+    gradients = tf.cast(tape.gradient(scores, features), tf.float32)
+    features = tf.cast(features, tf.float32)  # mixed precision computes in (b)float16
     channel_weights = tf.reduce_mean(gradients, axis=[1, 2], keepdims=True)
     heat = tf.nn.relu(tf.reduce_sum(features * channel_weights, axis=-1))
     peak = tf.reduce_max(heat, axis=[1, 2], keepdims=True)
@@ -133,7 +146,7 @@ def maximise_filter(model, layer, filter_index, size=None, steps=60, step_size=6
         (uint8 image [H, W, 3], mean activation of the filter before each step and after the last)
     """
     layer = layer if isinstance(layer, keras.layers.Layer) else feature_layer(model, layer)
-    probe = keras.Model(model.inputs, layer.output)
+    probe = keras.Model(model.inputs, outer_output(layer))
     size = size or tuple(model.input_shape[1:3])
     rng = np.random.default_rng(seed)
     pixels = tf.Variable(128.0 + rng.normal(0.0, 10.0, (1, *size, 3)).astype(np.float32))
@@ -170,14 +183,14 @@ def _blur(images):
 def strongest_filters(model, layer, images, count):
     """Indices of the `count` filters of `layer` with the highest mean activation over `images`."""
     layer = layer if isinstance(layer, keras.layers.Layer) else feature_layer(model, layer)
-    activations = _mean_activations(keras.Model(model.inputs, layer.output), images)
+    activations = _mean_activations(keras.Model(model.inputs, outer_output(layer)), images)
     return np.argsort(-activations.mean(axis=0))[:count]
 
 
 def top_activating(model, layer, filter_index, images, count):
     """Indices of the `count` images (of `images`) on which the filter's mean activation is highest."""
     layer = layer if isinstance(layer, keras.layers.Layer) else feature_layer(model, layer)
-    activations = _mean_activations(keras.Model(model.inputs, layer.output), images)
+    activations = _mean_activations(keras.Model(model.inputs, outer_output(layer)), images)
     return np.argsort(-activations[:, filter_index])[:count]
 
 

@@ -163,6 +163,8 @@ def make_dataset(
     max_pixels=89_478_485,
     decoder=None,
     drop_remainder=False,
+    shard=None,
+    repeat=False,
 ):
     """Builds the tf.data pipeline for one split.
 
@@ -177,6 +179,9 @@ def make_dataset(
         cache_dir: folder for the 'disk' cache file.
         decoder: optional `FileDecoder` (for targets in files); one is made otherwise.
         drop_remainder: bool, leave out the last, smaller batch.
+        shard: optional (count, index): keep every count-th file from `index` on, before decoding
+            (one worker's share in multi-worker training).
+        repeat: bool, repeat the data without end (the caller fixes the steps per epoch).
 
     Returns:
         (dataset of (float32 images [B,H,W,3] in 0..255, targets), the decoder or None)
@@ -188,6 +193,8 @@ def make_dataset(
         paths = np.array(image_set.paths, dtype=object)[order].astype(str)
         targets = np.asarray(image_set.targets)[order]
         dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
+        if shard is not None:
+            dataset = dataset.shard(*shard)
         dataset = dataset.map(decoder.tf_decode, num_parallel_calls=AUTOTUNE)
         # A plain JPEG whose entropy-coded data is corrupt (header and end marker intact)
         # fails in tf.io.decode_jpeg; it is dropped with TensorFlow's warning, not a crash.
@@ -195,10 +202,13 @@ def make_dataset(
         dataset = dataset.filter(_decoded).map(_drop_flag)
     else:
         decoder = None
-        dataset = image_set.dataset.map(_resizer(size), num_parallel_calls=AUTOTUNE)
+        dataset = image_set.dataset if shard is None else image_set.dataset.shard(*shard)
+        dataset = dataset.map(_resizer(size), num_parallel_calls=AUTOTUNE)
     dataset = _cache(dataset, cache_mode(image_set.count, size, cache), cache_dir, "train" if training else "val")
     if training:
         dataset = dataset.shuffle(min(image_set.count, SHUFFLE_BUFFER), seed=seed, reshuffle_each_iteration=True)
+    if repeat:
+        dataset = dataset.repeat()
     augmenting = training and augmenter is not None and not augmenter.is_identity
     if augmenting:
         seeds = tf.data.Dataset.random(seed=seed, rerandomize_each_iteration=True)

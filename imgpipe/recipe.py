@@ -1,7 +1,7 @@
 """The recipe: every setting of a run, with its one default, type and meaning.
 
-A recipe is YAML with the sections `task`, `data`, `augment`, `model`, `train`
-and `export`. The dataclasses below are the single place where a key is
+A recipe is YAML with the sections `task`, `data`, `augment`, `model`, `train`,
+`export` and `evaluate`. The dataclasses below are the single place where a key is
 defined, documented and defaulted; a task's YAML file in `recipes/` only says
 what differs for that task. Unknown keys, wrong types and out-of-range values
 are refused here, naming the key, before any data is read.
@@ -116,7 +116,11 @@ class ModelSettings:
 class TrainSettings:
     epochs: int = _setting(30, "total number of epochs, including the warm-up", min=1)
     batch_size: int = _setting(32, "images per step on each device", min=1)
-    learning_rate: float = _setting(0.001, "peak learning rate of the cosine schedule", min=0.0, exclusive_min=True)
+    learning_rate: float = _setting(0.001, "peak learning rate of the cosine schedule for one device's batch",
+                                    min=0.0, exclusive_min=True)
+    lr_scaling: str = _setting(
+        "linear", "with R replicas (global batch R x batch_size), the peak rate times R (linear, Goyal et al. "
+        "2017), times sqrt(R), or unchanged (none)", choices=("linear", "sqrt", "none"))
     weight_decay: float = _setting(0.0001, "AdamW decoupled weight decay", min=0.0)
     label_smoothing: float = _setting(0.1, "classification label smoothing", min=0.0, max=0.5)
     dice_weight: float = _setting(0.0, "segmentation: weight of the soft Dice term added to cross-entropy", min=0.0)
@@ -163,6 +167,13 @@ class ExportSettings:
 
 
 @dataclasses.dataclass
+class EvaluateSettings:
+    robustness: bool = _setting(True, "write the robustness card (robustness.json, robustness.png) at the end of a run")
+    robustness_images: int = _setting(200, "robustness card: most validation images perturbed (it evaluates 26 times)",
+                                      min=1)
+
+
+@dataclasses.dataclass
 class Recipe:
     """A full, validated recipe. Build one with `load_recipe`; change it with `override`."""
 
@@ -172,6 +183,7 @@ class Recipe:
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     export: ExportSettings = dataclasses.field(default_factory=ExportSettings)
+    evaluate: EvaluateSettings = dataclasses.field(default_factory=EvaluateSettings)
 
     @property
     def name(self):
@@ -217,6 +229,7 @@ SECTIONS = {
     "model": ModelSettings,
     "train": TrainSettings,
     "export": ExportSettings,
+    "evaluate": EvaluateSettings,
 }
 
 

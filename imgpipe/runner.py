@@ -1,16 +1,18 @@
 """`imgpipe.run`: a recipe in, a trained, evaluated and exported model out.
 
-    read data -> split -> pipeline -> train -> evaluate -> plots -> export -> metrics.json
+    read data -> split -> pipeline -> train -> evaluate -> robustness card -> plots -> export -> metrics.json
 
 Every task goes through this one function; the task object supplies what is
 special about it. The run directory `runs/<task>/<name>/` receives the
-resolved recipe, history.csv, the checkpoints, metrics.json and the plots.
+resolved recipe, history.csv, the checkpoints, metrics.json, the plots and the
+robustness card (robustness.json, robustness.png; `imgpipe.robustness`).
 
 Example:
     >>> result = run("classify", data="./images", epochs=5)
     >>> result.metrics["val_accuracy"], result.export_path
 """
 
+import contextlib
 import dataclasses
 import json
 import logging
@@ -20,17 +22,19 @@ import shutil
 import numpy as np
 import yaml
 
-from imgpipe import report
+from imgpipe import report, robustness
 from imgpipe.augment import Augmenter
+from imgpipe.cluster import cluster_from_environment, weights_fingerprint, worker_run_dir
 from imgpipe.data.sources import ImageSet
 from imgpipe.errors import DataError, RecipeError
 from imgpipe.export import write_export
+from imgpipe.keras_multiworker import multi_worker_fit
 from imgpipe.models import MODELS
 from imgpipe.pipeline import FileDecoder, make_dataset, replica_safe_batch_size
 from imgpipe.recipe import Recipe, load_recipe, recipe_from_dict
 from imgpipe.reexport import write_run_classes
 from imgpipe.tasks import TASKS
-from imgpipe.train import Trainer, dtype_policy, environment_summary
+from imgpipe.train import Trainer, dtype_policy, environment_summary, select_strategy
 from imgpipe.writable import output_guard, require_writable
 
 log = logging.getLogger("imgpipe")
@@ -108,7 +112,10 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
         >>> result = run("classify", data="./images", epochs=5)
     """
     recipe = resolve_recipe(recipe, overrides, **shortcuts)
-    run_dir = _run_directory(recipe, resume)
+    cluster = cluster_from_environment()
+    run_dir = worker_run_dir(_run_directory(recipe, resume, cluster), cluster)
+    if cluster is not None:
+        select_strategy()  # collectives are configured before TensorFlow runs anything
     if resume:
         recipe = _saved_recipe(run_dir)
     require_writable(run_dir, "--output")
@@ -142,16 +149,28 @@ def _train_and_export(recipe, run_dir, resume):
                                **common)
     val_ds, _ = make_dataset(data.val, training=False, **{
         **common, "batch_size": replica_safe_batch_size(data.val.count, trainer.global_batch_size, trainer.replicas)})
+    cluster = cluster_from_environment()
+    fit_train_ds, fit_val_ds, fixed_steps = train_ds, val_ds, None
+    if cluster is not None:
+        fit_train_ds, fit_val_ds, fixed_steps = _worker_datasets(data, trainer, augmenter, common)
     _write_preview(task, data, recipe, augmenter, decoder, run_dir)
 
     steps_per_epoch = int((np.floor if drop_remainder else np.ceil)(data.train.count / trainer.global_batch_size))
     with dtype_policy(trainer.policy):
         with trainer.strategy.scope():
             model = task.build_model(recipe, data)
-        outcome = trainer.fit(model, task.compile_settings(recipe, data), train_ds, val_ds, steps_per_epoch,
+        outcome = trainer.fit(model, task.compile_settings(recipe, data), fit_train_ds, fit_val_ds, steps_per_epoch,
                               monitor=task.monitor, class_weight=task.class_weight(recipe, data),
-                              callbacks=task.callbacks(recipe, data, val_ds))
-        metrics = task.final_metrics(model, val_ds, data, run_dir)
+                              callbacks=task.callbacks(recipe, data, val_ds), fixed_steps=fixed_steps)
+        if cluster is not None:
+            log.info("worker %d: final weights %s", cluster.worker_rank, weights_fingerprint(model))
+            if not cluster.is_chief:
+                return _finish_worker(model, recipe, run_dir, outcome)
+            model = _local_copy(task, recipe, data, model)
+        with multi_worker_fit(model, model.distribute_strategy):  # several replicas: evaluate needs it too
+            metrics = task.final_metrics(model, val_ds, data, run_dir)
+            if recipe.evaluate.robustness:
+                robustness.run_card(task, model, data, recipe, decoder, run_dir)
     _require_some_images(decoder, data)
     report.plot_curves(outcome["history"], run_dir / "curves.png")
 
@@ -183,8 +202,50 @@ def _train_and_export(recipe, run_dir, resume):
     return RunResult(model, metrics, run_dir, export_path, recipe, outcome["history"])
 
 
-def _run_directory(recipe, resume):
+def _worker_datasets(data, trainer, augmenter, common):
+    """Each worker's share of both splits, batched per replica and repeated, and the steps every worker takes.
+
+    Shards are cut from the file list before decoding, so no worker decodes
+    another's images. Repeating with a fixed number of steps keeps the workers
+    in step even when their shards differ by an image or a file fails to decode.
+    """
+    global_batch = trainer.global_batch_size
+
+    def distributed(image_set, training):
+        def for_worker(context):
+            dataset, _ = make_dataset(image_set, training=training, augmenter=augmenter if training else None,
+                                      drop_remainder=True, repeat=True,
+                                      shard=(context.num_input_pipelines, context.input_pipeline_id),
+                                      **{**common, "batch_size": context.get_per_replica_batch_size(global_batch)})
+            return dataset
+        return trainer.strategy.distribute_datasets_from_function(for_worker)
+
+    steps = (max(1, data.train.count // global_batch), max(1, -(-data.val.count // global_batch)))
+    return distributed(data.train, True), distributed(data.val, False), steps
+
+
+def _local_copy(task, recipe, data, model):
+    """The trained model rebuilt outside the multi-worker strategy, so the chief evaluates and exports it alone."""
+    local = task.build_model(recipe.update(**{"model.weights": None}), data)
+    local.set_weights(model.get_weights())
+    local.compile(**task.compile_settings(recipe, data))
+    return local
+
+
+def _finish_worker(model, recipe, run_dir, outcome):
+    """A worker other than the chief: its temporary folder goes; the chief reports and exports."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # RUN_DIR/workers, once the last worker is done
+    return RunResult(model, {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"]},
+                     run_dir, None, recipe, outcome["history"])
+
+
+def _run_directory(recipe, resume, cluster=None):
     """`train.run_dir`, or `<output>/<task>/<name>` with a number added if taken (the latest when resuming)."""
+    if cluster is not None and not recipe.train.run_dir:
+        raise RecipeError("train.run_dir: multi-worker runs (TF_CONFIG) need --output RUN_DIR, the same on every "
+                          "worker, so that they agree on the folder")
     if recipe.train.run_dir:
         run_dir = pathlib.Path(recipe.train.run_dir)
         if resume and not (run_dir / "recipe.yaml").is_file():

@@ -1,14 +1,19 @@
 """Graph-side image decoding for the exported serving signatures.
 
 TF Serving clients send encoded files; the SavedModel decodes JPEG, PNG, BMP,
-GIF (first frame) and WebP itself and resizes the way the training pipeline
-does (bilinear, antialiased), so the client needs no image library.
+GIF (first frame) and WebP itself, so the client needs no image library, and
+prepares them exactly as the training pipeline does: a JPEG is decoded at the
+same reduced DCT scale, and every image is shrunk by the same area average
+(`imgpipe.pipeline.resize_uint8`), so the model sees the pixels it was trained
+on (EXIF rotation is the exception: serving does not read EXIF).
 
 Example:
     >>> images, sizes = decode_batch(tf.constant([png_bytes]), [64, 64])
 """
 
 import tensorflow as tf
+
+from imgpipe.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8
 
 
 def decode_one(image_bytes):
@@ -19,17 +24,41 @@ def decode_one(image_bytes):
 
 
 def resize_float(image, size):
-    """uint8 or float image -> float32 [size, 3] in 0..255, resized like the training pipeline."""
-    resized = tf.image.resize(tf.cast(image, tf.float32), size, method="bilinear", antialias=True)
+    """uint8 or float image(s) -> float32 at `size` in 0..255, resized like the training pipeline."""
+    image = tf.cast(image, tf.float32)
+    shrinking = tf.reduce_all(tf.shape(image)[-3:-1] >= size)
+    resized = tf.cond(shrinking, lambda: tf.image.resize(image, size, method="area"),
+                      lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
     return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
+
+
+def decode_for_model(image_bytes, size):
+    """One encoded image -> (uint8 [size, 3], int32 [2] original height and width), as training prepares it.
+
+    A JPEG is decoded at the largest DCT scale (1/2, 1/4, 1/8) that keeps it at
+    least `size`, as `imgpipe.data.images.plain_jpeg_scale` chooses for training.
+    """
+    def jpeg():
+        shape = tf.io.extract_jpeg_shape(image_bytes)
+        shrink = tf.minimum(shape[1] // size[1], shape[0] // size[0])
+        scale_index = tf.reduce_sum(tf.cast(shrink >= tf.constant(DCT_SCALES[1:]), tf.int32))
+        return decode_jpeg_scaled(image_bytes, scale_index), shape[:2]
+
+    def other():
+        image = decode_one(image_bytes)
+        return image, tf.shape(image)[:2]
+
+    image, original = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
+    image.set_shape([None, None, 3])
+    return resize_uint8(image, size), original
 
 
 def decode_batch(image_bytes, size):
     """A batch of encoded images -> (float32 [B, H, W, 3] at `size`, int32 [B, 2] original heights/widths)."""
 
     def decode(single):
-        image = decode_one(single)
-        return resize_float(image, size), tf.shape(image)[:2]
+        image, original = decode_for_model(single, size)
+        return tf.cast(image, tf.float32), original
 
     return tf.map_fn(
         decode,

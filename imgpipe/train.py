@@ -29,7 +29,9 @@ import time
 import keras
 import tensorflow as tf
 
+from imgpipe.cluster import cluster_from_environment
 from imgpipe.errors import RecipeError
+from imgpipe.keras_multiworker import AverageMovingStatistics, is_multi_worker, multi_worker_fit
 
 log = logging.getLogger("imgpipe")
 
@@ -42,12 +44,18 @@ def select_strategy(devices="auto"):
 
     'auto' mirrors over all GPUs when there are several; a count N mirrors over
     the first N GPUs (or N logical CPU devices on a machine without GPUs, which
-    is how the multi-device path is tested); a list names the devices.
+    is how the multi-device path is tested); a list names the devices. When
+    `TF_CONFIG` describes a cluster of several workers, every worker trains with
+    `MultiWorkerMirroredStrategy` over its local GPUs (or its CPU), whatever
+    `devices` says; it must then be called before TensorFlow runs its first
+    operation (`imgpipe.run` does).
 
     Example:
         >>> select_strategy(["/cpu:0", "/cpu:1"]).num_replicas_in_sync
         2
     """
+    if cluster_from_environment() is not None:
+        return _multi_worker()
     gpus = tf.config.list_logical_devices("GPU")
     if devices == "auto":
         names = [gpu.name for gpu in gpus]
@@ -76,6 +84,16 @@ def _mirrored(names):
     trainings would fail on the second. Reusing the strategy avoids that.
     """
     return tf.distribute.MirroredStrategy(devices=list(names))
+
+
+@functools.lru_cache(maxsize=None)
+def _multi_worker():
+    """The process's one MultiWorkerMirroredStrategy (collectives are configured once, at start-up)."""
+    try:
+        return tf.distribute.MultiWorkerMirroredStrategy()
+    except RuntimeError as error:
+        raise RecipeError(f"TF_CONFIG: multi-worker training must start before TensorFlow runs anything "
+                          f"(in a notebook, create the run first): {error}") from None
 
 
 def precision_policy(setting="auto"):
@@ -145,12 +163,18 @@ class Trainer:
         return self.strategy.num_replicas_in_sync
 
     @property
+    def peak_learning_rate(self):
+        """`train.learning_rate` scaled for the replicas by `train.lr_scaling` (the batch grows with them)."""
+        factor = {"linear": self.replicas, "sqrt": self.replicas ** 0.5, "none": 1}[self.settings.lr_scaling]
+        return self.settings.learning_rate * factor
+
+    @property
     def global_batch_size(self):
         """Per-device batch times replicas: each device keeps the batch size the recipe names."""
         return self.settings.batch_size * self.replicas
 
     def fit(self, model, compile_settings, train_ds, val_ds, steps_per_epoch, monitor=("val_loss", "min"),
-            class_weight=None, callbacks=()):
+            class_weight=None, callbacks=(), fixed_steps=None):
         """Compiles and fits `model` (built under `self.strategy.scope()`), in one or two phases.
 
         Args:
@@ -161,6 +185,8 @@ class Trainer:
             monitor: (metric name, 'min' or 'max') for early stopping and the best checkpoint.
             class_weight: optional {class index: weight}.
             callbacks: the task's own callbacks, run before the history is written.
+            fixed_steps: optional (training, validation) steps per epoch, for datasets that repeat
+                (multi-worker training, where every worker must take the same number of steps).
 
         Returns:
             dict with `history` (metric -> list, all epochs of this run including
@@ -177,12 +203,12 @@ class Trainer:
         elif warmup:
             backbone.trainable = False
             self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
-                            self.settings.learning_rate, steps_per_epoch, monitor, class_weight, callbacks)
+                            self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)
             model.save_weights(warmup_done)
             backbone.trainable = True
-        peak = self.settings.learning_rate * (FINE_TUNE_LR_FACTOR if warmup else 1.0)
+        peak = self.peak_learning_rate * (FINE_TUNE_LR_FACTOR if warmup else 1.0)
         self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs, peak,
-                        steps_per_epoch, monitor, class_weight, callbacks)
+                        steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)
         history = read_history(self.run_dir / "history.csv")
         return {
             "history": history,
@@ -191,28 +217,32 @@ class Trainer:
         }
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
-                   steps_per_epoch, monitor, class_weight, task_callbacks):
+                   steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None):
         with self.strategy.scope():
             optimizer = keras.optimizers.AdamW(
                 learning_rate=learning_rate_schedule(peak, steps_per_epoch * (last_epoch - first_epoch)),
                 weight_decay=self.settings.weight_decay,
             )
             model.compile(optimizer=optimizer, **compile_settings)
-        model.fit(
-            train_ds,
-            validation_data=val_ds,
-            epochs=last_epoch,
-            initial_epoch=first_epoch,
-            callbacks=self._callbacks(phase, monitor, task_callbacks),
-            class_weight=class_weight,
-            shuffle=False,  # the pipeline shuffles, seeded
-            verbose=self.settings.verbose,
-        )
+        with multi_worker_fit(model, self.strategy):
+            model.fit(
+                train_ds,
+                validation_data=val_ds,
+                epochs=last_epoch,
+                initial_epoch=first_epoch,
+                steps_per_epoch=fixed_steps[0] if fixed_steps else None,
+                validation_steps=fixed_steps[1] if fixed_steps else None,
+                callbacks=self._callbacks(phase, monitor, task_callbacks),
+                class_weight=class_weight,
+                shuffle=False,  # the pipeline shuffles, seeded
+                verbose=self.settings.verbose,
+            )
 
     def _callbacks(self, phase, monitor, task_callbacks=()):
         metric, mode = monitor
         history_csv = self.run_dir / "history.csv"
-        callbacks = list(task_callbacks) + [
+        callbacks = ([AverageMovingStatistics(self.strategy)] if is_multi_worker(self.strategy) else []) + \
+            list(task_callbacks) + [
             # Optimizer state and epoch counter, every epoch; two copies so a
             # kill during the write still leaves a loadable one.
             keras.callbacks.BackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True),

@@ -99,3 +99,13 @@ def test_a_classification_run_leaves_a_grad_cam_grid_and_explain_reads_the_run(c
     assert code == 2 and "--class: 'purple' is not a class of this run" in err
     code, _, err = cli("explain", run_dir, "--image", tmp_path / "missing.jpg")
     assert code == 2 and "missing.jpg" in err and "Traceback" not in err
+
+
+def test_a_nested_backbone_is_explained_through_the_outer_graph():
+    inner_input = keras.Input((16, 16, 3))
+    backbone = keras.Model(inner_input, keras.layers.Conv2D(4, 3, padding="same")(inner_input), name="backbone")
+    inputs = keras.Input((16, 16, 3))
+    pooled = keras.layers.GlobalAveragePooling2D()(backbone(inputs))
+    model = keras.Model(inputs, keras.layers.Dense(2)(pooled))
+    heat, _ = grad_cam(model, np.random.default_rng(0).uniform(0, 255, (2, 16, 16, 3)))
+    assert feature_layer(model).name == "backbone" and heat.shape == (2, 16, 16) and heat.max() > 0

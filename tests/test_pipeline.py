@@ -128,3 +128,24 @@ def test_shrinking_averages_the_covered_pixels():
     stripes = np.zeros((4, 4, 3), np.uint8)
     stripes[:, ::2] = 200
     assert np.all(resize_uint8(stripes, [2, 2]).numpy() == 100)
+
+
+@pytest.mark.parametrize("name, size, image_size", [("big.jpg", (410, 530), (64, 64)), ("mid.jpg", (150, 170), (64, 96)),
+                                                    ("small.jpg", (40, 50), (64, 64)), ("shape.png", (300, 200), (64, 64))])
+def test_the_serving_signature_prepares_pixels_exactly_as_training_does(tmp_path, name, size, image_size):
+    """No training/serving skew: the SavedModel's decode gives the training pipeline's very pixels."""
+    import tensorflow as tf
+
+    from imgpipe.data.sources import ImageSet
+    from imgpipe.serving import decode_batch
+
+    rng = np.random.default_rng(7)
+    pixels = np.kron(rng.integers(0, 256, (size[0] // 10 + 1, size[1] // 10 + 1, 3)), np.ones((10, 10, 1)))
+    path = tmp_path / name
+    Image.fromarray(pixels[:size[0], :size[1]].astype(np.uint8)).save(path, quality=90)
+    trained_on, _ = make_dataset(ImageSet.from_files([path], np.zeros(1, np.int32)), image_size, 1, training=False,
+                                 cache="none")
+    training_pixels = next(iter(trained_on))[0].numpy()
+    served, original = decode_batch(tf.constant([path.read_bytes()]), image_size)
+    assert original.numpy().tolist() == [list(size)]
+    np.testing.assert_array_equal(served.numpy(), training_pixels)

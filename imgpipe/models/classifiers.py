@@ -111,7 +111,7 @@ def _application_builder(name, application, preprocessing, min_side, family):
             include_top=False,
             weights=None if weights in (None, "none") else weights,
             input_shape=input_shape,
-            pooling="avg",
+            pooling=None,  # pooled in the head, so the backbone's feature map stays visible (Grad-CAM)
             **kwargs,
         )
         backbone.name = BACKBONE_LAYER

@@ -83,6 +83,26 @@ class Task:
         """Writes `augment_preview.png` from a list of augmented (image, target) pairs."""
         raise NotImplementedError
 
+    # === Robustness (imgpipe.robustness) ===
+    # The metric the robustness card reports (higher is better); None: the card does not apply,
+    # and `robustness_note` says why. `robustness_skipped` names families that do not apply, with why.
+    robustness_metric_name = None
+    robustness_note = "this task has no robustness metric"
+    robustness_skipped = {}
+
+    def robustness_answers(self, model, images, metadata):
+        """The trained Keras model's answers for float32 images [B, H, W, 3] (0..255, model size).
+
+        They are numpy arrays keyed like the export's `serve_images` answers, so
+        `robustness_metric` scores a run's model and a loaded export alike.
+        `metadata` is what the export's imgpipe.json holds (`export_metadata`).
+        """
+        raise NotImplementedError
+
+    def robustness_metric(self, answers, images, targets, metadata):
+        """The task's main metric (float) of `answers` for uint8 `images` [N, H, W, 3] and targets at model size."""
+        raise NotImplementedError
+
     # === Serving ===
     def export_archive(self, model, data, recipe):
         """A `keras.export.ExportArchive` with the task's serving signatures."""

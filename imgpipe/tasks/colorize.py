@@ -185,6 +185,21 @@ class ColorizeTask(Task):
         return report.plot_image_grid(images, ["training image"] * len(images), path,
                                       title="augmented training samples")
 
+    # === Robustness ===
+    robustness_metric_name = "psnr"
+    robustness_skipped = {"illumination": "a colour cast or exposure change alters the very colours the model is "
+                                          "asked to recover from lightness alone; PSNR would score the change, "
+                                          "not the model"}
+
+    def robustness_answers(self, model, images, metadata):
+        images = tf.cast(images, tf.float32)
+        results = colorized(model(images, training=False), rgb_to_lab(images)[..., :1], metadata["temperature"])
+        return {"image": results.numpy()}
+
+    def robustness_metric(self, answers, images, targets, metadata):
+        # The perturbed image's own colours are the truth: the model sees its lightness only.
+        return float(np.mean(colour_metrics(answers["image"], np.asarray(images, np.float32))["psnr"]))
+
     # === Serving ===
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)

@@ -171,6 +171,25 @@ class DetectionTask(Task):
             titles.append(f"{len(boxes)} box(es)")
         return report.plot_image_grid(images, titles, path, columns=6, title="augmented training samples")
 
+    # === Robustness ===
+    robustness_metric_name = "map50"
+
+    def robustness_answers(self, model, images, metadata):
+        # As the export answers: its score threshold and detection limit, boxes clipped to the image.
+        boxes, scores, classes, counts = decode_detections(
+            model(images, training=False), len(metadata["class_names"]), max_detections=metadata["max_detections"],
+            min_score=metadata["score_threshold"])
+        height, width = images.shape[1:3]
+        boxes = np.clip(boxes.numpy(), 0.0, np.array([width, height, width, height], np.float32))
+        return {"boxes": boxes, "scores": scores.numpy(), "class_ids": classes.numpy(),
+                "num_detections": counts.numpy()}
+
+    def robustness_metric(self, answers, images, targets, metadata):
+        truth = [unpad_boxes(padded) for padded in targets]
+        found = [(answers["boxes"][i][:n], answers["scores"][i][:n], answers["class_ids"][i][:n])
+                 for i, n in enumerate(answers["num_detections"])]
+        return coco_map(truth, found, metadata["class_names"])["map50"]
+
     # === Serving ===
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)

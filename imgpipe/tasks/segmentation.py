@@ -252,6 +252,19 @@ class SegmentationTask(Task):
                   for image, mask in samples]
         return report.plot_image_grid(images, [""] * len(images), path, title="augmented training samples + masks")
 
+    # === Robustness ===
+    robustness_metric_name = "mean_iou"
+
+    def robustness_answers(self, model, images, metadata):
+        return {"mask": np.argmax(np.asarray(model(images, training=False)), axis=-1)}
+
+    def robustness_metric(self, answers, images, targets, metadata):
+        class_names = metadata["class_names"]
+        encoding = MaskEncoding(**metadata["encoding"])
+        # Pixels a perturbation brought in from outside the image have mask value -1: not scored.
+        matrix = confusion_matrix(targets, answers["mask"], len(class_names), encoding.ignore_index)
+        return iou_report(matrix, class_names)["mean_iou"]
+
     # === Serving ===
     def saved_extras(self, data):
         return {"encoding": data.extras["encoding"].to_dict()}

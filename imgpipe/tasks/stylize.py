@@ -178,6 +178,10 @@ class StylizeTask(Task):
         images = [image for image, _ in samples]
         return report.plot_image_grid(images, ["content"] * len(images), path, title="augmented content images")
 
+    # === Robustness ===
+    robustness_note = ("style transfer has no right answer to lose: a perturbed photo is styled into another "
+                       "picture, and no metric says whether it was styled worse; the card does not apply")
+
     # === Serving ===
     def export_archive(self, model, data, recipe):
         transformer = model.transformer

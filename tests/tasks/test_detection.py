@@ -197,3 +197,18 @@ def test_cli_detect_names_a_broken_annotation_file(cli, tmp_path):
     (tmp_path / "data" / "annotations" / "shapes_0002.xml").write_text("<annotation><object>")
     code, _, err = cli("run", "detect", "--data", tmp_path / "data", "--epochs", "1")
     assert code == 2 and "shapes_0002.xml" in err and "Traceback" not in err
+
+
+def test_detection_trains_on_two_logical_devices_with_finite_metrics_like_one_device(tmp_path):
+    make_detection_folder(tmp_path / "data", images=8, size=64, seed=5)
+    metrics = {}
+    for devices in (1, 2):
+        result = imgpipe.run("detect", ["train.epochs=1", "train.batch_size=2", "train.verbose=0",
+                                        f"train.devices={devices}", "data.image_size=64", "export.enabled=false",
+                                        "evaluate.robustness=false", f"train.run_dir={tmp_path / str(devices)}"],
+                             data=tmp_path / "data")
+        metrics[devices] = result.metrics
+    for values in metrics.values():
+        assert np.isfinite(values["val_loss"]) and 0.0 <= values["val_map50"] <= 1.0
+    # Same data and seed, one step on one device or two: the losses stay of one order.
+    assert 0.2 < metrics[2]["val_loss"] / metrics[1]["val_loss"] < 5
