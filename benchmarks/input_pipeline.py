@@ -84,8 +84,8 @@ def keras_augmentation_layers():
 
 def imgpipe_rates(folder, augmenter):
     """(first epoch, second epoch) images/s of imgpipe's training pipeline with `augmenter`."""
-    paths, labels, *_ = scan_class_folders(folder, max_pixels=89_478_485)
-    image_set = ImageSet.from_files(paths, labels)
+    paths, labels, _, headers, _ = scan_class_folders(folder, max_pixels=89_478_485)
+    image_set = ImageSet.from_files(paths, labels, headers)
     dataset, _ = make_dataset(image_set, list(SIZE), BATCH, training=True, augmenter=augmenter, cache="memory")
     return epoch_rate(dataset), epoch_rate(dataset)
 

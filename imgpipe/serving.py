@@ -13,7 +13,7 @@ Example:
 
 import tensorflow as tf
 
-from imgpipe.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8
+from imgpipe.pipeline import decode_jpeg_for_size, resize_uint8
 
 
 def decode_one(image_bytes):
@@ -39,10 +39,7 @@ def decode_for_model(image_bytes, size):
     least `size`, as `imgpipe.data.images.plain_jpeg_scale` chooses for training.
     """
     def jpeg():
-        shape = tf.io.extract_jpeg_shape(image_bytes)
-        shrink = tf.minimum(shape[1] // size[1], shape[0] // size[0])
-        scale_index = tf.reduce_sum(tf.cast(shrink >= tf.constant(DCT_SCALES[1:]), tf.int32))
-        return decode_jpeg_scaled(image_bytes, scale_index), shape[:2]
+        return decode_jpeg_for_size(image_bytes, size), tf.io.extract_jpeg_shape(image_bytes)[:2]
 
     def other():
         image = decode_one(image_bytes)

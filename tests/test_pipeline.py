@@ -128,6 +128,10 @@ def test_shrinking_averages_the_covered_pixels():
     stripes = np.zeros((4, 4, 3), np.uint8)
     stripes[:, ::2] = 200
     assert np.all(resize_uint8(stripes, [2, 2]).numpy() == 100)
+    # Beyond 2x every covered pixel counts, not just the two nearest the sample point.
+    sparse = np.zeros((8, 8, 3), np.uint8)
+    sparse[:, ::4] = 200
+    assert np.all(resize_uint8(sparse, [2, 2]).numpy() == 50)
 
 
 @pytest.mark.parametrize("name, size, image_size", [("big.jpg", (410, 530), (64, 64)), ("mid.jpg", (150, 170), (64, 96)),

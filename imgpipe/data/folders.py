@@ -108,15 +108,16 @@ def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_si
     val_root = next((root / name for name in VAL_FOLDER_NAMES if (root / name).is_dir()), None)
     if (root / "train").is_dir() and val_root is not None:
         paths, labels, class_names, headers, skipped = scan_class_folders(root / "train", max_pixels)
-        val_paths, val_labels, _, _, val_skipped = scan_class_folders(val_root, max_pixels, class_names)
+        val_paths, val_labels, _, val_headers, val_skipped = scan_class_folders(val_root, max_pixels, class_names)
         skipped += val_skipped
-        train = ImageSet.from_files(paths, labels)
-        val = ImageSet.from_files(val_paths, val_labels)
+        train = ImageSet.from_files(paths, labels, headers)
+        val = ImageSet.from_files(val_paths, val_labels, val_headers)
     else:
         paths, labels, class_names, headers, skipped = scan_class_folders(root, max_pixels)
         train_index, val_index = stratified_split(labels, val_split, seed)
-        train = ImageSet.from_files([paths[i] for i in train_index], labels[train_index])
-        val = ImageSet.from_files([paths[i] for i in val_index], labels[val_index])
+        train = ImageSet.from_files([paths[i] for i in train_index], labels[train_index],
+                                    [headers[i] for i in train_index])
+        val = ImageSet.from_files([paths[i] for i in val_index], labels[val_index], [headers[i] for i in val_index])
     _require_trainable(root, train, class_names, skipped)
     if val.count == 0:
         raise DataError(f"{root}: no validation images (add a val/ folder or more images per class)")

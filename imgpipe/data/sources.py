@@ -20,10 +20,15 @@ class ImageSet:
     targets: typing.Any = None
     dataset: typing.Any = None
     count: int = 0
+    upright_jpeg: typing.Optional[np.ndarray] = None
 
     @classmethod
-    def from_files(cls, paths, targets):
-        return cls(paths=[str(p) for p in paths], targets=targets, count=len(paths))
+    def from_files(cls, paths, targets, headers=None):
+        """`headers` (`ImageHeader`s of the files, when the reader has them) mark the upright RGB or grey
+        JPEGs, which the pipeline decodes in the graph without a Python call."""
+        upright_jpeg = None if headers is None else np.array(
+            [h.format == "JPEG" and h.mode in ("RGB", "L") and not h.exif_rotated for h in headers], bool)
+        return cls(paths=[str(p) for p in paths], targets=targets, count=len(paths), upright_jpeg=upright_jpeg)
 
     @property
     def is_files(self):
