@@ -220,12 +220,14 @@ def make_dataset(
         order = np.random.default_rng(seed).permutation(image_set.count) if training else np.arange(image_set.count)
         paths = np.array(image_set.paths, dtype=object)[order].astype(str)
         targets = np.asarray(image_set.targets)[order]
-        in_graph = np.zeros(image_set.count, bool) if image_set.upright_jpeg is None or decoder.load_target \
-            else np.asarray(image_set.upright_jpeg, bool)[order]
-        dataset = tf.data.Dataset.from_tensor_slices((paths, targets, in_graph))
+        if image_set.upright_jpeg is None or decoder.load_target is not None:  # targets need Python too
+            dataset, decode = tf.data.Dataset.from_tensor_slices((paths, targets)), decoder.tf_decode
+        else:
+            in_graph = np.asarray(image_set.upright_jpeg, bool)[order]
+            dataset, decode = tf.data.Dataset.from_tensor_slices((paths, targets, in_graph)), decoder.tf_decode_either
         if shard is not None:
             dataset = dataset.shard(*shard)
-        dataset = dataset.map(decoder.tf_decode_either, num_parallel_calls=AUTOTUNE)
+        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
         # A plain JPEG whose entropy-coded data is corrupt (header and end marker intact)
         # fails in tf.io.decode_jpeg; it is dropped with TensorFlow's warning, not a crash.
         dataset = dataset.ignore_errors(log_warning=True)
