@@ -66,6 +66,9 @@ def load_run(run_dir, weights="best", **recipe_updates):
     except (OSError, ValueError, KeyError, yaml.YAMLError):
         raise DataError(f"{run_dir}: not an imgpipe run folder (recipe.yaml or {CLASSES_FILE} missing)") from None
     checkpoint = run_dir / "checkpoints" / f"{weights}.weights.h5"
+    if weights == "last" and not checkpoint.is_file():  # interrupted: the backup holds the last epoch
+        backups = [run_dir / "checkpoints" / f"backup_{phase}" / "latest.weights.h5" for phase in ("train", "warmup")]
+        checkpoint = next((path for path in backups if path.is_file()), checkpoint)
     if not checkpoint.is_file():
         raise DataError(f"{checkpoint}: no {weights} checkpoint in this run (it stopped before its first epoch)")
     recipe = recipe.update(**recipe_updates) if recipe_updates else recipe

@@ -17,6 +17,7 @@ import time
 
 import pytest
 
+from imgpipe.reexport import load_run
 from imgpipe.train import read_history
 from tests import corpus
 
@@ -59,6 +60,9 @@ def test_a_run_killed_mid_epoch_resumes_to_the_requested_epochs(bigger_class_fol
     child.stderr.close()
     completed = len(read_history(history)["epoch"])
     assert 2 <= completed < epochs and not (run_dir / "metrics.json").exists()
+    # The interrupted run's last epoch can be exported: its weights come from the --resume backup.
+    assert not (run_dir / "checkpoints" / "last.weights.h5").exists()
+    assert load_run(run_dir, "last").model.count_params() > 0
 
     resumed = subprocess.run(imgpipe_command("run", "classify", "--resume", "--output", run_dir),
                              env=child_environment(), capture_output=True, text=True, timeout=600)
