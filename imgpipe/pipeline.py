@@ -250,7 +250,7 @@ def make_dataset(
         # One Python call per batch: albumentations holds the GIL, and per image
         # the call overhead cost as much as the augmentation itself.
         dataset = dataset.map(_seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False)
-    dataset = dataset.map(_to_float)
+    dataset = dataset.map(_to_float, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE), decoder
 
 
