@@ -20,7 +20,7 @@ What it measures
     Targets (issue 8): imgpipe epoch 1 >= 1.0x keras (unaugmented); >= 3x keras + aug layers;
     epoch 2 >= 2x epoch 1. The contenders run in turn, --repeats times, best figure kept.
 
-How to run (from the repository root; about 2 minutes on 2 cores with the defaults)
+How to run (from the repository root; about 40 seconds on 2 cores with the defaults)
     .venv/bin/python benchmarks/input_pipeline.py
     .venv/bin/python benchmarks/input_pipeline.py --images 400 --repeats 1   # quicker
 
@@ -93,7 +93,7 @@ def imgpipe_rates(folder, augmenter):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
     parser.add_argument("--images", type=int, default=800, help="JPEGs in the folder (the 200 photos repeated)")
-    parser.add_argument("--repeats", type=int, default=2, help="rounds of all contenders; the best is kept")
+    parser.add_argument("--repeats", type=int, default=3, help="rounds of all contenders; the best is kept")
     parser.add_argument("--workdir", default="/tmp/imgpipe-bench/input", help="where the JPEG folder is written")
     args = parser.parse_args()
     folder = jpeg_class_folder(os.path.join(args.workdir, f"jpegs{args.images}"), args.images)
