@@ -66,6 +66,11 @@ def test_two_logical_devices_train_under_mirrored_strategy(class_folder, fast_re
     assert np.isfinite(result.metrics["val_loss"])
     assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
     assert result.metrics["epochs_run"] == 2
+    one_device = imgpipe.run("classify", [arg for arg in fast_recipe_args if not arg.startswith("train.run_dir")] +
+                             ["train.devices=1", "train.epochs=2", f"train.run_dir={result.run_dir}_one"],
+                             data=class_folder)
+    # Same data and seed; twice the global batch at twice the learning rate: losses of one order.
+    assert 0.5 < result.metrics["val_loss"] / one_device.metrics["val_loss"] < 2.0
 
 
 def test_one_mirrored_strategy_per_device_set_so_runs_in_one_process_do_not_collide():
