@@ -24,6 +24,7 @@ import functools
 import logging
 import os
 import pathlib
+import shutil
 import time
 
 import keras
@@ -245,7 +246,7 @@ class Trainer:
             list(task_callbacks) + [
             # Optimizer state and epoch counter, every epoch; two copies so a
             # kill during the write still leaves a loadable one.
-            keras.callbacks.BackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True),
+            ResilientBackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True),
             keras.callbacks.CSVLogger(str(history_csv), append=True),
             # The last epoch's weights are in the backup while training runs; a third
             # copy every epoch cost 0.2 s per epoch of a 7M-parameter U-Net.
@@ -266,6 +267,29 @@ class Trainer:
                 )
             )
         return callbacks
+
+
+class ResilientBackupAndRestore(keras.callbacks.BackupAndRestore):
+    """Keras' `BackupAndRestore`, falling back to the previous backup whatever error the latest one raises.
+
+    Keras falls back only on `OSError`; a weights file whose blocks were not
+    all written when the process was killed makes h5py raise `RuntimeError`
+    ("addr overflow", seen when a worker of a multi-worker run was killed) or
+    Keras `ValueError`/`KeyError`, and the resumed run would stop there.
+    """
+
+    def on_train_begin(self, logs=None):
+        try:
+            super().on_train_begin(logs)
+        except (OSError, RuntimeError, ValueError, KeyError) as error:
+            if not os.path.exists(self._prev_weights_path):
+                raise
+            log.warning("backup %s is unreadable (%s); resuming from the one before it", self._weights_path,
+                        str(error).splitlines()[0])
+            shutil.copyfile(self._prev_weights_path, self._weights_path)
+            if os.path.exists(self._prev_training_metadata_path):
+                shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
+            self._load_model()
 
 
 class LastWeightsAtEnd(keras.callbacks.Callback):

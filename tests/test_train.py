@@ -120,3 +120,40 @@ def test_class_weight_auto_balances_classes():
     weights = inverse_frequency_weights([0, 0, 0, 1], 2)
     assert weights == {0: pytest.approx(4 / 6, abs=1e-4), 1: 2.0}
     assert 3 * weights[0] == pytest.approx(1 * weights[1], abs=1e-3)
+
+
+def test_a_backup_cut_short_by_a_kill_falls_back_to_the_one_before(tmp_path):
+    from imgpipe.train import ResilientBackupAndRestore
+
+    def compiled_model():
+        model = keras.Sequential([keras.Input((4,)), keras.layers.Dense(2, activation="softmax")])
+        model.compile("adam", "sparse_categorical_crossentropy")
+        return model
+
+    data = (np.random.default_rng(0).normal(size=(16, 4)).astype("float32"), np.arange(16) % 2)
+    backup = tmp_path / "backup"
+    backup.mkdir()
+    earlier = compiled_model()
+    earlier.fit(*data, epochs=1, verbose=0)
+    earlier.save_weights(tmp_path / "earlier.weights.h5")
+    (tmp_path / "earlier.weights.h5").rename(backup / "latest.weights.h5.bkp")
+    (backup / "training_metadata.json.bkp").write_text('{"epoch": 1, "batch": 0}')
+    # Killed mid-write: a block of the newest backup never reached the disk. Find a block whose
+    # loss makes h5py raise RuntimeError, which Keras' own fallback (OSError only) does not catch.
+    complete = (backup / "latest.weights.h5.bkp").read_bytes()
+    for offset in range(0, len(complete), 512):
+        damaged = complete[:offset] + bytes(len(complete[offset:offset + 512])) + complete[offset + 512:]
+        (backup / "latest.weights.h5").write_bytes(damaged)
+        try:
+            compiled_model().load_weights(backup / "latest.weights.h5")
+        except RuntimeError:
+            break
+        except (OSError, ValueError, KeyError):
+            continue
+    else:
+        pytest.skip("no zeroed block makes this h5py raise RuntimeError")
+    (backup / "training_metadata.json").write_text('{"epoch": 2, "batch": 0}')
+
+    history = compiled_model().fit(*data, epochs=3, verbose=0,
+                                   callbacks=[ResilientBackupAndRestore(str(backup), double_checkpoint=True)])
+    assert history.epoch == [1, 2]  # resumed after the previous backup's epoch
