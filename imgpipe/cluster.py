@@ -4,9 +4,10 @@ TensorFlow's multi-worker training is driven by the `TF_CONFIG` environment
 variable (set by hand, by Kubernetes' TFJob, or from Slurm by
 `tf.distribute.cluster_resolver.SlurmClusterResolver`). Every worker runs the
 same `imgpipe run`; the chief (task `chief`, or worker 0 when there is none)
-writes the run folder and the export; each other worker writes its backup,
-history and checkpoints to its own temporary folder `RUN_DIR/workers/<rank>`,
-where a restarted worker resumes from, and which is removed when it finishes.
+writes the run folder, the backups and the export; each other worker writes
+its history and checkpoints to its own temporary folder `RUN_DIR/workers/<rank>`,
+removed when it finishes, and a restarted worker resumes from the chief's
+backup (`imgpipe.train.ChiefBackupReader`), so all continue at one epoch.
 
 Example:
     >>> os.environ["TF_CONFIG"] = '{"cluster": {"worker": ["a:2222", "b:2222"]}, "task": {"type": "worker", "index": 1}}'

@@ -134,7 +134,9 @@ def _train_and_export(recipe, run_dir, resume):
     write_run_classes(run_dir, data, task)
     log.info("run directory: %s", run_dir)
 
-    trainer = Trainer(recipe, run_dir, resume=resume)
+    cluster = cluster_from_environment()
+    chief_checkpoints = None if cluster is None or cluster.is_chief else run_dir.parent.parent / "checkpoints"
+    trainer = Trainer(recipe, run_dir, resume=resume, backup_from=chief_checkpoints)
     log.info(environment_summary(trainer))
     decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
                           task.target_signature(data))
@@ -149,7 +151,6 @@ def _train_and_export(recipe, run_dir, resume):
                                **common)
     val_ds, _ = make_dataset(data.val, training=False, **{
         **common, "batch_size": replica_safe_batch_size(data.val.count, trainer.global_batch_size, trainer.replicas)})
-    cluster = cluster_from_environment()
     fit_train_ds, fit_val_ds, fixed_steps = train_ds, val_ds, None
     if cluster is not None:
         fit_train_ds, fit_val_ds, fixed_steps = _worker_datasets(data, trainer, augmenter, common)

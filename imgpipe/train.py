@@ -21,10 +21,12 @@ Example:
 import contextlib
 import csv
 import functools
+import json
 import logging
 import os
 import pathlib
 import shutil
+import tempfile
 import time
 
 import keras
@@ -151,13 +153,16 @@ class Trainer:
         resume: bool, continue from the backups in `run_dir`.
     """
 
-    def __init__(self, recipe, run_dir, resume=False):
+    def __init__(self, recipe, run_dir, resume=False, backup_from=None):
         self.settings = recipe.train
         self.run_dir = pathlib.Path(run_dir)
         self.resume = resume
         self.strategy = select_strategy(self.settings.devices)
         self.policy = precision_policy(self.settings.mixed_precision)
         self.checkpoint_dir = self.run_dir / "checkpoints"
+        # A worker other than the chief restores from the chief's backups and writes none, so that
+        # after a restart every worker resumes at the same epoch with the same weights.
+        self.backup_from = pathlib.Path(backup_from) if backup_from else None
 
     @property
     def replicas(self):
@@ -246,7 +251,8 @@ class Trainer:
             list(task_callbacks) + [
             # Optimizer state and epoch counter, every epoch; two copies so a
             # kill during the write still leaves a loadable one.
-            ResilientBackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True),
+            ResilientBackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True)
+            if self.backup_from is None else ChiefBackupReader(str(self.backup_from / f"backup_{phase}")),
             keras.callbacks.CSVLogger(str(history_csv), append=True),
             # The last epoch's weights are in the backup while training runs; a third
             # copy every epoch cost 0.2 s per epoch of a 7M-parameter U-Net.
@@ -290,6 +296,42 @@ class ResilientBackupAndRestore(keras.callbacks.BackupAndRestore):
             if os.path.exists(self._prev_training_metadata_path):
                 shutil.copyfile(self._prev_training_metadata_path, self._training_metadata_path)
             self._load_model()
+
+
+class ChiefBackupReader(ResilientBackupAndRestore):
+    """A non-chief worker's backup callback: restores from the chief's backup, never writes or deletes it.
+
+    Its weights are the chief's at every epoch end (training is synchronous), so
+    the chief's backup is its own. When the newest backup is unreadable it
+    reads the one before without copying, as the chief does.
+    """
+
+    def __init__(self, backup_dir):
+        super().__init__(backup_dir, double_checkpoint=True)
+
+    def on_train_begin(self, logs=None):
+        try:
+            self._load_model()
+        except (OSError, RuntimeError, ValueError, KeyError):
+            if not os.path.exists(self._prev_weights_path):
+                raise
+            if self.model.optimizer is not None and not self.model.optimizer.built:
+                self.model.optimizer.build(self.model.trainable_variables)
+            with tempfile.TemporaryDirectory() as folder:  # Keras loads only files named *.weights.h5
+                copy = shutil.copyfile(self._prev_weights_path, os.path.join(folder, "previous.weights.h5"))
+                self.model.load_weights(copy)
+            if os.path.exists(self._prev_training_metadata_path):
+                with open(self._prev_training_metadata_path) as handle:
+                    self.model._initial_epoch = json.loads(handle.read())["epoch"]
+
+    def on_epoch_end(self, epoch, logs=None):
+        pass
+
+    def on_train_batch_end(self, batch, logs=None):
+        pass
+
+    def on_train_end(self, logs=None):
+        pass
 
 
 class LastWeightsAtEnd(keras.callbacks.Callback):
