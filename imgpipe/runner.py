@@ -122,10 +122,10 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
     if recipe.export.enabled:
         require_writable(recipe.export.root, "--export-dir")
     with output_guard(run_dir, "--output", then="continue with --resume"):
-        return _train_and_export(recipe, run_dir, resume)
+        return _train_and_export(recipe, run_dir, resume, cluster)
 
 
-def _train_and_export(recipe, run_dir, resume):
+def _train_and_export(recipe, run_dir, resume, cluster=None):
     task = TASKS.get(recipe.task, key="task")()
     data = task.read_data(recipe)
     recipe = recipe.update(**{"data.image_size": list(data.image_size)})
@@ -134,7 +134,6 @@ def _train_and_export(recipe, run_dir, resume):
     write_run_classes(run_dir, data, task)
     log.info("run directory: %s", run_dir)
 
-    cluster = cluster_from_environment()
     chief_checkpoints = None if cluster is None or cluster.is_chief else run_dir.parent.parent / "checkpoints"
     trainer = Trainer(recipe, run_dir, resume=resume, backup_from=chief_checkpoints)
     log.info(environment_summary(trainer))

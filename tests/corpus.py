@@ -28,6 +28,14 @@ def photo(path, seed, size=32, format=None):
     return pathlib.Path(path)
 
 
+def photo_class_folder(root, per_class, size=32):
+    """root/cat/<n>.png and root/dog/<n>.png: `per_class` distinct smooth photos each."""
+    for name, first_seed in (("cat", 0), ("dog", 1000)):
+        for index in range(per_class):
+            photo(pathlib.Path(root) / name / f"{index}.png", first_seed + index, size=size)
+    return pathlib.Path(root)
+
+
 def zero_bytes(path):
     _ready(path).write_bytes(b"")
     return pathlib.Path(path)

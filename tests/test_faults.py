@@ -36,11 +36,7 @@ def child_environment():
 @pytest.fixture(scope="module")
 def bigger_class_folder(tmp_path_factory):
     """Enough images for an epoch to last about a second, so a kill lands inside one."""
-    root = tmp_path_factory.mktemp("kill") / "images"
-    for name, first_seed in (("cat", 0), ("dog", 1000)):
-        for index in range(120):
-            corpus.photo(root / name / f"{index}.png", first_seed + index, size=32)
-    return root
+    return corpus.photo_class_folder(tmp_path_factory.mktemp("kill") / "images", per_class=120)
 
 
 def test_a_run_killed_mid_epoch_resumes_to_the_requested_epochs(bigger_class_folder, tmp_path):

@@ -61,11 +61,7 @@ def fingerprint(output):
 
 @pytest.fixture(scope="module")
 def cluster_data(tmp_path_factory):
-    root = tmp_path_factory.mktemp("cluster") / "images"
-    for name, first_seed in (("cat", 0), ("dog", 500)):
-        for index in range(24):
-            corpus.photo(root / name / f"{index}.png", first_seed + index, size=16)
-    return root
+    return corpus.photo_class_folder(tmp_path_factory.mktemp("cluster") / "images", per_class=24, size=16)
 
 
 def test_two_workers_train_to_the_end_with_identical_weights_and_the_chief_exports(cluster_data, tmp_path):
