@@ -40,10 +40,10 @@ import tensorflow as tf  # noqa: E402
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
 from benchmarks.common import jpeg_class_folder, machine_summary, print_table  # noqa: E402
-from imgpipe.augment import Augmenter  # noqa: E402
+from imgpipe.engine.augment import Augmenter  # noqa: E402
 from imgpipe.data.folders import scan_class_folders  # noqa: E402
 from imgpipe.data.sources import ImageSet  # noqa: E402
-from imgpipe.pipeline import make_dataset  # noqa: E402
+from imgpipe.engine.pipeline import make_dataset  # noqa: E402
 
 SIZE = (224, 224)
 BATCH = 32

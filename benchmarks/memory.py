@@ -8,7 +8,7 @@ What it measures
     - none: every pass decodes the files again; nothing is kept.
     - disk: decoded images go to a cache file in the run folder (the kernel's
       page cache, which RSS does not count, holds what it keeps of it).
-    - auto: `imgpipe.pipeline.cache_mode` picks memory for a split when its
+    - auto: `imgpipe.engine.pipeline.cache_mode` picks memory for a split when its
       count x H x W x 3 bytes fit min(4 GiB, a quarter of physical memory); on
       a machine with 6 GiB or more, all 10,000 x 224 x 224 x 3 bytes = 1436 MiB
       are held in memory. The table says what auto picked here.
@@ -77,7 +77,7 @@ CACHE_MODES = ("none", "disk", "auto")
 PROBE_MODEL = "memory_probe"
 # What this file does when it is the measured child: imgpipe's command line with the probe model registered.
 AS_IMGPIPE = "--as-imgpipe"
-BASELINE_IMPORTS = "import tensorflow, keras, imgpipe, imgpipe.runner"
+BASELINE_IMPORTS = "import tensorflow, keras, imgpipe, imgpipe.engine.runner"
 # End-of-run extras that are not the question here, switched off where this version of imgpipe has them.
 OPTIONAL_OVERRIDES = ("evaluate.robustness=false",)
 SETTINGS = {
@@ -231,7 +231,7 @@ def measure_child(command, log_path, watched_folder=None):
 
 def measure_run(label, images, mode, settings, model_name, workdir):
     """One measured classify run on `images` JPEGs with data.cache=`mode`; returns a dict of its figures."""
-    from imgpipe.pipeline import cache_mode
+    from imgpipe.engine.pipeline import cache_mode
 
     folder = jpeg_class_folder(workdir / f"jpegs_{images}", images)
     run_dir = workdir / f"run_{label}"

@@ -11,7 +11,7 @@ What it measures
       154 to 2000 pixels a side); it decodes, resizes and classifies inside the
       SavedModel.
     - model only: the trained Keras model on the same photos already decoded and
-      resized to float32 [B, 224, 224, 3] (by `imgpipe.serving.decode_batch`, so
+      resized to float32 [B, 224, 224, 3] (by `imgpipe.engine.serving.decode_batch`, so
       its pixels are the ones the signature computes), called two ways:
       `model(images, training=False)` as it is (eager: one Python dispatch per
       layer), and that call wrapped in a `tf.function`, a graph as the
@@ -58,8 +58,8 @@ import tensorflow as tf  # noqa: E402 - after TF_CPP_MIN_LOG_LEVEL
 
 import imgpipe  # noqa: E402
 from imgpipe.data.images import plain_jpeg_scale  # noqa: E402
-from imgpipe.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8  # noqa: E402
-from imgpipe.serving import decode_batch  # noqa: E402
+from imgpipe.engine.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8  # noqa: E402
+from imgpipe.engine.serving import decode_batch  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RACCOON_IMAGES, jpeg_class_folder, machine_summary, print_table  # noqa: E402

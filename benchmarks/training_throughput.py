@@ -24,7 +24,7 @@ What it measures
     ratio     imgpipe / hand-written, best run of each side.
 
     Below the table, for each task, the time imgpipe's per-epoch callbacks
-    (imgpipe/train.py, `Trainer._callbacks`: backup for --resume, last and
+    (imgpipe/engine/trainer.py, `Trainer._callbacks`: backup for --resume, last and
     best weights, history.csv) take on the trained model, timed alone: the
     part of an imgpipe epoch that a plain `model.fit` does not have.
 
@@ -92,10 +92,10 @@ import tensorflow as tf
 
 import imgpipe
 from imgpipe.models import MODELS
-from imgpipe.tasks import TASKS
-from imgpipe.tasks.classification import SparseCrossentropyWithSmoothing
-from imgpipe.tasks.segmentation import PixelAccuracy, SegmentationLoss
-from imgpipe.train import Trainer, learning_rate_schedule
+from imgpipe.engine.registry import TASKS
+from imgpipe.tasks.classify.task import SparseCrossentropyWithSmoothing
+from imgpipe.tasks.segment.task import PixelAccuracy, SegmentationLoss
+from imgpipe.engine.trainer import Trainer, learning_rate_schedule
 
 from common import jpeg_class_folder, machine_summary, peak_rss_mib, print_table
 

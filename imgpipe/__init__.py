@@ -9,7 +9,7 @@ Example:
 """
 
 from imgpipe.errors import DataError, ExportError, ImgpipeError, RecipeError
-from imgpipe.recipe import Recipe, load_recipe
+from imgpipe.engine.recipe import Recipe, load_recipe
 
 __version__ = "0.1.0"
 
@@ -31,16 +31,12 @@ __all__ = [
 def __getattr__(name):
     # TensorFlow is imported on first use, so `imgpipe --help` and recipe
     # validation stay fast.
-    if name == "run":
-        from imgpipe.runner import run
+    if name in ("run", "evaluate", "predict"):
+        from imgpipe import api
 
-        return run
-    if name in ("evaluate", "predict"):
-        from imgpipe import inference
-
-        return getattr(inference, name)
+        return getattr(api, name)
     if name == "TASKS":
-        from imgpipe.tasks import TASKS
+        from imgpipe.engine.registry import TASKS
 
         return TASKS
     if name == "MODELS":

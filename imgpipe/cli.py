@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
+from imgpipe.engine.registry import TASKS  # noqa: E402
 from imgpipe.errors import ImgpipeError, InterruptedWrite  # noqa: E402
 
 log = logging.getLogger("imgpipe")
@@ -69,7 +70,7 @@ def _image_size(value):
 def run(recipe, data, epochs, batch_size, image_size, model_name, weights, output, export_dir, name, resume,
         no_export, no_robustness, style, loss_weights, overrides):
     """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
-    from imgpipe.runner import run as run_recipe
+    from imgpipe.api import run as run_recipe
 
     overrides = list(overrides) + (["export.enabled=false"] if no_export else []) + \
         (["evaluate.robustness=false"] if no_robustness else [])
@@ -90,7 +91,7 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, outpu
 
 @main.command()
 @click.option("--data", required=True, type=click.Path(), help="The data folder, as `imgpipe run --data` takes it.")
-@click.option("--task", type=click.Choice(["classify", "segment", "detect", "stylize", "colorize"]),
+@click.option("--task", type=click.Choice(TASKS.names()),
               help="What the data is for (default: guessed from the layout).")
 @click.option("--style", help="Style transfer: the style image (data.style).")
 @click.option("--near", "near_bits", type=int, default=4, show_default=True,
@@ -102,7 +103,7 @@ def check(data, task, style, near_bits, overrides, as_json):
 
     Exits 0 when the data can be trained on (warnings allowed), 2 when it cannot.
     """
-    from imgpipe.check import check_data, render
+    from imgpipe.understand.check import check_data, render
 
     report = check_data(data, task, list(overrides), near_duplicate_bits=near_bits, style=style)
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else render(report))
@@ -119,11 +120,11 @@ def check(data, task, style, near_bits, overrides, as_json):
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def evaluate(export, data, report_dir, robustness, as_json):
     """Evaluate an EXPORT (saved_models/<name>/<version>) on a folder."""
-    from imgpipe.inference import evaluate as evaluate_export
+    from imgpipe.engine.use_export import evaluate as evaluate_export
 
     metrics = evaluate_export(export, data, report_dir)
     if robustness:
-        from imgpipe.robustness import describe, export_card
+        from imgpipe.understand.robustness import describe, export_card
 
         metrics["robustness"] = export_card(export, data, metrics["report_dir"])
     if as_json:
@@ -152,7 +153,7 @@ def evaluate(export, data, report_dir, robustness, as_json):
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def predict(export, images, top_k, out_dir, as_json):
     """Run IMAGES through an EXPORT's serving signature."""
-    from imgpipe.inference import predict as predict_files
+    from imgpipe.engine.use_export import predict as predict_files
 
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
@@ -182,10 +183,10 @@ def _describe_prediction(result):
               help="imagenet, random (fixed random features, lower quality) or a VGG weights file.")
 def stylize(image, style, out, steps, size, loss_network, loss_weights):
     """Render IMAGE in the style of --style by optimising its pixels (Gatys et al.; no training)."""
-    from imgpipe.gatys import stylize_image
-    from imgpipe.report import save_image
+    from imgpipe.tasks.stylize.optimize import stylize_image
+    from imgpipe.engine.plots import save_image
 
-    from imgpipe.inference import OUTPUT_SUFFIXES
+    from imgpipe.engine.client import OUTPUT_SUFFIXES
 
     if size < 16:
         raise click.BadParameter("must be at least 16", param_hint="--size")
@@ -203,7 +204,7 @@ def stylize(image, style, out, steps, size, loss_network, loss_weights):
 @click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
 def export(run_dir, export_dir, name, weights):
     """Export a run's checkpoint as the next SavedModel version."""
-    from imgpipe.reexport import export_run
+    from imgpipe.engine.run_folder import export_run
 
     click.echo(f"export: {export_run(run_dir, export_dir, name, weights)}")
 
@@ -220,7 +221,7 @@ def export(run_dir, export_dir, name, weights):
 @click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
 def explain(run_dir, images, class_name, layer, filters_layer, out_dir, weights):
     """Grad-CAM heat maps (and filter visualisations) of a classification or segmentation run."""
-    from imgpipe.explain_run import explain_run
+    from imgpipe.understand.explain.run import explain_run
 
     result = explain_run(run_dir, images, class_name, layer, filters_layer, out_dir, weights)
     for path, name, score in result["predictions"]:
@@ -234,7 +235,7 @@ def explain(run_dir, images, class_name, layer, filters_layer, out_dir, weights)
 @click.option("--keys", is_flag=True, help="List every recipe key with its default and meaning.")
 def recipes(keys):
     """List the shipped recipes (or every recipe key)."""
-    from imgpipe.recipe import describe_keys, load_recipe, recipe_names
+    from imgpipe.engine.recipe import describe_keys, load_recipe, recipe_names
 
     if keys:
         for key, default, meaning in describe_keys():
@@ -256,7 +257,7 @@ def models(task, image_size, summary_name, classes):
     from imgpipe.models import MODELS
 
     if summary_name:
-        from imgpipe.layer_table import format_table
+        from imgpipe.understand.layer_table import format_table
 
         model = MODELS.get(summary_name, key="--summary")((image_size, image_size, 3), classes, weights=None)
         click.echo(f"{summary_name} at {image_size}x{image_size}x3, {classes} classes")

@@ -43,6 +43,15 @@ def detect_format(root):
                     "or instances_*.json, YOLO images/ + labels/)")
 
 
+def has_detection_layout(root):
+    """True when `root` is laid out as VOC, COCO or YOLO (`imgpipe check` guesses the task with it)."""
+    try:
+        detect_format(pathlib.Path(root))
+    except DataError:
+        return False
+    return True
+
+
 def read_annotations(root, format="auto", max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: [Annotation]}, class names, format) before cleaning."""
     format = detect_format(root) if format in ("auto", None) else format

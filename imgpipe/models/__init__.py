@@ -8,7 +8,7 @@ Example:
     >>> model = build(input_shape=(224, 224, 3), num_classes=10, weights=None)
 """
 
-from imgpipe.registry import Registry
+from imgpipe.engine.registry import Registry
 
 MODELS = Registry("model")
 

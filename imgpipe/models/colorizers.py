@@ -3,8 +3,8 @@
 Any pixel-classifier builder (`unet`, `deeplabv3plus`) becomes a colorizer
 behind this layer: the RGB input is reduced to its CIE L channel (so colour
 can never leak in), replicated to three grey channels, and the builder
-classifies every pixel into the Q quantised ab bins of `imgpipe.color.ab_bins`
-(see `imgpipe.tasks.colorize.ColorizationModel`).
+classifies every pixel into the Q quantised ab bins of `imgpipe.models.lab.ab_bins`
+(see `imgpipe.tasks.colorize.task.ColorizationModel`).
 
 Example:
     >>> GreyFromLightness()(keras.ops.ones((1, 4, 4, 3)) * 255.0)[0, 0, 0]   # white stays 255
@@ -13,7 +13,7 @@ Example:
 import keras
 import tensorflow as tf
 
-from imgpipe.color import rgb_to_lab
+from imgpipe.models.lab import rgb_to_lab
 
 
 @keras.saving.register_keras_serializable(package="imgpipe")

@@ -1,11 +1,12 @@
-"""Tasks, registered by recipe name: each says only what is special about it.
+"""Tasks: one package each, named after its recipe, saying only what is special about the task.
+
+A package here registers one `TaskSpec` in its `__init__`; the engine finds
+the packages by scanning this folder (`imgpipe.engine.registry.TASKS`), so
+adding a task is adding a package and its recipe file in `recipes/`.
 
 Example:
+    >>> from imgpipe.engine.registry import TASKS
     >>> task = TASKS.get("classify")()
 """
 
-from imgpipe.registry import Registry
-
-TASKS = Registry("task")
-
-from imgpipe.tasks import classification, colorize, detection, segmentation, stylize  # noqa: E402,F401  (registers the tasks)
+from imgpipe.engine.registry import TASKS  # noqa: F401  (the registry the packages add themselves to)

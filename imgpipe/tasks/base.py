@@ -1,6 +1,6 @@
 """What every task provides to the engine, with the defaults most tasks share.
 
-The engine (`imgpipe.runner`) reads data, builds the pipeline, trains,
+The engine (`imgpipe.engine.runner`) reads data, builds the pipeline, trains,
 evaluates, plots and exports by calling these hooks; a task subclass
 overrides only what differs (compare Ultralytics' `BaseTrainer` hooks).
 """
@@ -22,6 +22,9 @@ class Task:
     target_kind = "label"
     monitor = ("val_loss", "min")
     main_metric = "val_loss"
+    # What `imgpipe explain` weighs: "class" (the predicted or named class), "region"
+    # (the pixels of a class), or None when Grad-CAM does not apply to the task.
+    explain_target = None
 
     # === Data ===
     def read_data(self, recipe):
@@ -83,7 +86,7 @@ class Task:
         """Writes `augment_preview.png` from a list of augmented (image, target) pairs."""
         raise NotImplementedError
 
-    # === Robustness (imgpipe.robustness) ===
+    # === Robustness (imgpipe.understand.robustness) ===
     # The metric the robustness card reports (higher is better); None: the card does not apply,
     # and `robustness_note` says why. `robustness_skipped` names families that do not apply, with why.
     robustness_metric_name = None

@@ -26,7 +26,7 @@ def test_tfds_reader_uses_metadata_names_and_own_test_split():
 
 
 def test_tfds_pipeline_resizes_and_batches():
-    from imgpipe.pipeline import make_dataset
+    from imgpipe.engine.pipeline import make_dataset
 
     with tfds.testing.mock_data(num_examples=6):
         data = read_tfds("tfds:mnist", image_size=[20, 24])

@@ -1,0 +1,37 @@
+"""The public functions: the engine's run, with the reports about a trained model, and using an export.
+
+`imgpipe.engine` trains and exports any registered task and knows nothing of
+the tools in `imgpipe.understand`; this module joins the two, so a run ends
+with its robustness card as the CLI's does.
+
+Example:
+    >>> result = run("classify", data="./images", epochs=5)
+    >>> evaluate(result.export_path, data="./test_images")["accuracy"]
+"""
+
+from imgpipe.engine import runner
+from imgpipe.engine.use_export import evaluate, predict
+
+__all__ = ["evaluate", "predict", "run"]
+
+
+def run(recipe="classify", overrides=(), resume=False, **shortcuts):
+    """Trains, evaluates and exports the model a recipe describes, ending with the robustness card.
+
+    Args:
+        recipe: a recipe name (`classify`), a YAML path or a `Recipe`.
+        overrides: `key=value` strings, as `--set` takes them.
+        resume: continue the interrupted run in `output` (or the latest run of
+            this task and name) from its last completed epoch.
+        **shortcuts: data, epochs, batch_size, image_size, model, weights,
+            output, export_dir, name, style, loss_weights.
+
+    Returns:
+        `RunResult` with `.model`, `.metrics`, `.run_dir`, `.export_path`.
+
+    Example:
+        >>> result = run("classify", data="./images", epochs=5)
+    """
+    from imgpipe.understand.robustness import run_card
+
+    return runner.run(recipe, overrides, resume, reports=(run_card,), **shortcuts)

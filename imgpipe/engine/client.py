@@ -1,0 +1,80 @@
+"""Calling an export as TF Serving would: encoded bytes in, the signature's answers out.
+
+Every task's evaluate and predict go through these, so they measure the
+artifact that will be deployed, decoding and all.
+
+Example:
+    >>> version_dir, metadata, loaded = load_export("saved_models/classify/1")
+    >>> run_signature(loaded, ["cat.jpg"])["class_name"]
+"""
+
+import io
+import pathlib
+
+import numpy as np
+
+from imgpipe.data.images import UnreadableImage, read_header
+from imgpipe.errors import DataError
+
+BATCH_SIZE = 32
+
+
+def read_image_bytes(path, max_pixels=89_478_485):
+    """The file's bytes, after checking its header so a bad file fails with its name."""
+    read_header(path, max_pixels)
+    try:
+        return pathlib.Path(path).read_bytes()
+    except OSError as error:
+        raise UnreadableImage(f"{path}: cannot read file ({error.strerror})") from None
+
+
+def run_signature(loaded, paths, batch_size=BATCH_SIZE):
+    """Sends files through `serving_default` in batches; returns {output: np.ndarray} for all files."""
+    import tensorflow as tf
+
+    serve = loaded.signatures["serving_default"]
+    outputs = {}
+    for start in range(0, len(paths), batch_size):
+        chunk = [read_image_bytes(path) for path in paths[start:start + batch_size]]
+        try:
+            answer = serve(image_bytes=tf.constant(chunk))
+        except tf.errors.InvalidArgumentError as error:
+            raise DataError(f"{paths[start]}..: the model could not decode this batch "
+                            f"({str(error).splitlines()[0][:200]})") from None
+        for key, value in answer.items():
+            outputs.setdefault(key, []).append(value.numpy())
+    return {key: np.concatenate(values) for key, values in outputs.items()}
+
+
+OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
+
+
+def write_produced_images(loaded, paths, out, label):
+    """For tasks that answer with images: writes each file's `image_png` answer, one request per file.
+
+    `out` is a folder (files become `<stem>_<label>.png`) or, for a single input, an image file.
+    """
+    import tensorflow as tf
+
+    if out is None:
+        raise DataError("predict: this model answers with images; give --out FOLDER (or --out FILE.png for one)")
+    out = pathlib.Path(out)
+    to_file = out.suffix.lower() in OUTPUT_SUFFIXES
+    if to_file and len(paths) != 1:
+        raise DataError(f"{out}: an output file takes exactly one input image; give a folder for {len(paths)}")
+    serve = loaded.signatures["serving_default"]
+    results = []
+    for path in paths:
+        answer = serve(image_bytes=tf.constant([read_image_bytes(path)]))
+        target = out if to_file else out / f"{pathlib.Path(path).stem}_{label}.png"
+        target.parent.mkdir(parents=True, exist_ok=True)
+        png = answer["image_png"].numpy()[0]
+        if target.suffix.lower() == ".png":
+            target.write_bytes(png)
+        else:
+            from PIL import Image
+
+            Image.open(io.BytesIO(png)).save(target)
+        results.append({"file": str(path), label: str(target), "height": int(answer["height"][0]),
+                        "width": int(answer["width"][0])})
+    return results

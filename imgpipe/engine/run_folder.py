@@ -1,0 +1,81 @@
+"""A run folder brought back to a model: `imgpipe export RUN_DIR` and `imgpipe explain RUN_DIR`.
+
+Exporting again is useful after a run stopped before its own export, or to
+export the last rather than the best weights. The model is rebuilt from the run's resolved
+recipe and class list, so nothing but the run folder is needed.
+
+Example:
+    >>> export_run("runs/classify/classify", weights="last")
+    PosixPath('saved_models/classify/2')
+"""
+
+import dataclasses
+import json
+import pathlib
+import typing
+
+import yaml
+
+from imgpipe.data.sources import ImageSet, TaskData
+from imgpipe.errors import DataError
+from imgpipe.engine.export import write_export
+from imgpipe.engine.recipe import recipe_from_dict
+from imgpipe.engine.registry import TASKS
+
+CLASSES_FILE = "classes.json"
+
+
+def write_run_classes(run_dir, data, task):
+    """Records the class names (and what else the task needs) of a run, so it can be rebuilt without its data."""
+    record = {"class_names": list(data.class_names), "extras": task.saved_extras(data)}
+    (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps(record))
+
+
+def export_run(run_dir, export_dir=None, name=None, weights="best"):
+    """Rebuilds the run's model, loads its `best` or `last` weights and exports it."""
+    run = load_run(run_dir, weights, **{key: value for key, value in
+                                        (("export.root", export_dir), ("export.name", name)) if value is not None})
+    metadata = {"task": run.task.name, "name": run.recipe.name, "image_size": list(run.data.image_size),
+                "model": run.recipe.model.name, **run.task.export_metadata(run.data, run.recipe)}
+    return write_export(run.task.export_archive(run.model, run.data, run.recipe), run.recipe.export.root,
+                        run.recipe.name, metadata, run.recipe.to_yaml())
+
+
+@dataclasses.dataclass
+class TrainedRun:
+    """A run folder brought back: its resolved recipe, task, class list (as `data`, without images) and model."""
+
+    recipe: typing.Any
+    task: typing.Any
+    data: TaskData
+    model: typing.Any
+
+
+def load_run(run_dir, weights="best", **recipe_updates):
+    """Rebuilds a run's model from its folder alone and loads its `best` or `last` checkpoint.
+
+    Example:
+        >>> run = load_run("runs/classify/classify")
+        >>> run.model.predict(images), run.data.class_names
+    """
+    run_dir = pathlib.Path(run_dir)
+    try:
+        recipe = recipe_from_dict(yaml.safe_load((run_dir / "recipe.yaml").read_text()), str(run_dir))
+        record = json.loads((run_dir / CLASSES_FILE).read_text())
+        class_names = record["class_names"]
+    except (OSError, ValueError, KeyError, yaml.YAMLError):
+        raise DataError(f"{run_dir}: not an imgpipe run folder (recipe.yaml or {CLASSES_FILE} missing)") from None
+    checkpoint = run_dir / "checkpoints" / f"{weights}.weights.h5"
+    if weights == "last" and not checkpoint.is_file():  # interrupted: the backup holds the last epoch
+        backups = [run_dir / "checkpoints" / f"backup_{phase}" / "latest.weights.h5" for phase in ("train", "warmup")]
+        checkpoint = next((path for path in backups if path.is_file()), checkpoint)
+    if not checkpoint.is_file():
+        raise DataError(f"{checkpoint}: no {weights} checkpoint in this run (it stopped before its first epoch)")
+    recipe = recipe.update(**recipe_updates) if recipe_updates else recipe
+    task = TASKS.get(recipe.task, key="task")()
+    data = TaskData(train=ImageSet(), val=ImageSet(), class_names=class_names,
+                    image_size=list(recipe.data.image_size), source=str(run_dir),
+                    extras=task.restored_extras(record.get("extras", {})))
+    model = task.build_model(recipe.update(**{"model.weights": None}), data)
+    model.load_weights(checkpoint)
+    return TrainedRun(recipe, task, data, model)

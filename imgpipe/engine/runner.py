@@ -1,0 +1,308 @@
+"""`imgpipe.run`: a recipe in, a trained, evaluated and exported model out.
+
+    read data -> split -> pipeline -> train -> evaluate -> robustness card -> plots -> export -> metrics.json
+
+Every task goes through this one function; the task object supplies what is
+special about it. The run directory `runs/<task>/<name>/` receives the
+resolved recipe, history.csv, the checkpoints, metrics.json, the plots and the
+robustness card (robustness.json, robustness.png; `imgpipe.understand.robustness`).
+
+Example:
+    >>> result = run("classify", data="./images", epochs=5)
+    >>> result.metrics["val_accuracy"], result.export_path
+"""
+
+import contextlib
+import dataclasses
+import json
+import logging
+import pathlib
+import shutil
+
+import numpy as np
+import yaml
+
+from imgpipe.engine import plots
+from imgpipe.engine.augment import Augmenter
+from imgpipe.engine.distributed.cluster import cluster_from_environment, weights_fingerprint, worker_run_dir
+from imgpipe.data.sources import ImageSet
+from imgpipe.errors import DataError, RecipeError
+from imgpipe.engine.export import write_export
+from imgpipe.engine.distributed.keras_multiworker import multi_worker_fit
+from imgpipe.models import MODELS
+from imgpipe.engine.pipeline import FileDecoder, make_dataset, replica_safe_batch_size
+from imgpipe.engine.recipe import Recipe, load_recipe, recipe_from_dict
+from imgpipe.engine.run_folder import write_run_classes
+from imgpipe.engine.registry import TASKS
+from imgpipe.engine.trainer import Trainer, dtype_policy, environment_summary, select_strategy
+from imgpipe.engine.writable import output_guard, require_writable
+
+log = logging.getLogger("imgpipe")
+
+PREVIEW_SAMPLES = 24
+
+# Keyword shortcuts of `run()` and the CLI flags, and the recipe key each sets.
+SHORTCUTS = {
+    "data": "data.path",
+    "epochs": "train.epochs",
+    "batch_size": "train.batch_size",
+    "image_size": "data.image_size",
+    "model": "model.name",
+    "weights": "model.weights",
+    "output": "train.run_dir",
+    "export_dir": "export.root",
+    "name": "export.name",
+    "style": "data.style",
+    "loss_weights": "model.loss_weights",
+}
+
+
+@dataclasses.dataclass
+class RunResult:
+    """What a run produced: the trained model, its metrics and where things were written."""
+
+    model: object
+    metrics: dict
+    run_dir: pathlib.Path
+    export_path: object
+    recipe: Recipe
+    history: dict
+
+
+def resolve_recipe(recipe="classify", overrides=(), **shortcuts):
+    """A validated recipe from a name, a YAML path or a `Recipe`, plus overrides and shortcuts.
+
+    Example:
+        >>> resolve_recipe("classify", ["train.patience=3"], epochs=5).train.epochs
+        5
+    """
+    if isinstance(recipe, Recipe):
+        recipe = recipe.override(list(overrides))
+    else:
+        recipe = load_recipe(str(recipe), list(overrides))
+    values = {SHORTCUTS[key]: value for key, value in shortcuts.items() if value is not None}
+    unknown = set(shortcuts) - set(SHORTCUTS)
+    if unknown:
+        raise RecipeError(f"{sorted(unknown)[0]}: unknown option; use one of {', '.join(SHORTCUTS)} or overrides")
+    if values:
+        recipe = recipe.update(**values)
+    TASKS.get(recipe.task, key="task")
+    allowed = MODELS.names(task=recipe.task)
+    if recipe.model.name not in allowed:
+        raise RecipeError(f"model.name: unknown model {recipe.model.name!r} for {recipe.task}; "
+                          f"choose one of {', '.join(allowed)}")
+    return recipe
+
+
+def run(recipe="classify", overrides=(), resume=False, reports=(), **shortcuts):
+    """Trains, evaluates and exports the model a recipe describes.
+
+    Args:
+        recipe: a recipe name (`classify`), a YAML path or a `Recipe`.
+        overrides: `key=value` strings, as `--set` takes them.
+        resume: continue the interrupted run in `output` (or the latest run of
+            this task and name) from its last completed epoch.
+        reports: fns(task, model, data, recipe, decoder, run_dir) run on the trained
+            model before export (`imgpipe.run` passes the robustness card).
+        **shortcuts: data, epochs, batch_size, image_size, model, weights,
+            output, export_dir, name.
+
+    Returns:
+        `RunResult` with `.model`, `.metrics`, `.run_dir`, `.export_path`.
+
+    Example:
+        >>> result = run("classify", data="./images", epochs=5)
+    """
+    recipe = resolve_recipe(recipe, overrides, **shortcuts)
+    cluster = cluster_from_environment()
+    run_dir = worker_run_dir(_run_directory(recipe, resume, cluster), cluster)
+    if cluster is not None:
+        select_strategy()  # collectives are configured before TensorFlow runs anything
+    if resume:
+        recipe = _saved_recipe(run_dir)
+    require_writable(run_dir, "--output")
+    if recipe.export.enabled:
+        require_writable(recipe.export.root, "--export-dir")
+    with output_guard(run_dir, "--output", then="continue with --resume"):
+        return _train_and_export(recipe, run_dir, resume, cluster, reports)
+
+
+def _train_and_export(recipe, run_dir, resume, cluster=None, reports=()):
+    task = TASKS.get(recipe.task, key="task")()
+    data = task.read_data(recipe)
+    recipe = recipe.update(**{"data.image_size": list(data.image_size)})
+    run_dir.mkdir(parents=True, exist_ok=True)
+    (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
+    write_run_classes(run_dir, data, task)
+    log.info("run directory: %s", run_dir)
+
+    chief_checkpoints = None if cluster is None or cluster.is_chief else run_dir.parent.parent / "checkpoints"
+    trainer = Trainer(recipe, run_dir, resume=resume, backup_from=chief_checkpoints)
+    log.info(environment_summary(trainer))
+    decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
+                          task.target_signature(data))
+    common = dict(size=data.image_size, batch_size=trainer.global_batch_size, seed=recipe.data.seed,
+                  cache=recipe.data.cache, cache_dir=run_dir / "cache", max_pixels=recipe.data.max_pixels,
+                  decoder=decoder)
+    augmenter = Augmenter.from_recipe(recipe, task.target_kind)
+    # Several replicas: no replica may get an empty batch (see replica_safe_batch_size).
+    _require_an_image_per_replica(data, trainer.replicas)
+    drop_remainder = trainer.replicas > 1 and data.train.count >= trainer.global_batch_size
+    train_ds, _ = make_dataset(data.train, training=True, augmenter=augmenter, drop_remainder=drop_remainder,
+                               **common)
+    val_ds, _ = make_dataset(data.val, training=False, **{
+        **common, "batch_size": replica_safe_batch_size(data.val.count, trainer.global_batch_size, trainer.replicas)})
+    fit_train_ds, fit_val_ds, fixed_steps = train_ds, val_ds, None
+    if cluster is not None:
+        fit_train_ds, fit_val_ds, fixed_steps = _worker_datasets(data, trainer, augmenter, common)
+    _write_preview(task, data, recipe, augmenter, decoder, run_dir)
+
+    steps_per_epoch = int((np.floor if drop_remainder else np.ceil)(data.train.count / trainer.global_batch_size))
+    with dtype_policy(trainer.policy):
+        with trainer.strategy.scope():
+            model = task.build_model(recipe, data)
+        outcome = trainer.fit(model, task.compile_settings(recipe, data), fit_train_ds, fit_val_ds, steps_per_epoch,
+                              monitor=task.monitor, class_weight=task.class_weight(recipe, data),
+                              callbacks=task.callbacks(recipe, data, val_ds), fixed_steps=fixed_steps)
+        if cluster is not None:
+            log.info("worker %d: final weights %s", cluster.worker_rank, weights_fingerprint(model))
+            if not cluster.is_chief:
+                return _finish_worker(model, recipe, run_dir, outcome)
+            model = _local_copy(task, recipe, data, model)
+        with multi_worker_fit(model, model.distribute_strategy):  # several replicas: evaluate needs it too
+            metrics = task.final_metrics(model, val_ds, data, run_dir)
+            for report in reports:
+                report(task, model, data, recipe, decoder, run_dir)
+    _require_some_images(decoder, data)
+    plots.plot_curves(outcome["history"], run_dir / "curves.png")
+
+    export_path = None
+    if recipe.export.enabled:
+        metadata = {
+            "task": task.name,
+            "name": recipe.name,
+            "image_size": list(data.image_size),
+            "model": recipe.model.name,
+            **task.export_metadata(data, recipe),
+        }
+        with output_guard(pathlib.Path(recipe.export.root) / recipe.name, "--export-dir",
+                          then=f"export the trained run with `imgpipe export {run_dir}`"):
+            export_path = write_export(task.export_archive(model, data, recipe), recipe.export.root, recipe.name,
+                                       metadata, recipe.to_yaml())
+    metrics.update(
+        epochs_run=outcome["epochs_run"],
+        train_seconds=outcome["train_seconds"],
+        export_path=str(export_path) if export_path else None,
+        skipped_files=len(data.skipped) + len(decoder.failed),
+        images_train=data.train.count,
+        images_validation=data.val.count,
+    )
+    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    shutil.rmtree(run_dir / "cache", ignore_errors=True)
+    if data.skipped or decoder.failed:
+        log.warning("%d file(s) could not be read and were skipped", len(data.skipped) + len(decoder.failed))
+    return RunResult(model, metrics, run_dir, export_path, recipe, outcome["history"])
+
+
+def _worker_datasets(data, trainer, augmenter, common):
+    """Each worker's share of both splits, batched per replica and repeated, and the steps every worker takes.
+
+    Shards are cut from the file list before decoding, so no worker decodes
+    another's images. Repeating with a fixed number of steps keeps the workers
+    in step even when their shards differ by an image or a file fails to decode.
+    """
+    global_batch = trainer.global_batch_size
+
+    def distributed(image_set, training):
+        def for_worker(context):
+            dataset, _ = make_dataset(image_set, training=training, augmenter=augmenter if training else None,
+                                      drop_remainder=True, repeat=True,
+                                      shard=(context.num_input_pipelines, context.input_pipeline_id),
+                                      **{**common, "batch_size": context.get_per_replica_batch_size(global_batch)})
+            return dataset
+        return trainer.strategy.distribute_datasets_from_function(for_worker)
+
+    steps = (max(1, data.train.count // global_batch), max(1, -(-data.val.count // global_batch)))
+    return distributed(data.train, True), distributed(data.val, False), steps
+
+
+def _local_copy(task, recipe, data, model):
+    """The trained model rebuilt outside the multi-worker strategy, so the chief evaluates and exports it alone."""
+    local = task.build_model(recipe.update(**{"model.weights": None}), data)
+    local.set_weights(model.get_weights())
+    local.compile(**task.compile_settings(recipe, data))
+    return local
+
+
+def _finish_worker(model, recipe, run_dir, outcome):
+    """A worker other than the chief: its temporary folder goes; the chief reports and exports."""
+    shutil.rmtree(run_dir, ignore_errors=True)
+    with contextlib.suppress(OSError):
+        run_dir.parent.rmdir()  # RUN_DIR/workers, once the last worker is done
+    return RunResult(model, {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"]},
+                     run_dir, None, recipe, outcome["history"])
+
+
+def _run_directory(recipe, resume, cluster=None):
+    """`train.run_dir`, or `<output>/<task>/<name>` with a number added if taken (the latest when resuming)."""
+    if cluster is not None and not recipe.train.run_dir:
+        raise RecipeError("train.run_dir: multi-worker runs (TF_CONFIG) need --output RUN_DIR, the same on every "
+                          "worker, so that they agree on the folder")
+    if recipe.train.run_dir:
+        run_dir = pathlib.Path(recipe.train.run_dir)
+        if resume and not (run_dir / "recipe.yaml").is_file():
+            raise DataError(f"{run_dir}: nothing to resume (no recipe.yaml from an earlier run)")
+        if not resume and (run_dir / "metrics.json").exists():
+            raise DataError(f"{run_dir}: holds a finished run; choose another --output or --resume an unfinished one")
+        return run_dir
+    base = pathlib.Path(recipe.train.output) / recipe.task / recipe.name
+    taken = [base] + [base.with_name(f"{base.name}{n}") for n in range(2, 10_000)]
+    if resume:
+        existing = [path for path in taken[:1] + sorted(base.parent.glob(f"{base.name}[0-9]*"),
+                                                         key=lambda p: int(p.name[len(base.name):]))
+                    if (path / "recipe.yaml").is_file()]
+        if not existing:
+            raise DataError(f"{base}: nothing to resume (no earlier run of {recipe.task}/{recipe.name})")
+        return existing[-1]
+    return next(path for path in taken if not path.exists())
+
+
+def _saved_recipe(run_dir):
+    try:
+        values = yaml.safe_load((run_dir / "recipe.yaml").read_text())
+    except (OSError, yaml.YAMLError) as error:
+        raise DataError(f"{run_dir / 'recipe.yaml'}: cannot read the saved recipe ({error})") from None
+    if (run_dir / "metrics.json").exists():
+        raise DataError(f"{run_dir}: this run already finished; nothing to resume")
+    return recipe_from_dict(values, source=str(run_dir / "recipe.yaml"))
+
+
+def _write_preview(task, data, recipe, augmenter, decoder, run_dir):
+    """augment_preview.png: a few training samples, augmented as the model will see them."""
+    subset = _first_samples(data.train, PREVIEW_SAMPLES, recipe.data.seed)
+    preview_ds, _ = make_dataset(subset, size=data.image_size, batch_size=1, training=False,
+                                 cache="none", decoder=decoder)
+    samples = []
+    for index, (images, targets) in enumerate(preview_ds):
+        image = images[0].numpy().astype(np.uint8)
+        samples.append(augmenter.apply(image, targets[0].numpy(), seed=recipe.data.seed + index))
+    task.preview(samples, data, run_dir / "augment_preview.png")
+
+
+def _first_samples(image_set, count, seed):
+    if not image_set.is_files:
+        return ImageSet(dataset=image_set.dataset.take(count), count=min(count, image_set.count))
+    chosen = np.random.default_rng(seed).permutation(image_set.count)[:count]
+    return ImageSet.from_files([image_set.paths[i] for i in chosen], np.asarray(image_set.targets)[chosen])
+
+
+def _require_an_image_per_replica(data, replicas):
+    for split, image_set in (("training", data.train), ("validation", data.val)):
+        if image_set.count < replicas:
+            raise DataError(f"{data.source}: the {split} split has {image_set.count} image(s), fewer than the "
+                            f"{replicas} devices training on it; add images or change data.val_split")
+
+
+def _require_some_images(decoder, data):
+    if decoder.failed and len(decoder.failed) >= data.train.count:
+        raise DataError(f"{data.source}: no training image could be decoded")

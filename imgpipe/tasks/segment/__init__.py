@@ -1,0 +1,12 @@
+"""Semantic segmentation: a class for every pixel, from images paired with masks."""
+
+from imgpipe.data.masks import has_mask_layout
+from imgpipe.engine.registry import TASKS, TaskSpec
+
+TASKS.add(TaskSpec(
+    name="segment",
+    description="semantic segmentation from images + masks",
+    task_class="imgpipe.tasks.segment.task:SegmentationTask",
+    recognises=has_mask_layout,
+    guess_order=10,
+))

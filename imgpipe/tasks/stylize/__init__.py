@@ -1,0 +1,9 @@
+"""Style transfer: a feed-forward network that renders any photo in the style of one painting."""
+
+from imgpipe.engine.registry import TASKS, TaskSpec
+
+TASKS.add(TaskSpec(
+    name="stylize",
+    description="fast style transfer from a folder of photos and one style image",
+    task_class="imgpipe.tasks.stylize.task:StylizeTask",
+))

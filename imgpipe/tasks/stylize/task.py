@@ -1,0 +1,226 @@
+"""Style transfer: a feed-forward network that renders any photo in the style of one painting.
+
+What is special here: there are no labels (a content image is its own target),
+the loss is perceptual (`imgpipe.tasks.stylize.perceptual`: VGG content, Gram-matrix style and
+total variation) and lives in the training model, the style image's Gram
+matrices are computed once when the model is built, and serving answers with
+the styled image, as PNG bytes and floats, at the input's own size.
+
+Example:
+    >>> result = imgpipe.run("stylize", data="photos/", style="starry_night.jpg", loss_weights="random")
+    >>> result.metrics["val_style_loss"], result.metrics["val_style_loss_identity"]
+"""
+
+import logging
+import os
+import pathlib
+import time
+
+import numpy as np
+import tensorflow as tf
+
+from imgpipe.engine import plots
+from imgpipe.data.demo import demo_stylize_data
+from imgpipe.data.folders import list_images
+from imgpipe.data.images import load_image
+from imgpipe.data.unlabelled import read_image_folder
+from imgpipe.errors import DataError, RecipeError
+from imgpipe.engine.client import write_produced_images
+from imgpipe.models import MODELS
+from imgpipe.tasks.stylize.perceptual import (LossWeights, StyleTransferModel, content_targets, identity_style_loss, loss_network,
+                                perceptual_terms, style_grams)
+from imgpipe.engine.serving import images_at_original_size
+from imgpipe.tasks.base import Task
+
+log = logging.getLogger("imgpipe")
+
+SAMPLES = 6
+TIMING_SIDE = 256
+TIMING_RUNS = 10
+
+
+def imagenet_weights_cached(network):
+    """True when Keras already holds the no-top ImageNet weights of `network` (no download needed).
+
+    The file name is the one `keras.applications` downloads to (its URL constant is not public API).
+    """
+    keras_home = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
+    return (keras_home / "models" / f"{network}_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file()
+
+
+def styled(transformer, images, max_side):
+    """Styles uint8 or float images [B, H, W, 3] at their own size (at most `max_side` on the longer side)."""
+    images = tf.cast(images, tf.float32)
+    height, width = tf.shape(images)[1], tf.shape(images)[2]
+    scale = tf.minimum(1.0, max_side / tf.cast(tf.maximum(height, width), tf.float32))
+    working = tf.cast(tf.round(tf.cast(tf.stack([height, width]), tf.float32) * scale), tf.int32)
+    smaller = tf.image.resize(images, working, method="area")
+    result = transformer(smaller, training=False)
+    result = tf.image.resize(result, [height, width], method="bilinear")
+    return tf.clip_by_value(result, 0.0, 255.0)
+
+
+def style_at_size(style, image_size):
+    """The style image scaled (area) so its longer side matches the training images' longer side."""
+    height, width = style.shape[:2]
+    scale = max(image_size) / max(height, width)
+    return tf.image.resize(style, [max(1, round(height * scale)), max(1, round(width * scale))], method="area",
+                           antialias=True)
+
+
+class StylizeTask(Task):
+    name = "stylize"
+    target_kind = "label"
+    monitor = ("val_loss", "min")
+    main_metric = "val_style_loss"
+
+    # === Data ===
+    def read_data(self, recipe):
+        data = self.read_examples(recipe)
+        data.extras["loss_weights"] = self._loss_weights(recipe, demo=recipe.data.path is None)
+        return data
+
+    def read_examples(self, recipe):
+        settings = recipe.data
+        content, style = settings.path, settings.style
+        if content is None and style is None:
+            content, style = demo_stylize_data()
+        elif content is None or style is None:
+            missing = "data.path (--data CONTENT_DIR)" if content is None else "data.style (--style IMAGE)"
+            raise DataError(f"{missing}: style transfer needs both a content folder and a style image")
+        style_path = pathlib.Path(style)
+        if not style_path.is_file():
+            raise DataError(f"{style_path}: style image not found")
+        style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
+        data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
+        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()))
+        return data
+
+    def target_signature(self, data):
+        return tf.int32, ()
+
+    # === Model ===
+    @staticmethod
+    def _loss_weights(recipe, demo):
+        """The loss network's weights; the demo uses random ones when ImageNet's are not on disk yet."""
+        weights = recipe.model.loss_weights
+        if demo and weights == "imagenet" and not imagenet_weights_cached(recipe.model.loss_network):
+            log.info("demo: ImageNet VGG weights are not cached; using the fixed random-feature loss network")
+            return "random"
+        return weights
+
+    def build_model(self, recipe, data):
+        if recipe.model.weights not in (None, "none") and not pathlib.Path(recipe.model.weights).is_file():
+            raise RecipeError("model.weights: the style network trains from scratch; give a weights file of an "
+                              "earlier stylize run to start from it, or none")
+        transformer = MODELS.get(recipe.model.name, key="model.name")((None, None, 3), 0)
+        if recipe.model.weights not in (None, "none"):
+            transformer.load_weights(recipe.model.weights)
+        features = loss_network(recipe.model.loss_network, data.extras["loss_weights"], recipe.data.seed)
+        train = recipe.train
+        model = StyleTransferModel(transformer, features,
+                                   style_grams(features, style_at_size(data.extras["style"], data.image_size)),
+                                   LossWeights(train.content_weight, train.style_weight, train.tv_weight))
+        model(tf.zeros([1] + list(data.image_size) + [3]))
+        return model
+
+    def saved_extras(self, data):
+        return {"style_path": data.extras["style_path"], "loss_weights": data.extras["loss_weights"]}
+
+    def restored_extras(self, saved):
+        return {**saved, "style": load_image(saved["style_path"])}
+
+    def compile_settings(self, recipe, data):
+        return {}  # the loss lives in StyleTransferModel.compute_loss
+
+    # === Results ===
+    def final_metrics(self, model, val_ds, data, run_dir):
+        metrics = super().final_metrics(model, val_ds, data, run_dir)
+        identity = []
+        samples = []
+        for images, _ in val_ds:
+            identity.append(identity_style_loss(model.features, images, model.grams).numpy())
+            if len(samples) < SAMPLES:
+                results = model.transformer(images, training=False).numpy()
+                samples += list(zip(images.numpy(), results))[: SAMPLES - len(samples)]
+        metrics["val_content_loss_identity"] = 0.0  # an unstyled image has its own content exactly
+        metrics["val_style_loss_identity"] = float(np.mean(np.concatenate(identity)))
+        metrics["ms_per_image_256"] = self.milliseconds_per_image(model.transformer)
+        self.plot_samples(samples, data, pathlib.Path(run_dir) / "samples.png")
+        return metrics
+
+    @staticmethod
+    def milliseconds_per_image(transformer, side=TIMING_SIDE, runs=TIMING_RUNS):
+        """Median wall time of one side×side image through the compiled network, on this machine."""
+        forward = tf.function(lambda images: transformer(images, training=False))
+        image = tf.random.uniform([1, side, side, 3], 0, 255, seed=0)
+        forward(image)
+        times = []
+        for _ in range(runs):
+            start = time.perf_counter()
+            forward(image).numpy()
+            times.append(time.perf_counter() - start)
+        return round(1000 * float(np.median(times)), 1)
+
+    def plot_samples(self, samples, data, path):
+        style = np.asarray(data.extras["style"])
+        images, titles = [], []
+        for content, result in samples:
+            height, width = content.shape[:2]
+            style_thumb = tf.image.resize(style, (height, width), method="area").numpy()
+            images += [content.astype(np.uint8), style_thumb.astype(np.uint8), np.clip(result, 0, 255).astype(np.uint8)]
+            titles += ["content", "style", "result"]
+        plots.plot_image_grid(images, titles, path, columns=6, title="validation: content | style | result")
+
+    def preview(self, samples, data, path):
+        images = [image for image, _ in samples]
+        return plots.plot_image_grid(images, ["content"] * len(images), path, title="augmented content images")
+
+    # === Robustness ===
+    robustness_note = ("style transfer has no right answer to lose: a perturbed photo is styled into another "
+                       "picture, and no metric says whether it was styled worse; the card does not apply")
+
+    # === Serving ===
+    def export_archive(self, model, data, recipe):
+        transformer = model.transformer
+        max_side = recipe.export.max_side
+
+        def serve_image_bytes(image_bytes):
+            return images_at_original_size(image_bytes, lambda image: styled(transformer, image[None], max_side)[0])
+
+        def serve_images(images):
+            return {"image": styled(transformer, images, max_side)}
+
+        return self.make_archive(transformer, serve_image_bytes, serve_images)
+
+    def export_metadata(self, data, recipe):
+        return {"style_image": data.extras["style_path"], "max_side": recipe.export.max_side,
+                "loss_network": recipe.model.loss_network, "loss_weights": data.extras["loss_weights"],
+                "loss_seed": recipe.data.seed,
+                "loss_weighting": {"content": recipe.train.content_weight, "style": recipe.train.style_weight,
+                                   "tv": recipe.train.tv_weight}}
+
+    # === Using an export ===
+    def evaluate_export(self, loaded, metadata, data_path, report_dir):
+        style_path = pathlib.Path(metadata["style_image"])
+        if not style_path.is_file():
+            raise DataError(f"{style_path}: the style image this model was trained on is needed to score it")
+        paths = list_images(data_path)
+        if not paths:
+            raise DataError(f"{data_path}: no images")
+        features = loss_network(metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"])
+        size = metadata["image_size"]
+        grams = style_grams(features, style_at_size(load_image(style_path), size))
+        totals = {"content_loss": [], "style_loss": [], "style_loss_identity": []}
+        serve = loaded.signatures["serve_images"]
+        for path in paths:
+            image = tf.image.resize(load_image(path)[None].astype(np.float32), size, method="area", antialias=True)
+            result = serve(images=image)["image"]
+            content, style_term, _ = perceptual_terms(features, result, content_targets(features, image), grams)
+            totals["content_loss"].append(float(content[0]))
+            totals["style_loss"].append(float(style_term[0]))
+            totals["style_loss_identity"].append(float(identity_style_loss(features, image, grams)[0]))
+        return {**{key: float(np.mean(values)) for key, values in totals.items()}, "images": len(paths)}
+
+    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
+        return write_produced_images(loaded, paths, out_dir, "styled")

@@ -1,0 +1,147 @@
+import io
+import json
+
+import keras
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import imgpipe
+from imgpipe.engine.export import load_export
+from imgpipe.tasks.segment.task import (PixelAccuracy, SegmentationLoss, confusion_matrix, iou_report)
+from tests.data.test_masks import make_pairs
+
+
+def test_mean_iou_against_a_hand_computed_case():
+    truth = np.array([[0, 0, 1, 1], [0, 0, 1, 255]])
+    guess = np.array([[0, 1, 1, 1], [0, 0, 0, 0]])
+    matrix = confusion_matrix(truth, guess, 2, ignore_index=255)
+    assert matrix.tolist() == [[3, 1], [1, 2]]
+    report = iou_report(matrix, ["bg", "fg"])
+    # class 0: 3 / (3 + 1 + 1) = 0.6; class 1: 2 / (2 + 1 + 1) = 0.5
+    assert report["iou/bg"] == pytest.approx(0.6)
+    assert report["iou/fg"] == pytest.approx(0.5)
+    assert report["mean_iou"] == pytest.approx(0.55)
+    assert report["pixel_accuracy"] == pytest.approx(5 / 7)
+
+    keras_iou = keras.metrics.MeanIoU(2, ignore_class=255, sparse_y_pred=False)
+    keras_iou.update_state(truth[None], np.eye(2)[guess][None])
+    assert float(keras_iou.result()) == pytest.approx(0.55)
+    accuracy = PixelAccuracy(ignore_index=255)
+    accuracy.update_state(truth[None], np.eye(2)[guess][None])
+    assert float(accuracy.result()) == pytest.approx(5 / 7)
+
+
+def test_loss_skips_ignored_pixels_and_matches_hand_computed_cross_entropy():
+    truth = np.array([[[0, 1, 255]]])
+    probabilities = np.array([[[[0.8, 0.2], [0.4, 0.6], [0.99, 0.01]]]], "float32")
+    loss = SegmentationLoss(2, ignore_index=255)
+    expected = -(np.log(0.8) + np.log(0.6)) / 2
+    assert float(loss(truth, probabilities)) == pytest.approx(expected, rel=1e-5)
+
+    weighted = SegmentationLoss(2, ignore_index=255, class_weights=[1.0, 3.0])
+    assert float(weighted(truth, probabilities)) == pytest.approx(-(np.log(0.8) + 3 * np.log(0.6)) / 2, rel=1e-5)
+
+    with_dice = SegmentationLoss(2, ignore_index=255, dice_weight=1.0)
+    perfect = np.array([[[[1.0, 0.0], [0.0, 1.0], [0.5, 0.5]]]], "float32")
+    assert float(with_dice(truth, perfect)) == pytest.approx(0.0, abs=1e-5)
+
+
+@pytest.fixture(scope="module")
+def segment_run(tmp_path_factory):
+    root = tmp_path_factory.mktemp("segment")
+    make_pairs(root / "data", count=8, size=(40, 56), values=(0, 1, 2))
+    result = imgpipe.run("segment", ["train.epochs=2", "train.batch_size=4", "train.verbose=0",
+                                     "data.image_size=32", f"train.run_dir={root / 'run'}",
+                                     f"export.root={root / 'models'}"], data=root / "data")
+    return result, root
+
+
+def test_run_writes_segmentation_metrics_and_pictures(segment_run):
+    result, root = segment_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert {"val_mean_iou", "val_pixel_accuracy", "val_iou/class_0", "val_iou/class_2"} <= set(metrics)
+    assert 0.0 <= metrics["val_mean_iou"] <= 1.0
+    for name in ("curves.png", "augment_preview.png", "predictions.png"):
+        assert (result.run_dir / name).is_file()
+
+
+def test_export_answers_with_masks_at_the_original_resolution(segment_run):
+    result, root = segment_run
+    _, metadata, loaded = load_export(result.export_path)
+    assert metadata["class_names"] == ["class_0", "class_1", "class_2"]
+    pictures = [np.random.default_rng(i).integers(0, 256, shape, dtype=np.uint8)
+                for i, shape in enumerate([(40, 56, 3), (17, 23, 3)])]
+    payloads = []
+    for picture in pictures:
+        buffer = io.BytesIO()
+        Image.fromarray(picture).save(buffer, "PNG")
+        payloads.append(buffer.getvalue())
+    answer = loaded.signatures["serving_default"](image_bytes=tf.constant(payloads))
+    assert answer["height"].numpy().tolist() == [40, 17] and answer["width"].numpy().tolist() == [56, 23]
+    assert answer["mask"].shape == (2, 40, 56)
+    small = answer["mask"].numpy()[1]
+    assert np.all(small[17:, :] == -1) and np.all(small[:17, :23] >= 0)
+    decoded = np.asarray(Image.open(io.BytesIO(answer["mask_png"].numpy()[1])))
+    assert decoded.shape == (17, 23) and np.array_equal(decoded, small[:17, :23])
+    np.testing.assert_allclose(answer["class_fraction"].numpy().sum(axis=1), 1.0, atol=1e-5)
+
+    from imgpipe.engine.serving import decode_batch
+
+    images, _ = decode_batch(tf.constant(payloads[:1]), [32, 32])
+    in_memory = tf.image.resize(result.model(images, training=False), (40, 56), method="bilinear")
+    np.testing.assert_array_equal(answer["mask"].numpy()[0], np.argmax(in_memory.numpy()[0], axis=-1))
+
+
+def test_cli_evaluate_and_predict_masks(cli, segment_run, tmp_path):
+    result, root = segment_run
+    code, out, err = cli("evaluate", result.export_path, "--data", root / "data", "--json",
+                         "--report-dir", tmp_path / "report")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["images"] == 8 and 0.0 <= report["mean_iou"] <= 1.0 and "iou/class_1" in report
+
+    image = root / "data" / "images" / "0.jpg"
+    code, out, err = cli("predict", result.export_path, image, "--out", tmp_path / "masks", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert answer["height"] == 40 and answer["width"] == 56
+    assert Image.open(answer["mask_png"]).size == (56, 40)
+
+
+def test_cli_segment_needs_data_and_names_a_missing_mask(cli, tmp_path):
+    code, _, err = cli("run", "segment", "--epochs", "1")
+    assert code == 2 and "data.path" in err
+    make_pairs(tmp_path / "data", count=3)
+    (tmp_path / "data" / "masks" / "1.png").unlink()
+    code, _, err = cli("run", "segment", "--data", tmp_path / "data", "--epochs", "1")
+    assert code == 2 and "1.jpg" in err and "Traceback" not in err
+
+
+def test_reexport_rebuilds_the_mask_encoding_from_the_run_folder(segment_run, tmp_path):
+    from imgpipe.engine.run_folder import export_run
+
+    result, _ = segment_run
+    path = export_run(result.run_dir, export_dir=tmp_path / "models", name="again")
+    _, metadata, _ = load_export(path)
+    assert metadata["encoding"] == load_export(result.export_path)[1]["encoding"]
+
+
+def test_segmentation_trains_and_scores_on_two_logical_devices(tmp_path):
+    make_pairs(tmp_path / "data", count=8, size=(32, 32), values=(0, 1))
+    result = imgpipe.run("segment", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "train.devices=2",
+                                     "data.image_size=32", f"train.run_dir={tmp_path / 'run'}",
+                                     "export.enabled=false"], data=tmp_path / "data")
+    assert 0.0 <= result.metrics["val_mean_iou"] <= 1.0 and "val_iou/class_1" in result.metrics
+
+
+def test_explain_shows_the_evidence_for_a_chosen_class_region(segment_run, tmp_path):
+    from imgpipe.understand.explain.run import explain_run
+
+    result, root = segment_run
+    image = sorted((root / "data").rglob("*.png"))[0]
+    explained = explain_run(result.run_dir, [image], class_name="class_2", out_dir=tmp_path)
+    assert explained["gradcam"] == tmp_path / "gradcam.png" and explained["gradcam"].stat().st_size > 1000
+    (path, name, share), = explained["predictions"]
+    assert path == str(image) and name == "class_2" and 0.0 <= share <= 1.0

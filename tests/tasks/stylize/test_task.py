@@ -1,0 +1,141 @@
+import io
+import json
+
+import numpy as np
+import pytest
+import tensorflow as tf
+from PIL import Image
+
+import imgpipe
+from imgpipe.data.demo import make_scenes_folder, make_style_pattern
+from imgpipe.engine.export import load_export
+from imgpipe.tasks.stylize.task import styled
+
+
+@pytest.fixture(scope="module")
+def stylize_data(tmp_path_factory):
+    root = tmp_path_factory.mktemp("stylize")
+    make_scenes_folder(root / "photos", images=8, size=40, seed=2)
+    return root, make_style_pattern(root / "waves.png", size=48)
+
+
+@pytest.fixture(scope="module")
+def stylize_run(stylize_data):
+    root, style = stylize_data
+    result = imgpipe.run("stylize", ["train.epochs=2", "train.batch_size=4", "train.verbose=0", "data.image_size=32",
+                                     f"train.run_dir={root / 'run'}", f"export.root={root / 'models'}",
+                                     "export.max_side=48"],
+                         data=root / "photos", style=style, loss_weights="random")
+    return result, root
+
+
+def test_run_reports_losses_against_the_identity_baseline_and_speed(stylize_run):
+    result, _ = stylize_run
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert {"val_content_loss", "val_style_loss", "val_tv_loss", "val_style_loss_identity",
+            "val_content_loss_identity", "ms_per_image_256"} <= set(metrics)
+    assert metrics["val_content_loss_identity"] == pytest.approx(0.0, abs=1e-6)
+    assert metrics["val_style_loss_identity"] > 0 and metrics["ms_per_image_256"] > 0
+    for name in ("curves.png", "samples.png", "augment_preview.png"):
+        assert (result.run_dir / name).is_file()
+    assert "style_loss" in (result.run_dir / "history.csv").read_text().splitlines()[0]
+
+
+def png_bytes(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "PNG")
+    return buffer.getvalue()
+
+
+def test_export_takes_bytes_and_answers_png_at_the_original_size(stylize_run):
+    result, _ = stylize_run
+    _, metadata, loaded = load_export(result.export_path)
+    assert metadata["task"] == "stylize" and metadata["max_side"] == 48
+    rng = np.random.default_rng(0)
+    small = rng.integers(0, 256, (21, 30, 3), dtype=np.uint8)
+    large = rng.integers(0, 256, (70, 45, 3), dtype=np.uint8)  # above max_side: styled at 48, resized back
+    answer = loaded.signatures["serving_default"](image_bytes=tf.constant([png_bytes(small), png_bytes(large)]))
+    assert answer["height"].numpy().tolist() == [21, 70] and answer["width"].numpy().tolist() == [30, 45]
+    assert answer["image"].shape == (2, 70, 45, 3)
+    decoded = [np.asarray(Image.open(io.BytesIO(p))) for p in answer["image_png"].numpy()]
+    assert decoded[0].shape == (21, 30, 3) and decoded[1].shape == (70, 45, 3)
+    np.testing.assert_allclose(decoded[0], np.round(answer["image"].numpy()[0, :21, :30]), atol=1)
+
+    in_memory = styled(result.model.transformer, small[None], 48).numpy()[0]
+    np.testing.assert_allclose(answer["image"].numpy()[0, :21, :30], in_memory, atol=1e-2)
+    floats = loaded.signatures["serve_images"](images=tf.constant(small[None].astype(np.float32)))["image"]
+    np.testing.assert_allclose(floats.numpy()[0], in_memory, atol=1e-2)
+
+
+def test_cli_predict_writes_the_styled_file(cli, stylize_run, stylize_data, tmp_path):
+    result, _ = stylize_run
+    root, _ = stylize_data
+    photo = root / "photos" / "scene_0001.png"
+    code, out, err = cli("predict", result.export_path, photo, "--out", tmp_path / "styled.png", "--json")
+    assert code == 0, err
+    answer = json.loads(out)
+    assert Image.open(answer["styled"]).size == (40, 40)
+    code, _, err = cli("predict", result.export_path, photo, photo, "--out", tmp_path / "one.png")
+    assert code == 2 and "exactly one input image" in err
+
+
+def test_cli_evaluate_scores_style_against_the_identity(cli, stylize_run, stylize_data, tmp_path):
+    result, _ = stylize_run
+    root, _ = stylize_data
+    code, out, err = cli("evaluate", result.export_path, "--data", root / "photos", "--json",
+                         "--report-dir", tmp_path / "report")
+    assert code == 0, err
+    report = json.loads(out)
+    assert report["images"] == 8 and report["style_loss_identity"] > 0 and report["content_loss"] >= 0
+
+
+def test_cli_gatys_optimisation_writes_an_image(cli, stylize_data, tmp_path):
+    root, style = stylize_data
+    code, out, err = cli("stylize", root / "photos" / "scene_0000.png", "--style", style, "--out",
+                         tmp_path / "gatys.png", "--steps", "3", "--size", "32", "--loss-weights", "random")
+    assert code == 0, err
+    assert Image.open(tmp_path / "gatys.png").size == (32, 32)
+
+
+def test_cli_stylize_errors_name_the_problem(cli, stylize_data, tmp_path):
+    root, style = stylize_data
+    code, _, err = cli("run", "stylize", "--data", root / "photos", "--epochs", "1")
+    assert code == 2 and "data.style" in err
+    code, _, err = cli("run", "stylize", "--data", root / "photos", "--style", tmp_path / "missing.jpg")
+    assert code == 2 and "missing.jpg" in err and "Traceback" not in err
+    code, _, err = cli("stylize", tmp_path / "nothing.jpg", "--style", style, "--out", tmp_path / "x.png")
+    assert code == 2 and "nothing.jpg" in err
+    code, _, err = cli("stylize", root / "photos" / "scene_0000.png", "--style", style, "--out", tmp_path / "x.txt")
+    assert code == 2 and "--out" in err and "Traceback" not in err
+
+
+def test_reexport_reloads_the_style_from_the_run_folder(stylize_run, tmp_path):
+    from imgpipe.engine.run_folder import export_run
+
+    result, _ = stylize_run
+    path = export_run(result.run_dir, export_dir=tmp_path / "models", name="again", weights="last")
+    _, metadata, loaded = load_export(path)
+    assert metadata["style_image"].endswith("waves.png")
+    image = tf.constant(np.full((1, 24, 24, 3), 120.0, np.float32))
+    np.testing.assert_allclose(loaded.signatures["serve_images"](images=image)["image"].numpy(),
+                               styled(result.model.transformer, image, 48).numpy(), atol=1e-2)
+
+
+def test_the_loss_model_trains_on_two_logical_devices(stylize_data, tmp_path):
+    root, style = stylize_data
+    result = imgpipe.run("stylize", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "data.image_size=32",
+                                     "train.devices=2", f"train.run_dir={tmp_path / 'run'}", "export.enabled=false"],
+                         data=root / "photos", style=style, loss_weights="random")
+    assert result.metrics["epochs_run"] == 1 and np.isfinite(result.metrics["val_style_loss"])
+
+
+def test_demo_uses_cached_imagenet_weights_and_falls_back_to_random(tmp_path, monkeypatch):
+    from imgpipe.tasks.stylize.task import StylizeTask, imagenet_weights_cached
+
+    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    recipe = imgpipe.load_recipe("stylize")
+    assert not imagenet_weights_cached("vgg16") and StylizeTask._loss_weights(recipe, demo=True) == "random"
+    (tmp_path / "models").mkdir()
+    (tmp_path / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"")
+    assert imagenet_weights_cached("vgg16") and StylizeTask._loss_weights(recipe, demo=True) == "imagenet"
+    assert StylizeTask._loss_weights(recipe, demo=False) == "imagenet"
