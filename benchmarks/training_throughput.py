@@ -309,7 +309,7 @@ def hand_written_classification(folder, workload):
         model = MODELS.get("small_cnn")(size + (3,), class_count, dropout=recipe.model.dropout)
         return compiled_like_imgpipe(
             model, recipe, steps_per_epoch,
-            loss=SparseCrossentropyWithSmoothing(class_count, recipe.train.label_smoothing),
+            loss=SparseCrossentropyWithSmoothing(class_count, recipe.options.label_smoothing),
             metrics=[keras.metrics.SparseCategoricalAccuracy(name="accuracy")])
 
     return timed_fit(build_and_compile, train_ds, val_ds, train_images, workload.epochs)
@@ -362,7 +362,7 @@ def hand_written_segmentation(folder, workload):
         model = MODELS.get("unet")(size + (3,), 2, dropout=recipe.model.dropout)
         return compiled_like_imgpipe(
             model, recipe, steps_per_epoch,
-            loss=SegmentationLoss(2, dice_weight=recipe.train.dice_weight),
+            loss=SegmentationLoss(2, dice_weight=recipe.options.dice_weight),
             metrics=[keras.metrics.MeanIoU(2, sparse_y_pred=False, name="mean_iou"), PixelAccuracy()])
 
     return timed_fit(build_and_compile, train_ds, val_ds, len(train_index), workload.epochs)

@@ -64,8 +64,8 @@ def _image_size(value):
 @click.option("--resume", is_flag=True, help="Continue the interrupted run in --output (or the latest one).")
 @click.option("--no-export", is_flag=True, help="Train and evaluate without writing a SavedModel.")
 @click.option("--no-robustness", is_flag=True, help="Skip the robustness card (evaluate.robustness=false).")
-@click.option("--style", help="Style transfer: the style image (data.style).")
-@click.option("--loss-weights", help="Style transfer: imagenet, random or a VGG weights file (model.loss_weights).")
+@click.option("--style", help="Style transfer: the style image (stylize.style).")
+@click.option("--loss-weights", help="Style transfer: imagenet, random or a VGG weights file (stylize.loss_weights).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any recipe key, e.g. train.patience=5.")
 def run(recipe, data, epochs, batch_size, image_size, model_name, weights, output, export_dir, name, resume,
         no_export, no_robustness, style, loss_weights, overrides):
@@ -93,7 +93,7 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, outpu
 @click.option("--data", required=True, type=click.Path(), help="The data folder, as `imgpipe run --data` takes it.")
 @click.option("--task", type=click.Choice(TASKS.names()),
               help="What the data is for (default: guessed from the layout).")
-@click.option("--style", help="Style transfer: the style image (data.style).")
+@click.option("--style", help="Style transfer: the style image (stylize.style).")
 @click.option("--near", "near_bits", type=int, default=4, show_default=True,
               help="Perceptual-hash bits (of 64) two images may differ in and count as copies; -1: exact only.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe keys, e.g. data.val_split=0.1.")

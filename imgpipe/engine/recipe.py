@@ -1,8 +1,10 @@
 """The recipe: every setting of a run, with its one default, type and meaning.
 
 A recipe is YAML with the sections `task`, `data`, `augment`, `model`, `train`,
-`export` and `evaluate`. The dataclasses below are the single place where a key is
-defined, documented and defaulted; a task's YAML file in `recipes/` only says
+`export` and `evaluate` that every task shares, and one section named after its
+task (`segment:`) with the keys only that task has, declared by the task's
+package (`TaskSpec.settings`). The dataclasses are the single place where a key
+is defined, documented and defaulted; a task's YAML file in `recipes/` only says
 what differs for that task. Unknown keys, wrong types and out-of-range values
 are refused here, naming the key, before any data is read.
 
@@ -14,19 +16,29 @@ Example:
 
 import dataclasses
 import importlib.resources
+import logging
 import os
 import pathlib
 import typing
 
 import yaml
 
+from imgpipe.engine.registry import TASKS
 from imgpipe.errors import RecipeError
+
+log = logging.getLogger("imgpipe")
 
 STRENGTHS = ("none", "light", "medium", "strong")
 
 
-def _setting(default, help, check=None, **rules):
-    """A recipe key: its default, a one-line meaning and how a value is checked."""
+def setting(default, help, check=None, **rules):
+    """A recipe key: its default, a one-line meaning and how a value is checked.
+
+    Task packages declare their own section's keys with it.
+
+    Example:
+        >>> dice_weight: float = setting(0.0, "weight of the soft Dice term", min=0.0)
+    """
     factory = {"default_factory": lambda: list(default)} if isinstance(default, list) else {"default": default}
     return dataclasses.field(metadata={"help": help, "check": check, **rules}, **factory)
 
@@ -65,125 +77,101 @@ def _devices(key, value):
 
 @dataclasses.dataclass
 class DataSettings:
-    path: typing.Optional[str] = _setting(
+    path: typing.Optional[str] = setting(
         None, "folder, file or tfds:NAME[:SPLIT] to read; empty runs the built-in demo data set"
     )
-    format: str = _setting(
+    format: str = setting(
         "auto", "source layout; auto detects it", choices=("auto", "folders", "masks", "voc", "coco", "yolo", "tfds")
     )
-    image_size: typing.Any = _setting(
+    image_size: typing.Any = setting(
         "auto", "model input size: auto (from the data), 64, or HxW like 96x128", check=_image_size
     )
-    val_split: float = _setting(0.2, "fraction held out for validation when the source has no split", min=0.0, max=0.9)
-    seed: int = _setting(1337, "seed of the split, the shuffle and the augmentation", min=0)
-    cache: str = _setting(
+    val_split: float = setting(0.2, "fraction held out for validation when the source has no split", min=0.0, max=0.9)
+    seed: int = setting(1337, "seed of the split, the shuffle and the augmentation", min=0)
+    cache: str = setting(
         "auto",
         "where decoded, resized images are kept between epochs",
         choices=("auto", "memory", "disk", "none"),
     )
-    ignore_index: typing.Optional[int] = _setting(
-        None, "segmentation: mask value left out of loss and metrics; empty means 255 where 255 is not a class",
-        min=0,
-    )
-    max_boxes: int = _setting(100, "detection: most objects kept per image", min=1)
-    style: typing.Optional[str] = _setting(None, "style transfer: the style image (a painting); empty runs the demo")
-    max_pixels: int = _setting(
+    max_pixels: int = setting(
         89_478_485, "images with more pixels are refused before decoding (decompression bombs)", min=1
     )
 
 
 @dataclasses.dataclass
 class AugmentSettings:
-    viewpoint: str = _setting("medium", "flip, rotate, scale, shift, perspective", choices=STRENGTHS)
-    illumination: str = _setting("medium", "brightness, contrast, gamma, colour", choices=STRENGTHS)
-    occlusion: str = _setting("light", "random erasing and cut-outs", choices=STRENGTHS)
+    viewpoint: str = setting("medium", "flip, rotate, scale, shift, perspective", choices=STRENGTHS)
+    illumination: str = setting("medium", "brightness, contrast, gamma, colour", choices=STRENGTHS)
+    occlusion: str = setting("light", "random erasing and cut-outs", choices=STRENGTHS)
 
 
 @dataclasses.dataclass
 class ModelSettings:
-    name: str = _setting("small_cnn", "registered model builder; `imgpipe models` lists them")
-    weights: typing.Optional[str] = _setting(
+    name: str = setting("small_cnn", "registered model builder; `imgpipe models` lists them")
+    weights: typing.Optional[str] = setting(
         None, "initial weights: none, imagenet, or a local weights file for the backbone"
     )
-    dropout: float = _setting(0.2, "dropout before the classification head", min=0.0, max=0.9)
-    loss_network: str = _setting("vgg16", "style transfer: VGG whose features define the perceptual loss",
-                                 choices=("vgg16", "vgg19"))
-    loss_weights: str = _setting(
-        "imagenet", "style transfer: loss network weights: imagenet, random (fixed, lower quality) or a file")
+    dropout: float = setting(0.2, "dropout before the classification head", min=0.0, max=0.9)
 
 
 @dataclasses.dataclass
 class TrainSettings:
-    epochs: int = _setting(30, "total number of epochs, including the warm-up", min=1)
-    batch_size: int = _setting(32, "images per step on each device", min=1)
-    learning_rate: float = _setting(0.001, "peak learning rate of the cosine schedule for one device's batch",
+    epochs: int = setting(30, "total number of epochs, including the warm-up", min=1)
+    batch_size: int = setting(32, "images per step on each device", min=1)
+    learning_rate: float = setting(0.001, "peak learning rate of the cosine schedule for one device's batch",
                                     min=0.0, exclusive_min=True)
-    lr_scaling: str = _setting(
+    lr_scaling: str = setting(
         "linear", "with R replicas (global batch R x batch_size), the peak rate times R (linear, Goyal et al. "
         "2017), times sqrt(R), or unchanged (none)", choices=("linear", "sqrt", "none"))
-    weight_decay: float = _setting(0.0001, "AdamW decoupled weight decay", min=0.0)
-    label_smoothing: float = _setting(0.1, "classification label smoothing", min=0.0, max=0.5)
-    dice_weight: float = _setting(0.0, "segmentation: weight of the soft Dice term added to cross-entropy", min=0.0)
-    content_weight: float = _setting(1.0, "style transfer: weight of the content (VGG feature) loss", min=0.0)
-    style_weight: float = _setting(2.0, "style transfer: weight of the style (Gram matrix) loss", min=0.0)
-    tv_weight: float = _setting(0.1, "style transfer: weight of the total-variation (smoothness) loss", min=0.0)
-    color_loss: str = _setting(
-        "classification", "colorization: classification over ab bins with rebalancing (vivid), or l1 (dull)",
-        choices=("classification", "l1"))
-    color_uniform_mix: float = _setting(
-        0.9, "colorization: rebalancing mixes the colour distribution with this much uniform; 1 means no "
-        "rebalancing, lower favours rare (vivid) colours more", min=0.0, max=1.0, exclusive_min=True)
-    warmup_epochs: int = _setting(
+    weight_decay: float = setting(0.0001, "AdamW decoupled weight decay", min=0.0)
+    warmup_epochs: int = setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )
-    map_every: int = _setting(0, "detection: also compute validation mAP every N epochs; 0 only at the end",
-                              min=0)
-    patience: int = _setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
-    class_weight: str = _setting(
+    patience: int = setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
+    class_weight: str = setting(
         "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",
         choices=("none", "auto"),
     )
-    devices: typing.Any = _setting("auto", "auto (all GPUs), a device count, or device names", check=_devices)
-    mixed_precision: str = _setting(
+    devices: typing.Any = setting("auto", "auto (all GPUs), a device count, or device names", check=_devices)
+    mixed_precision: str = setting(
         "auto", "float16 compute on GPUs that gain from it", choices=("auto", "on", "off")
     )
-    output: str = _setting("runs", "root folder of run directories: <output>/<task>/<name>")
-    run_dir: typing.Optional[str] = _setting(None, "exact run directory; overrides output and name")
-    verbose: int = _setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+    output: str = setting("runs", "root folder of run directories: <output>/<task>/<name>")
+    run_dir: typing.Optional[str] = setting(None, "exact run directory; overrides output and name")
+    verbose: int = setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
 
 
 @dataclasses.dataclass
 class ExportSettings:
-    enabled: bool = _setting(True, "write a SavedModel at the end of the run")
-    root: str = _setting("saved_models", "export root: <root>/<name>/<version>/")
-    name: typing.Optional[str] = _setting(None, "model name; defaults to the task name")
-    top_k: int = _setting(5, "names and scores returned per image by the classification signature", min=1)
-    score_threshold: float = _setting(
-        0.1, "detection: served boxes score at least this (CenterNet peaks stay near 0.2-0.4 after short training)",
-        min=0.0, max=1.0)
-    max_detections: int = _setting(100, "detection: most boxes served per image", min=1)
-    max_side: int = _setting(1024, "style transfer: larger images are styled at this longest side, then "
-                             "resized back", min=32)
+    enabled: bool = setting(True, "write a SavedModel at the end of the run")
+    root: str = setting("saved_models", "export root: <root>/<name>/<version>/")
+    name: typing.Optional[str] = setting(None, "model name; defaults to the task name")
 
 
 @dataclasses.dataclass
 class EvaluateSettings:
-    robustness: bool = _setting(True, "write the robustness card (robustness.json, robustness.png) at the end of a run")
-    robustness_images: int = _setting(200, "robustness card: most validation images perturbed (it evaluates 26 times)",
+    robustness: bool = setting(True, "write the robustness card (robustness.json, robustness.png) at the end of a run")
+    robustness_images: int = setting(200, "robustness card: most validation images perturbed (it evaluates 26 times)",
                                       min=1)
 
 
 @dataclasses.dataclass
 class Recipe:
-    """A full, validated recipe. Build one with `load_recipe`; change it with `override`."""
+    """A full, validated recipe. Build one with `load_recipe`; change it with `override`.
 
-    task: str = _setting("classify", "task to run; `imgpipe recipes` lists them")
+    `options` is the task's own section (a `segment:` mapping in YAML, the
+    dataclass its task package declares), so a resolved recipe carries only
+    its own task's keys.
+    """
+
+    task: str = setting("classify", "task to run; `imgpipe recipes` lists them")
     data: DataSettings = dataclasses.field(default_factory=DataSettings)
     augment: AugmentSettings = dataclasses.field(default_factory=AugmentSettings)
     model: ModelSettings = dataclasses.field(default_factory=ModelSettings)
     train: TrainSettings = dataclasses.field(default_factory=TrainSettings)
     export: ExportSettings = dataclasses.field(default_factory=ExportSettings)
     evaluate: EvaluateSettings = dataclasses.field(default_factory=EvaluateSettings)
+    options: typing.Any = None
 
     @property
     def name(self):
@@ -191,7 +179,11 @@ class Recipe:
         return self.export.name or self.task
 
     def to_dict(self):
-        return dataclasses.asdict(self)
+        values = {"task": self.task}
+        values.update({section: dataclasses.asdict(getattr(self, section)) for section in SECTIONS})
+        if self.options is not None and dataclasses.fields(self.options):
+            values[self.task] = dataclasses.asdict(self.options)
+        return values
 
     def to_yaml(self):
         return yaml.safe_dump(self.to_dict(), sort_keys=False)
@@ -240,6 +232,11 @@ def _parse_value(text):
         return text
 
 
+def _moved_keys():
+    """{old dotted key: (task, key in its section)} over every registered task."""
+    return {old: (spec.name, new) for spec in TASKS.specs() for old, new in spec.moved_keys.items()}
+
+
 def _assign(values, key, value):
     section, _, field = key.partition(".")
     if not field:
@@ -247,12 +244,26 @@ def _assign(values, key, value):
             raise RecipeError(f"{key}: unknown key; keys look like train.epochs or data.path")
         values["task"] = value
         return
-    if section not in SECTIONS:
-        raise RecipeError(f"{key}: unknown section {section!r}; choose one of task, {', '.join(SECTIONS)}")
-    names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    moved = _moved_keys().get(key)
+    if moved is not None:  # a path from before the key moved into its task's section
+        owner, new = moved
+        if owner == values.get("task"):
+            log.warning("%s is now %s.%s; the old name still works", key, owner, new)
+            values.setdefault(owner, {})[new] = value
+        else:
+            values.setdefault(section, {})[field] = value  # recipe_from_dict leaves it out, with a notice
+        return
+    if section in SECTIONS:
+        names = [f.name for f in dataclasses.fields(SECTIONS[section])]
+    elif section in TASKS:
+        settings = TASKS.spec(section).settings
+        names = [f.name for f in dataclasses.fields(settings)] if settings else []
+    else:
+        raise RecipeError(f"{key}: unknown section {section!r}; choose one of task, "
+                          f"{', '.join(list(SECTIONS) + TASKS.names())}")
     if field not in names:
-        raise RecipeError(f"{key}: unknown key; {section} has {', '.join(names)}")
-    values[section][field] = value
+        raise RecipeError(f"{key}: unknown key; {section} has {', '.join(names) or 'no keys'}")
+    values.setdefault(section, {})[field] = value
 
 
 def _check_value(key, field, value):
@@ -297,32 +308,68 @@ def _base_type(annotation):
     return args[0] if args else annotation
 
 
+def _checked_section(settings_class, given, section):
+    """An instance of `settings_class` from the mapping `given`, every value checked, defaults filled in."""
+    if not isinstance(given, dict):
+        raise RecipeError(f"{section}: expected a mapping of keys, got {given!r}")
+    fields = {f.name: f for f in dataclasses.fields(settings_class)}
+    for key in given:
+        if key not in fields:
+            raise RecipeError(f"{section}.{key}: unknown key; {section} has {', '.join(fields) or 'no keys'}")
+    defaults = settings_class()
+    return settings_class(**{
+        name: _check_value(f"{section}.{name}", field, given[name]) if name in given else getattr(defaults, name)
+        for name, field in fields.items()})
+
+
+def _move_old_keys(values, task):
+    """Moves keys given at their pre-task-section paths (`train.dice_weight`) into the task's section.
+
+    A moved key of this task keeps working, with one notice naming the new
+    paths; one of another task is left out (an old resolved recipe holds every
+    task's keys), with a notice only when its value is not the default.
+    """
+    own, foreign = [], []
+    for old, (owner, new) in _moved_keys().items():
+        section, _, field = old.partition(".")
+        given = values.get(section)
+        if not isinstance(given, dict) or field not in given:
+            continue
+        value = given.pop(field)
+        if owner == task:
+            target = values.setdefault(task, {})
+            if not isinstance(target, dict) or new in target:
+                raise RecipeError(f"{old}: given twice, also as {task}.{new}; keep {task}.{new}")
+            target[new] = value
+            own.append(f"{old} -> {task}.{new}")
+        elif value != getattr(TASKS.spec(owner).settings(), new):
+            foreign.append(f"{old} (a {owner} key)")
+    if own:
+        log.warning("recipe keys moved into the task's section: %s; the old names still work", ", ".join(own))
+    if foreign:
+        log.warning("recipe keys of other tasks left out: %s", ", ".join(foreign))
+
+
 def recipe_from_dict(values, source="recipe"):
     """Validates a nested dict (as loaded from YAML) and fills in every default."""
     if not isinstance(values, dict):
         raise RecipeError(f"{source}: expected a mapping of sections, got {type(values).__name__}")
-    unknown = set(values) - set(SECTIONS) - {"task"}
-    if unknown:
-        raise RecipeError(f"{sorted(unknown)[0]}: unknown section; choose one of task, {', '.join(SECTIONS)}")
-    sections = {}
-    for section, settings_class in SECTIONS.items():
-        given = values.get(section) or {}
-        if not isinstance(given, dict):
-            raise RecipeError(f"{section}: expected a mapping of keys, got {given!r}")
-        fields = {f.name: f for f in dataclasses.fields(settings_class)}
-        for key in given:
-            if key not in fields:
-                raise RecipeError(f"{section}.{key}: unknown key; {section} has {', '.join(fields)}")
-        defaults = settings_class()
-        checked = {
-            name: _check_value(f"{section}.{name}", field, given[name]) if name in given else getattr(defaults, name)
-            for name, field in fields.items()
-        }
-        sections[section] = settings_class(**checked)
+    values = {key: dict(value) if isinstance(value, dict) else value for key, value in values.items()}
     task = values.get("task", "classify")
     if not isinstance(task, str):
         raise RecipeError(f"task: expected a task name, got {task!r}")
-    return Recipe(task=task, **sections)
+    spec = TASKS.spec(task, key="task")
+    unknown = set(values) - set(SECTIONS) - {"task", task}
+    if unknown:
+        name = sorted(unknown)[0]
+        if name in TASKS:
+            raise RecipeError(f"{name}: keys of the {name} task, but this recipe's task is {task}")
+        raise RecipeError(f"{name}: unknown section; choose one of task, {', '.join(SECTIONS)}, {task}")
+    _move_old_keys(values, task)
+    sections = {section: _checked_section(settings_class, values.get(section) or {}, section)
+                for section, settings_class in SECTIONS.items()}
+    options = _checked_section(spec.settings, values.get(task) or {}, task) if spec.settings else None
+    return Recipe(task=task, options=options, **sections)
 
 
 def recipe_folders():
@@ -367,9 +414,10 @@ def load_recipe(name_or_path, overrides=()):
 
 
 def describe_keys():
-    """Yields (key, default, help) for every recipe key, for `imgpipe recipes --keys`."""
+    """Yields (key, default, help) for every recipe key, each task's own section last, for `imgpipe recipes --keys`."""
     yield "task", "classify", dataclasses.fields(Recipe)[0].metadata["help"]
-    for section, settings_class in SECTIONS.items():
+    sections = list(SECTIONS.items()) + [(spec.name, spec.settings) for spec in TASKS.specs() if spec.settings]
+    for section, settings_class in sections:
         defaults = settings_class()
         for field in dataclasses.fields(settings_class):
             yield f"{section}.{field.name}", getattr(defaults, field.name), field.metadata["help"]

@@ -52,8 +52,8 @@ SHORTCUTS = {
     "output": "train.run_dir",
     "export_dir": "export.root",
     "name": "export.name",
-    "style": "data.style",
-    "loss_weights": "model.loss_weights",
+    "style": "stylize.style",
+    "loss_weights": "stylize.loss_weights",
 }
 
 

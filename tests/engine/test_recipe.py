@@ -1,7 +1,7 @@
 import pytest
 
 from imgpipe.errors import RecipeError
-from imgpipe.engine.recipe import describe_keys, load_recipe, recipe_names
+from imgpipe.engine.recipe import describe_keys, load_recipe, recipe_from_dict, recipe_names
 
 
 def test_shipped_classify_recipe_loads_with_defaults():
@@ -92,3 +92,64 @@ def test_every_key_is_documented():
     keys = list(describe_keys())
     assert ("train.epochs", 30) in [(key, default) for key, default, _ in keys]
     assert all(meaning for _, _, meaning in keys)
+
+
+def test_a_resolved_recipe_carries_only_its_own_tasks_keys():
+    stylize = load_recipe("stylize").to_dict()
+    assert set(stylize) == {"task", "data", "augment", "model", "train", "export", "evaluate", "stylize"}
+    flat = {f"{section}.{key}" for section, keys in stylize.items() if isinstance(keys, dict) for key in keys}
+    assert not flat & {"detect.max_boxes", "data.max_boxes", "export.score_threshold", "train.dice_weight",
+                       "train.map_every", "export.top_k", "train.label_smoothing"}
+    assert {"stylize.style", "stylize.loss_network", "stylize.max_side"} <= flat
+    assert load_recipe("segment").options.dice_weight == 0.5  # from recipes/segment.yaml's segment: section
+
+
+def test_old_key_paths_still_work_with_one_notice(caplog):
+    with caplog.at_level("WARNING", logger="imgpipe"):
+        recipe = load_recipe("segment", ["train.dice_weight=0.25", "data.ignore_index=7"])
+    assert (recipe.options.dice_weight, recipe.options.ignore_index) == (0.25, 7)
+    assert [r.getMessage() for r in caplog.records] == [
+        "train.dice_weight is now segment.dice_weight; the old name still works",
+        "data.ignore_index is now segment.ignore_index; the old name still works"]
+
+
+def test_an_old_resolved_recipe_with_every_tasks_keys_loads(caplog):
+    """A run folder written before the keys moved holds all 17 task keys in the shared sections."""
+    old = {"task": "stylize",
+           "data": {"ignore_index": None, "max_boxes": 100, "style": "painting.jpg"},
+           "model": {"loss_network": "vgg19", "loss_weights": "random"},
+           "train": {"label_smoothing": 0.1, "dice_weight": 0.0, "content_weight": 1.0, "style_weight": 3.0,
+                     "tv_weight": 0.1, "color_loss": "classification", "color_uniform_mix": 0.9, "map_every": 0},
+           "export": {"top_k": 5, "score_threshold": 0.1, "max_detections": 100, "max_side": 512}}
+    with caplog.at_level("WARNING", logger="imgpipe"):
+        recipe = recipe_from_dict(old)
+    assert recipe.options.style == "painting.jpg" and recipe.options.loss_network == "vgg19"
+    assert (recipe.options.style_weight, recipe.options.max_side) == (3.0, 512)
+    assert "detect" not in recipe.to_dict() and "max_boxes" not in recipe.to_dict()["data"]
+    messages = [r.getMessage() for r in caplog.records]
+    assert len(messages) == 1 and messages[0].startswith("recipe keys moved into the task's section: data.style")
+
+
+def test_another_tasks_old_key_with_a_changed_value_is_named(caplog):
+    with caplog.at_level("WARNING", logger="imgpipe"):
+        recipe_from_dict({"task": "classify", "train": {"dice_weight": 0.5, "map_every": 0}})
+    assert [r.getMessage() for r in caplog.records] == [
+        "recipe keys of other tasks left out: train.dice_weight (a segment key)"]
+
+
+@pytest.mark.parametrize("assignment, message", [
+    ("detect.max_boxes=3", "detect: keys of the detect task, but this recipe's task is classify"),
+    ("classify.dice_weight=1", "classify.dice_weight: unknown key; classify has label_smoothing, top_k"),
+    ("classify.top_k=0", "classify.top_k: must be at least 1, got 0"),
+])
+def test_task_section_keys_are_checked(assignment, message):
+    with pytest.raises(RecipeError) as error:
+        load_recipe("classify", [assignment])
+    assert str(error.value) == message
+
+
+def test_the_key_listing_shows_each_tasks_section():
+    keys = [key for key, _, _ in describe_keys()]
+    assert {"segment.dice_weight", "detect.max_boxes", "stylize.style", "colorize.color_loss",
+            "classify.top_k"} <= set(keys)
+    assert "train.dice_weight" not in keys

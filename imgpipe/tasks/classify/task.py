@@ -165,7 +165,7 @@ class ClassificationTask(Task):
         if data.num_classes >= TOP5_MIN_CLASSES:
             metrics.append(keras.metrics.SparseTopKCategoricalAccuracy(k=5, name="top5_accuracy"))
         return {
-            "loss": SparseCrossentropyWithSmoothing(data.num_classes, recipe.train.label_smoothing),
+            "loss": SparseCrossentropyWithSmoothing(data.num_classes, recipe.options.label_smoothing),
             "metrics": metrics,
         }
 
@@ -207,7 +207,7 @@ class ClassificationTask(Task):
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)
         class_names = tf.constant(data.class_names)
-        top_k = min(recipe.export.top_k, data.num_classes)
+        top_k = min(recipe.options.top_k, data.num_classes)
 
         def answer(probabilities):
             top = tf.math.top_k(probabilities, k=top_k)
@@ -231,7 +231,7 @@ class ClassificationTask(Task):
         return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
-        return {"class_names": list(data.class_names), "top_k": min(recipe.export.top_k, data.num_classes)}
+        return {"class_names": list(data.class_names), "top_k": min(recipe.options.top_k, data.num_classes)}
 
     # === Using an export ===
     def evaluate_export(self, loaded, metadata, data_path, report_dir):

@@ -3,7 +3,7 @@
 What is special here: no labels (each colour image is its own target), the
 model sees CIE lightness only and classifies each pixel into quantised ab
 bins with class rebalancing (Zhang et al. 2016), decoded by the annealed mean,
-or regresses ab with L1 (`train.color_loss: l1`). Results always keep the
+or regresses ab with L1 (`colorize.color_loss: l1`). Results always keep the
 input's own full-resolution L: only the predicted ab is upsampled.
 
 Example:
@@ -125,7 +125,7 @@ class ColorizeTask(Task):
         settings = recipe.data
         bins = ab_bins()
         counts = bin_counts(data.train.paths, bins, settings.max_pixels)
-        mix = recipe.train.color_uniform_mix
+        mix = recipe.options.color_uniform_mix
         data.extras["bin_weights"] = rebalancing_weights(counts, mix=mix, bins=bins).tolist()
         return data
 
@@ -145,7 +145,7 @@ class ColorizeTask(Task):
     def build_model(self, recipe, data):
         build = MODELS.get(recipe.model.name, key="model.name")
         segmenter = build(tuple(data.image_size) + (3,), len(ab_bins()), weights=recipe.model.weights)
-        model = ColorizationModel(segmenter, data.extras["bin_weights"], recipe.train.color_loss)
+        model = ColorizationModel(segmenter, data.extras["bin_weights"], recipe.options.color_loss)
         model(tf.zeros([1] + list(data.image_size) + [3]))
         return model
 
@@ -201,7 +201,7 @@ class ColorizeTask(Task):
     # === Serving ===
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)
-        temperature = TEMPERATURE[recipe.train.color_loss]
+        temperature = TEMPERATURE[recipe.options.color_loss]
 
         def colour_at_original_size(images):
             probabilities = model(resize_float(images, size), training=False)
@@ -216,7 +216,7 @@ class ColorizeTask(Task):
         return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
-        return {"color_loss": recipe.train.color_loss, "temperature": TEMPERATURE[recipe.train.color_loss],
+        return {"color_loss": recipe.options.color_loss, "temperature": TEMPERATURE[recipe.options.color_loss],
                 "ab_bins": len(ab_bins())}
 
     # === Using an export ===

@@ -3,7 +3,7 @@
 What is special here: targets are padded box arrays moved by box-aware
 augmentation, a CenterNet-style head with its own loss, COCO mAP computed by
 pycocotools on the validation split (at the end, and every
-`train.map_every` epochs), and serving that decodes, suppresses and answers
+`detect.map_every` epochs), and serving that decodes, suppresses and answers
 with boxes in the original image's pixels and class names.
 
 Example:
@@ -30,7 +30,7 @@ from imgpipe.models.centernet import CenterNetLoss, decode_detections
 from imgpipe.engine.serving import decode_batch, resize_float
 from imgpipe.tasks.base import Task
 
-DRAW_SCORE = 0.1  # the default export.score_threshold
+DRAW_SCORE = 0.1  # the default detect.score_threshold
 PREDICTION_SAMPLES = 8
 
 
@@ -72,7 +72,7 @@ class DetectionTask(Task):
         data_format = settings.format if settings.format in ("voc", "coco", "yolo") else "auto"
         data = read_detection(path, data_format, settings.val_split, settings.seed, settings.max_pixels,
                               settings.image_size)
-        data.extras["max_boxes"] = settings.max_boxes
+        data.extras["max_boxes"] = recipe.options.max_boxes
         return data
 
     def describe_data(self, recipe, data):
@@ -119,9 +119,9 @@ class DetectionTask(Task):
         return {"loss": CenterNetLoss(data.num_classes)}
 
     def callbacks(self, recipe, data, val_ds):
-        if not recipe.train.map_every:
+        if not recipe.options.map_every:
             return []
-        return [MeanAveragePrecisionCallback(self, val_ds, data, recipe.train.map_every)]
+        return [MeanAveragePrecisionCallback(self, val_ds, data, recipe.options.map_every)]
 
     # === Results ===
     def detect(self, model, images, num_classes):
@@ -193,7 +193,7 @@ class DetectionTask(Task):
         size = list(data.image_size)
         class_names = tf.constant(list(data.class_names) + [""])
         num_classes = data.num_classes
-        settings = recipe.export
+        settings = recipe.options
 
         def answer(images, original_sizes):
             boxes, scores, classes, counts = decode_detections(
@@ -221,7 +221,7 @@ class DetectionTask(Task):
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "box_format": "x_min, y_min, x_max, y_max (pixels)",
-                "score_threshold": recipe.export.score_threshold, "max_detections": recipe.export.max_detections}
+                "score_threshold": recipe.options.score_threshold, "max_detections": recipe.options.max_detections}
 
     # === Using an export ===
     def evaluate_export(self, loaded, metadata, data_path, report_dir):

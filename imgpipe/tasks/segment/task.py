@@ -163,7 +163,7 @@ class SegmentationTask(Task):
         if settings.path is None:
             raise DataError("data.path: segmentation needs --data DIR (images/ + masks/)")
         return read_mask_folders(settings.path, settings.val_split, settings.seed, settings.max_pixels,
-                                 settings.image_size, settings.ignore_index)
+                                 settings.image_size, recipe.options.ignore_index)
 
     def describe_data(self, recipe, data):
         encoding = data.extras["encoding"]
@@ -208,7 +208,7 @@ class SegmentationTask(Task):
         if recipe.train.class_weight == "auto":
             class_weights = pixel_class_weights(data.train.targets, encoding, data.image_size)
         return {
-            "loss": SegmentationLoss(data.num_classes, encoding.ignore_index, recipe.train.dice_weight,
+            "loss": SegmentationLoss(data.num_classes, encoding.ignore_index, recipe.options.dice_weight,
                                      class_weights),
             "metrics": [
                 keras.metrics.MeanIoU(data.num_classes, ignore_class=encoding.ignore_index, sparse_y_pred=False,

@@ -71,7 +71,7 @@ def loss_network(name="vgg16", weights="imagenet", seed=1337):
         seed: the random weights' seed.
     """
     if name not in LAYERS:
-        raise RecipeError(f"model.loss_network: expected one of {', '.join(LAYERS)}, got {name!r}")
+        raise RecipeError(f"stylize.loss_network: expected one of {', '.join(LAYERS)}, got {name!r}")
     content_layers, style_layers = LAYERS[name]
     if weights == "random":
         network = APPLICATIONS[name](include_top=False, weights=None)
@@ -81,11 +81,11 @@ def loss_network(name="vgg16", weights="imagenet", seed=1337):
             network = APPLICATIONS[name](include_top=False, weights=weights)
         except Exception as error:  # noqa: BLE001  (download, HDF5 and shape errors all mean "not usable")
             raise RecipeError(
-                f"model.loss_weights: cannot load {weights} weights for the {name} loss network "
+                f"stylize.loss_weights: cannot load {weights} weights for the {name} loss network "
                 f"({str(error).splitlines()[0][:160]}); pass --loss-weights random to train against a fixed "
                 "random-feature VGG (lower quality) or a local weights file") from None
     else:
-        raise RecipeError(f"model.loss_weights: expected imagenet, random or a weights file, got {weights!r}")
+        raise RecipeError(f"stylize.loss_weights: expected imagenet, random or a weights file, got {weights!r}")
     network.trainable = False
     inputs = keras.Input((None, None, 3), name="image")
     x = ImagenetPreprocessing("caffe", dtype="float32", name="preprocess")(inputs)

@@ -82,11 +82,11 @@ class StylizeTask(Task):
 
     def read_examples(self, recipe):
         settings = recipe.data
-        content, style = settings.path, settings.style
+        content, style = settings.path, recipe.options.style
         if content is None and style is None:
             content, style = demo_stylize_data()
         elif content is None or style is None:
-            missing = "data.path (--data CONTENT_DIR)" if content is None else "data.style (--style IMAGE)"
+            missing = "data.path (--data CONTENT_DIR)" if content is None else "stylize.style (--style IMAGE)"
             raise DataError(f"{missing}: style transfer needs both a content folder and a style image")
         style_path = pathlib.Path(style)
         if not style_path.is_file():
@@ -103,8 +103,8 @@ class StylizeTask(Task):
     @staticmethod
     def _loss_weights(recipe, demo):
         """The loss network's weights; the demo uses random ones when ImageNet's are not on disk yet."""
-        weights = recipe.model.loss_weights
-        if demo and weights == "imagenet" and not imagenet_weights_cached(recipe.model.loss_network):
+        weights = recipe.options.loss_weights
+        if demo and weights == "imagenet" and not imagenet_weights_cached(recipe.options.loss_network):
             log.info("demo: ImageNet VGG weights are not cached; using the fixed random-feature loss network")
             return "random"
         return weights
@@ -116,11 +116,11 @@ class StylizeTask(Task):
         transformer = MODELS.get(recipe.model.name, key="model.name")((None, None, 3), 0)
         if recipe.model.weights not in (None, "none"):
             transformer.load_weights(recipe.model.weights)
-        features = loss_network(recipe.model.loss_network, data.extras["loss_weights"], recipe.data.seed)
-        train = recipe.train
+        features = loss_network(recipe.options.loss_network, data.extras["loss_weights"], recipe.data.seed)
+        options = recipe.options
         model = StyleTransferModel(transformer, features,
                                    style_grams(features, style_at_size(data.extras["style"], data.image_size)),
-                                   LossWeights(train.content_weight, train.style_weight, train.tv_weight))
+                                   LossWeights(options.content_weight, options.style_weight, options.tv_weight))
         model(tf.zeros([1] + list(data.image_size) + [3]))
         return model
 
@@ -183,7 +183,7 @@ class StylizeTask(Task):
     # === Serving ===
     def export_archive(self, model, data, recipe):
         transformer = model.transformer
-        max_side = recipe.export.max_side
+        max_side = recipe.options.max_side
 
         def serve_image_bytes(image_bytes):
             return images_at_original_size(image_bytes, lambda image: styled(transformer, image[None], max_side)[0])
@@ -194,11 +194,11 @@ class StylizeTask(Task):
         return self.make_archive(transformer, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
-        return {"style_image": data.extras["style_path"], "max_side": recipe.export.max_side,
-                "loss_network": recipe.model.loss_network, "loss_weights": data.extras["loss_weights"],
+        return {"style_image": data.extras["style_path"], "max_side": recipe.options.max_side,
+                "loss_network": recipe.options.loss_network, "loss_weights": data.extras["loss_weights"],
                 "loss_seed": recipe.data.seed,
-                "loss_weighting": {"content": recipe.train.content_weight, "style": recipe.train.style_weight,
-                                   "tv": recipe.train.tv_weight}}
+                "loss_weighting": {"content": recipe.options.content_weight, "style": recipe.options.style_weight,
+                                   "tv": recipe.options.tv_weight}}
 
     # === Using an export ===
     def evaluate_export(self, loaded, metadata, data_path, report_dir):

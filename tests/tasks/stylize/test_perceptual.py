@@ -56,7 +56,7 @@ def test_unloadable_imagenet_weights_stop_with_a_clear_message(monkeypatch):
     monkeypatch.setitem(perceptual.APPLICATIONS, "vgg16", offline)
     with pytest.raises(RecipeError, match="cannot load imagenet weights.*--loss-weights random"):
         loss_network("vgg16", "imagenet")
-    with pytest.raises(RecipeError, match="model.loss_weights"):
+    with pytest.raises(RecipeError, match="stylize.loss_weights"):
         loss_network("vgg16", "caffe")
 
 

@@ -100,7 +100,7 @@ def test_cli_gatys_optimisation_writes_an_image(cli, stylize_data, tmp_path):
 def test_cli_stylize_errors_name_the_problem(cli, stylize_data, tmp_path):
     root, style = stylize_data
     code, _, err = cli("run", "stylize", "--data", root / "photos", "--epochs", "1")
-    assert code == 2 and "data.style" in err
+    assert code == 2 and "stylize.style" in err
     code, _, err = cli("run", "stylize", "--data", root / "photos", "--style", tmp_path / "missing.jpg")
     assert code == 2 and "missing.jpg" in err and "Traceback" not in err
     code, _, err = cli("stylize", tmp_path / "nothing.jpg", "--style", style, "--out", tmp_path / "x.png")
