@@ -4,16 +4,18 @@ The format is detected from the layout (VOC, then COCO, then YOLO) unless
 `data.format` forces one. Every image's header is read (size, bombs, unreadable
 files skipped with a warning), every box is clipped or dropped against the
 upright image size, and the split is seeded unless the source has its own.
-The pipeline's target for an image is its index into `extras["annotations"]`.
+The pipeline's target for an image is its index into `state.annotations`.
 
 Example:
     >>> data = read_detection("../shared/data/raccoon")
-    >>> data.class_names, data.extras["format"]
+    >>> data.class_names, data.state.format
     (['raccoon'], 'voc')
 """
 
+import dataclasses
 import logging
 import pathlib
+import typing
 
 import numpy as np
 
@@ -29,6 +31,27 @@ from imgpipe.errors import DataError
 log = logging.getLogger("imgpipe")
 
 FORMATS = ("voc", "coco", "yolo")
+MAX_BOXES = 100
+
+
+@dataclasses.dataclass
+class DetectionLabels:
+    """The detection task's state: every image's `Annotation` (targets index them), and how they were stored.
+
+    Only `max_boxes` is needed to rebuild a trained model, so only it is kept
+    in the run folder; the annotations stay with the data.
+    """
+
+    annotations: list = dataclasses.field(default_factory=list)
+    format: typing.Optional[str] = None
+    max_boxes: int = MAX_BOXES
+
+    def to_json(self):
+        return {"max_boxes": self.max_boxes}
+
+    @classmethod
+    def from_json(cls, saved):
+        return cls(max_boxes=saved.get("max_boxes", MAX_BOXES))
 
 
 def detect_format(root):
@@ -84,7 +107,7 @@ def clean_split(annotations, max_pixels):
 
 
 def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=None, image_size="auto"):
-    """Reads a detection data set into a `TaskData` (targets are indices into `extras['annotations']`)."""
+    """Reads a detection data set into a `TaskData` (targets are indices into `state.annotations`)."""
     root = pathlib.Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found" if not root.exists() else f"{root}: not a folder")
@@ -121,4 +144,4 @@ def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
 
     size = auto_image_size(all_headers, low=64, high=256, step=32) if image_size == "auto" else list(image_size)
     return TaskData(train=subset(train_index), val=subset(val_index), class_names=list(names), image_size=size,
-                    source=str(root), skipped=skipped, extras={"annotations": all_annotations, "format": format})
+                    source=str(root), skipped=skipped, state=DetectionLabels(all_annotations, format))

@@ -16,7 +16,7 @@ metrics. Class names come from the colour table, VOC's standard names, or `class
 
 Example:
     >>> data = read_mask_folders("../shared/data/membrane")
-    >>> data.class_names, data.extras["encoding"].kind
+    >>> data.class_names, data.state.kind
     (['class_0', 'class_1'], 'binary')
 """
 
@@ -86,6 +86,14 @@ class MaskEncoding:
 
     def to_dict(self):
         return dataclasses.asdict(self)
+
+    def to_json(self):
+        """The segmentation task's state in the run folder and the export metadata."""
+        return {"encoding": self.to_dict()}
+
+    @classmethod
+    def from_json(cls, saved):
+        return cls(**saved["encoding"])
 
 
 def read_mask_array(path):
@@ -327,7 +335,7 @@ def list_pairs(root):
 def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_size="auto", ignore_index=None):
     """Reads a segmentation data set into a `TaskData` whose targets are mask paths.
 
-    `extras["encoding"]` holds the `MaskEncoding` every mask is decoded with.
+    `state` is the `MaskEncoding` every mask is decoded with.
 
     Raises:
         DataError: unknown layout, an image without its mask, a mask whose size
@@ -386,4 +394,4 @@ def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_siz
                         f"{train.count} and {val.count})")
     size = auto_image_size(headers, low=32, high=256, step=32) if image_size == "auto" else list(image_size)
     return TaskData(train=train, val=val, class_names=class_names, image_size=size, source=str(root),
-                    skipped=skipped, extras={"encoding": encoding})
+                    skipped=skipped, state=encoding)

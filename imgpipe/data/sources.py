@@ -36,6 +36,15 @@ class ImageSet:
 
 
 @dataclasses.dataclass
+class LabelledFiles:
+    """Files to score an export on, each with its truth in the export's terms (`Task.evaluation_files`)."""
+
+    paths: list
+    truths: list
+    skipped: list = dataclasses.field(default_factory=list)
+
+
+@dataclasses.dataclass
 class TaskData:
     """Both splits of a data set, its class names and what had to be skipped."""
 
@@ -45,7 +54,9 @@ class TaskData:
     image_size: list
     source: str
     skipped: list = dataclasses.field(default_factory=list)
-    extras: dict = dataclasses.field(default_factory=dict)
+    # What the task derives from the data beyond class names, as a small typed object with
+    # to_json() / from_json() (a `MaskEncoding`, `DetectionLabels`, a style image, colour weights).
+    state: typing.Any = None
 
     @property
     def num_classes(self):

@@ -13,13 +13,13 @@ import pathlib
 
 import numpy as np
 
-from imgpipe.data.images import UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.errors import DataError
 
 BATCH_SIZE = 32
 
 
-def read_image_bytes(path, max_pixels=89_478_485):
+def read_image_bytes(path, max_pixels=DEFAULT_MAX_PIXELS):
     """The file's bytes, after checking its header so a bad file fails with its name."""
     read_header(path, max_pixels)
     try:
@@ -28,22 +28,40 @@ def read_image_bytes(path, max_pixels=89_478_485):
         raise UnreadableImage(f"{path}: cannot read file ({error.strerror})") from None
 
 
-def run_signature(loaded, paths, batch_size=BATCH_SIZE):
-    """Sends files through `serving_default` in batches; returns {output: np.ndarray} for all files."""
+def run_signature(loaded, paths, batch_size=BATCH_SIZE, max_pixels=DEFAULT_MAX_PIXELS):
+    """Sends files through `serving_default` in batches; returns one {output: np.ndarray} per file.
+
+    Per file, because answers at the image's own size (masks, images) are
+    padded to the largest image of their batch, and batches differ.
+
+    Example:
+        >>> run_signature(loaded, ["cat.jpg", "dog.png"])[1]["class_name"]
+        b'dog'
+    """
     import tensorflow as tf
 
     serve = loaded.signatures["serving_default"]
-    outputs = {}
+    answers = []
     for start in range(0, len(paths), batch_size):
-        chunk = [read_image_bytes(path) for path in paths[start:start + batch_size]]
+        chunk = [read_image_bytes(path, max_pixels) for path in paths[start:start + batch_size]]
         try:
             answer = serve(image_bytes=tf.constant(chunk))
         except tf.errors.InvalidArgumentError as error:
             raise DataError(f"{paths[start]}..: the model could not decode this batch "
                             f"({str(error).splitlines()[0][:200]})") from None
-        for key, value in answer.items():
-            outputs.setdefault(key, []).append(value.numpy())
-    return {key: np.concatenate(values) for key, values in outputs.items()}
+        answers += per_image({key: value.numpy() for key, value in answer.items()})
+    return answers
+
+
+def per_image(batched):
+    """{key: array [B, ...]} -> B dicts {key: array [...]}: one answer per image.
+
+    Example:
+        >>> per_image({"score": np.array([0.9, 0.2])})
+        [{'score': 0.9}, {'score': 0.2}]
+    """
+    count = len(next(iter(batched.values()))) if batched else 0
+    return [{key: np.asarray(value)[index] for key, value in batched.items()} for index in range(count)]
 
 
 OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")

@@ -93,6 +93,33 @@ def _fsync_tree(folder):
                 os.fsync(handle.fileno())
 
 
+def export_metadata(task, data, recipe):
+    """What assets.extra/imgpipe.json holds: the task, name, input size and model, and the task's own entries.
+
+    The one place the metadata is put together: a run's export, `imgpipe
+    export RUN_DIR` and the robustness card all read it from here.
+
+    Example:
+        >>> export_metadata(task, data, recipe)["class_names"]
+        ['cat', 'dog']
+    """
+    return {"task": task.name, "name": recipe.name, "image_size": list(data.image_size), "model": recipe.model.name,
+            **task.export_metadata(data, recipe)}
+
+
+def export_recipe(version_dir):
+    """The resolved recipe an export was trained with (assets.extra/recipe.yaml)."""
+    import yaml
+
+    from imgpipe.engine.recipe import recipe_from_dict
+
+    path = pathlib.Path(version_dir) / EXTRA_FOLDER / RECIPE_FILE
+    try:
+        return recipe_from_dict(yaml.safe_load(path.read_text()), source=str(path))
+    except (OSError, yaml.YAMLError) as error:
+        raise ExportError(f"{path}: cannot read the export's recipe ({error})") from None
+
+
 def resolve_export(path):
     """A version folder from `path`: the folder itself, or the newest version of a model folder."""
     path = pathlib.Path(path)

@@ -18,7 +18,7 @@ import yaml
 
 from imgpipe.data.sources import ImageSet, TaskData
 from imgpipe.errors import DataError
-from imgpipe.engine.export import write_export
+from imgpipe.engine.export import export_metadata, write_export
 from imgpipe.engine.recipe import recipe_from_dict
 from imgpipe.engine.registry import TASKS
 
@@ -27,7 +27,7 @@ CLASSES_FILE = "classes.json"
 
 def write_run_classes(run_dir, data, task):
     """Records the class names (and what else the task needs) of a run, so it can be rebuilt without its data."""
-    record = {"class_names": list(data.class_names), "extras": task.saved_extras(data)}
+    record = {"class_names": list(data.class_names), "state": data.state.to_json() if data.state is not None else {}}
     (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps(record))
 
 
@@ -35,10 +35,14 @@ def export_run(run_dir, export_dir=None, name=None, weights="best"):
     """Rebuilds the run's model, loads its `best` or `last` weights and exports it."""
     run = load_run(run_dir, weights, **{key: value for key, value in
                                         (("export.root", export_dir), ("export.name", name)) if value is not None})
-    metadata = {"task": run.task.name, "name": run.recipe.name, "image_size": list(run.data.image_size),
-                "model": run.recipe.model.name, **run.task.export_metadata(run.data, run.recipe)}
     return write_export(run.task.export_archive(run.model, run.data, run.recipe), run.recipe.export.root,
-                        run.recipe.name, metadata, run.recipe.to_yaml())
+                        run.recipe.name, export_metadata(run.task, run.data, run.recipe), run.recipe.to_yaml())
+
+
+def restore_state(task, record):
+    """The task's typed state from a run folder's record (`extras` in folders written before it was typed)."""
+    saved = record.get("state", record.get("extras", {}))
+    return task.state_class.from_json(saved) if task.state_class is not None else None
 
 
 @dataclasses.dataclass
@@ -75,7 +79,7 @@ def load_run(run_dir, weights="best", **recipe_updates):
     task = TASKS.get(recipe.task, key="task")()
     data = TaskData(train=ImageSet(), val=ImageSet(), class_names=class_names,
                     image_size=list(recipe.data.image_size), source=str(run_dir),
-                    extras=task.restored_extras(record.get("extras", {})))
+                    state=restore_state(task, record))
     model = task.build_model(recipe.update(**{"model.weights": None}), data)
     model.load_weights(checkpoint)
     return TrainedRun(recipe, task, data, model)

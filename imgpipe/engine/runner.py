@@ -1,9 +1,10 @@
 """`imgpipe.run`: a recipe in, a trained, evaluated and exported model out.
 
-    read data -> split -> pipeline -> train -> evaluate -> robustness card -> plots -> export -> metrics.json
+    prepare (read data, record the recipe) -> datasets -> fit -> evaluate (scores, reports) -> export -> record
 
-Every task goes through this one function; the task object supplies what is
-special about it. The run directory `runs/<task>/<name>/` receives the
+Every task goes through this one function, one short function per step; the
+task object supplies what is special about it, and what a multi-worker run
+does differently is in `imgpipe.engine.distributed.worker_roles`. The run directory `runs/<task>/<name>/` receives the
 resolved recipe, history.csv, the checkpoints, metrics.json, the plots and the
 robustness card (robustness.json, robustness.png; `imgpipe.understand.robustness`).
 
@@ -12,7 +13,6 @@ Example:
     >>> result.metrics["val_accuracy"], result.export_path
 """
 
-import contextlib
 import dataclasses
 import json
 import logging
@@ -24,15 +24,17 @@ import yaml
 
 from imgpipe.engine import plots
 from imgpipe.engine.augment import Augmenter
-from imgpipe.engine.distributed.cluster import cluster_from_environment, weights_fingerprint, worker_run_dir
+from imgpipe.engine.distributed import worker_roles
+from imgpipe.engine.distributed.cluster import cluster_from_environment, worker_run_dir
 from imgpipe.data.sources import ImageSet
 from imgpipe.errors import DataError, RecipeError
-from imgpipe.engine.export import write_export
+from imgpipe.engine.export import export_metadata, write_export
 from imgpipe.engine.distributed.keras_multiworker import multi_worker_fit
 from imgpipe.models import MODELS
 from imgpipe.engine.pipeline import FileDecoder, make_dataset, replica_safe_batch_size
 from imgpipe.engine.recipe import Recipe, load_recipe, recipe_from_dict
 from imgpipe.engine.run_folder import write_run_classes
+from imgpipe.engine.scoring import final_metrics
 from imgpipe.engine.registry import TASKS
 from imgpipe.engine.trainer import Trainer, dtype_policy, environment_summary, select_strategy
 from imgpipe.engine.writable import output_guard, require_writable
@@ -127,7 +129,50 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), **shortcuts):
         return _train_and_export(recipe, run_dir, resume, cluster, reports)
 
 
+@dataclasses.dataclass
+class _Run:
+    """What every step of a run shares: the task, its data, the recorded recipe, the trainer and the decoder."""
+
+    task: object
+    data: object
+    recipe: Recipe
+    run_dir: pathlib.Path
+    trainer: Trainer
+    decoder: FileDecoder
+    augmenter: Augmenter
+
+
+@dataclasses.dataclass
+class _Datasets:
+    train: object
+    val: object
+    steps_per_epoch: int
+    fit_train: object  # what `fit` reads: the same datasets, or each worker's share in a cluster
+    fit_val: object
+    fixed_steps: object = None
+
+
 def _train_and_export(recipe, run_dir, resume, cluster=None, reports=()):
+    run = _prepare(recipe, run_dir, resume, cluster)
+    datasets = _datasets(run, cluster)
+    _write_preview(run)
+    with dtype_policy(run.trainer.policy):
+        model, outcome = _fit(run, datasets)
+        if cluster is not None:
+            local = worker_roles.chief_model(cluster, run.task, run.recipe, run.data, model)
+            if local is None:
+                worker_roles.finish_worker(run_dir)
+                return RunResult(model, _training_record(outcome), run_dir, None, run.recipe, outcome["history"])
+            model = local
+        metrics = _evaluate(run, model, datasets.val, reports)
+    plots.plot_curves(outcome["history"], run_dir / "curves.png")
+    export_path = _export(run, model) if run.recipe.export.enabled else None
+    metrics = _record(run, metrics, outcome, export_path)
+    return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
+
+
+def _prepare(recipe, run_dir, resume, cluster):
+    """Reads the data, records the resolved recipe and the task's state in the run folder, sets up training."""
     task = TASKS.get(recipe.task, key="task")()
     data = task.read_data(recipe)
     recipe = recipe.update(**{"data.image_size": list(data.image_size)})
@@ -135,112 +180,79 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=()):
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     write_run_classes(run_dir, data, task)
     log.info("run directory: %s", run_dir)
-
-    chief_checkpoints = None if cluster is None or cluster.is_chief else run_dir.parent.parent / "checkpoints"
-    trainer = Trainer(recipe, run_dir, resume=resume, backup_from=chief_checkpoints)
+    trainer = Trainer(recipe, run_dir, resume=resume, backup_from=worker_roles.backup_source(cluster, run_dir))
     log.info(environment_summary(trainer))
     decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
                           task.target_signature(data))
+    return _Run(task, data, recipe, run_dir, trainer, decoder, Augmenter.from_recipe(recipe, task.target_kind))
+
+
+def _datasets(run, cluster):
+    """The training and validation pipelines (and, in a cluster, each worker's share of them)."""
+    data, trainer, recipe = run.data, run.trainer, run.recipe
     common = dict(size=data.image_size, batch_size=trainer.global_batch_size, seed=recipe.data.seed,
-                  cache=recipe.data.cache, cache_dir=run_dir / "cache", max_pixels=recipe.data.max_pixels,
-                  decoder=decoder)
-    augmenter = Augmenter.from_recipe(recipe, task.target_kind)
+                  cache=recipe.data.cache, cache_dir=run.run_dir / "cache", max_pixels=recipe.data.max_pixels,
+                  decoder=run.decoder)
     # Several replicas: no replica may get an empty batch (see replica_safe_batch_size).
     _require_an_image_per_replica(data, trainer.replicas)
     drop_remainder = trainer.replicas > 1 and data.train.count >= trainer.global_batch_size
-    train_ds, _ = make_dataset(data.train, training=True, augmenter=augmenter, drop_remainder=drop_remainder,
+    train_ds, _ = make_dataset(data.train, training=True, augmenter=run.augmenter, drop_remainder=drop_remainder,
                                **common)
     val_ds, _ = make_dataset(data.val, training=False, **{
         **common, "batch_size": replica_safe_batch_size(data.val.count, trainer.global_batch_size, trainer.replicas)})
-    fit_train_ds, fit_val_ds, fixed_steps = train_ds, val_ds, None
-    if cluster is not None:
-        fit_train_ds, fit_val_ds, fixed_steps = _worker_datasets(data, trainer, augmenter, common)
-    _write_preview(task, data, recipe, augmenter, decoder, run_dir)
-
-    steps_per_epoch = int((np.floor if drop_remainder else np.ceil)(data.train.count / trainer.global_batch_size))
-    with dtype_policy(trainer.policy):
-        with trainer.strategy.scope():
-            model = task.build_model(recipe, data)
-        outcome = trainer.fit(model, task.compile_settings(recipe, data), fit_train_ds, fit_val_ds, steps_per_epoch,
-                              monitor=task.monitor, class_weight=task.class_weight(recipe, data),
-                              callbacks=task.callbacks(recipe, data, val_ds), fixed_steps=fixed_steps)
-        if cluster is not None:
-            log.info("worker %d: final weights %s", cluster.worker_rank, weights_fingerprint(model))
-            if not cluster.is_chief:
-                return _finish_worker(model, recipe, run_dir, outcome)
-            model = _local_copy(task, recipe, data, model)
-        with multi_worker_fit(model, model.distribute_strategy):  # several replicas: evaluate needs it too
-            metrics = task.final_metrics(model, val_ds, data, run_dir)
-            for report in reports:
-                report(task, model, data, recipe, decoder, run_dir)
-    _require_some_images(decoder, data)
-    plots.plot_curves(outcome["history"], run_dir / "curves.png")
-
-    export_path = None
-    if recipe.export.enabled:
-        metadata = {
-            "task": task.name,
-            "name": recipe.name,
-            "image_size": list(data.image_size),
-            "model": recipe.model.name,
-            **task.export_metadata(data, recipe),
-        }
-        with output_guard(pathlib.Path(recipe.export.root) / recipe.name, "--export-dir",
-                          then=f"export the trained run with `imgpipe export {run_dir}`"):
-            export_path = write_export(task.export_archive(model, data, recipe), recipe.export.root, recipe.name,
-                                       metadata, recipe.to_yaml())
-    metrics.update(
-        epochs_run=outcome["epochs_run"],
-        train_seconds=outcome["train_seconds"],
-        export_path=str(export_path) if export_path else None,
-        skipped_files=len(data.skipped) + len(decoder.failed),
-        images_train=data.train.count,
-        images_validation=data.val.count,
-    )
-    (run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
-    shutil.rmtree(run_dir / "cache", ignore_errors=True)
-    if data.skipped or decoder.failed:
-        log.warning("%d file(s) could not be read and were skipped", len(data.skipped) + len(decoder.failed))
-    return RunResult(model, metrics, run_dir, export_path, recipe, outcome["history"])
+    steps = int((np.floor if drop_remainder else np.ceil)(data.train.count / trainer.global_batch_size))
+    if cluster is None:
+        return _Datasets(train_ds, val_ds, steps, train_ds, val_ds)
+    return _Datasets(train_ds, val_ds, steps, *worker_roles.worker_datasets(data, trainer, run.augmenter, common))
 
 
-def _worker_datasets(data, trainer, augmenter, common):
-    """Each worker's share of both splits, batched per replica and repeated, and the steps every worker takes.
-
-    Shards are cut from the file list before decoding, so no worker decodes
-    another's images. Repeating with a fixed number of steps keeps the workers
-    in step even when their shards differ by an image or a file fails to decode.
-    """
-    global_batch = trainer.global_batch_size
-
-    def distributed(image_set, training):
-        def for_worker(context):
-            dataset, _ = make_dataset(image_set, training=training, augmenter=augmenter if training else None,
-                                      drop_remainder=True, repeat=True,
-                                      shard=(context.num_input_pipelines, context.input_pipeline_id),
-                                      **{**common, "batch_size": context.get_per_replica_batch_size(global_batch)})
-            return dataset
-        return trainer.strategy.distribute_datasets_from_function(for_worker)
-
-    steps = (max(1, data.train.count // global_batch), max(1, -(-data.val.count // global_batch)))
-    return distributed(data.train, True), distributed(data.val, False), steps
+def _fit(run, datasets):
+    """Builds the task's model in the strategy's scope and trains it; returns (model, the trainer's outcome)."""
+    task, recipe, data = run.task, run.recipe, run.data
+    with run.trainer.strategy.scope():
+        model = task.build_model(recipe, data)
+    outcome = run.trainer.fit(model, task.compile_settings(recipe, data), datasets.fit_train, datasets.fit_val,
+                              datasets.steps_per_epoch, monitor=task.monitor,
+                              class_weight=task.class_weight(recipe, data),
+                              callbacks=task.callbacks(recipe, data, datasets.val), fixed_steps=datasets.fixed_steps)
+    return model, outcome
 
 
-def _local_copy(task, recipe, data, model):
-    """The trained model rebuilt outside the multi-worker strategy, so the chief evaluates and exports it alone."""
-    local = task.build_model(recipe.update(**{"model.weights": None}), data)
-    local.set_weights(model.get_weights())
-    local.compile(**task.compile_settings(recipe, data))
-    return local
+def _evaluate(run, model, val_ds, reports):
+    """The task's scores on the validation split, its pictures, then each report (the robustness card)."""
+    metadata = export_metadata(run.task, run.data, run.recipe)
+    with multi_worker_fit(model, model.distribute_strategy):  # several replicas: evaluate needs it too
+        metrics = final_metrics(run.task, model, val_ds, run.data, metadata, run.run_dir)
+        for report in reports:
+            report(run.task, model, run.data, run.recipe, run.decoder, run.run_dir)
+    _require_some_images(run.decoder, run.data)
+    return metrics
 
 
-def _finish_worker(model, recipe, run_dir, outcome):
-    """A worker other than the chief: its temporary folder goes; the chief reports and exports."""
-    shutil.rmtree(run_dir, ignore_errors=True)
-    with contextlib.suppress(OSError):
-        run_dir.parent.rmdir()  # RUN_DIR/workers, once the last worker is done
-    return RunResult(model, {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"]},
-                     run_dir, None, recipe, outcome["history"])
+def _export(run, model):
+    """The next SavedModel version of the recipe's model name; returns its folder."""
+    recipe = run.recipe
+    with output_guard(pathlib.Path(recipe.export.root) / recipe.name, "--export-dir",
+                      then=f"export the trained run with `imgpipe export {run.run_dir}`"):
+        return write_export(run.task.export_archive(model, run.data, recipe), recipe.export.root, recipe.name,
+                            export_metadata(run.task, run.data, recipe), recipe.to_yaml())
+
+
+def _training_record(outcome):
+    return {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"]}
+
+
+def _record(run, metrics, outcome, export_path):
+    """metrics.json (which marks the run finished); the decoded-image cache goes."""
+    data, failed = run.data, run.decoder.failed
+    metrics = {**metrics, **_training_record(outcome), "export_path": str(export_path) if export_path else None,
+               "skipped_files": len(data.skipped) + len(failed), "images_train": data.train.count,
+               "images_validation": data.val.count}
+    (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
+    shutil.rmtree(run.run_dir / "cache", ignore_errors=True)
+    if data.skipped or failed:
+        log.warning("%d file(s) could not be read and were skipped", len(data.skipped) + len(failed))
+    return metrics
 
 
 def _run_directory(recipe, resume, cluster=None):
@@ -277,16 +289,17 @@ def _saved_recipe(run_dir):
     return recipe_from_dict(values, source=str(run_dir / "recipe.yaml"))
 
 
-def _write_preview(task, data, recipe, augmenter, decoder, run_dir):
+def _write_preview(run):
     """augment_preview.png: a few training samples, augmented as the model will see them."""
+    recipe, data = run.recipe, run.data
     subset = _first_samples(data.train, PREVIEW_SAMPLES, recipe.data.seed)
     preview_ds, _ = make_dataset(subset, size=data.image_size, batch_size=1, training=False,
-                                 cache="none", decoder=decoder)
+                                 cache="none", decoder=run.decoder)
     samples = []
     for index, (images, targets) in enumerate(preview_ds):
         image = images[0].numpy().astype(np.uint8)
-        samples.append(augmenter.apply(image, targets[0].numpy(), seed=recipe.data.seed + index))
-    task.preview(samples, data, run_dir / "augment_preview.png")
+        samples.append(run.augmenter.apply(image, targets[0].numpy(), seed=recipe.data.seed + index))
+    run.task.preview(samples, data, run.run_dir / "augment_preview.png")
 
 
 def _first_samples(image_set, count, seed):

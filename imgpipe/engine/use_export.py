@@ -11,8 +11,9 @@ Example:
 
 import pathlib
 
-from imgpipe.engine.export import load_export
+from imgpipe.engine.export import export_recipe, load_export
 from imgpipe.engine.registry import TASKS
+from imgpipe.engine.scoring import evaluate_files
 from imgpipe.errors import DataError
 
 
@@ -29,10 +30,11 @@ def evaluate(export, data, report_dir=None):
     """
     version_dir, metadata, loaded = load_export(export)
     task = TASKS.get(metadata["task"], key="task")()
+    max_pixels = export_recipe(version_dir).data.max_pixels
     report_dir = pathlib.Path(report_dir or pathlib.Path("runs") / "evaluate" /
                               f"{metadata.get('name', 'model')}_v{version_dir.name}")
     report_dir.mkdir(parents=True, exist_ok=True)
-    metrics = task.evaluate_export(loaded, metadata, data, report_dir)
+    metrics = evaluate_files(task, loaded, metadata, data, max_pixels, report_dir)
     return {**metrics, "export": str(version_dir), "report_dir": str(report_dir)}
 
 

@@ -9,4 +9,3 @@ Example:
     >>> task = TASKS.get("classify")()
 """
 
-from imgpipe.engine.registry import TASKS  # noqa: F401  (the registry the packages add themselves to)

@@ -1,8 +1,10 @@
 """What every task provides to the engine, with the defaults most tasks share.
 
 The engine (`imgpipe.engine.runner`) reads data, builds the pipeline, trains,
-evaluates, plots and exports by calling these hooks; a task subclass
-overrides only what differs (compare Ultralytics' `BaseTrainer` hooks).
+scores, plots and exports by calling these hooks; a task subclass overrides
+only what differs (compare Ultralytics' `BaseTrainer` hooks). A task scores in
+one place, `answers` + `score`: training's final metrics, `imgpipe evaluate`
+on an export and the robustness card all call them.
 """
 
 import keras
@@ -25,6 +27,8 @@ class Task:
     # What `imgpipe explain` weighs: "class" (the predicted or named class), "region"
     # (the pixels of a class), or None when Grad-CAM does not apply to the task.
     explain_target = None
+    # The type of `TaskData.state` (with to_json() and from_json()), or None when class names say all.
+    state_class = None
 
     # === Data ===
     def read_data(self, recipe):
@@ -47,14 +51,6 @@ class Task:
         """(tf dtype, shape) of one target as the pipeline carries it."""
         raise NotImplementedError
 
-    def saved_extras(self, data):
-        """The JSON-able part of `data.extras` that `build_model` and the export need (kept in the run folder)."""
-        return {}
-
-    def restored_extras(self, saved):
-        """`data.extras` rebuilt from `saved_extras`, for `imgpipe export RUN_DIR`."""
-        return dict(saved)
-
     def load_target(self, data):
         """Optional `fn(target, size) -> array` for targets stored in files; None passes targets through."""
         return None
@@ -76,35 +72,45 @@ class Task:
         """Optional {class index: weight} for `model.fit`."""
         return None
 
-    # === Results ===
-    def final_metrics(self, model, val_ds, data, run_dir):
-        """Validation metrics after training (flat keys) and the task's plots in `run_dir`."""
-        results = model.evaluate(val_ds, return_dict=True, verbose=0)
-        return {f"val_{key}": float(value) for key, value in results.items()}
+    # === Scoring: one path for training's final metrics, `imgpipe evaluate` and the robustness card ===
+    def answers(self, model, images, metadata):
+        """The trained Keras model's answers for float32 images [B, H, W, 3] (0..255, model size).
+
+        numpy arrays keyed like the export's `serve_images` answers, so `score`
+        scores a run's model and a loaded export alike. `metadata` is what the
+        export's imgpipe.json holds (`imgpipe.engine.export.export_metadata`).
+        """
+        raise NotImplementedError
+
+    def truth(self, image, target):
+        """What an answer for `image` is compared with, from a pipeline element (uint8 image, target)."""
+        return target
+
+    def score(self, answers, truths, metadata):
+        """The task's metrics (flat, unprefixed keys) of per-image `answers` against per-image `truths`.
+
+        Args:
+            answers: list of one dict per image, as `answers` or the export's signatures give them
+                (an answer padded to a batch's largest image is cut to its truth's size here).
+            truths: list of what each answer is compared with (`truth`, or `evaluation_files`).
+            metadata: the export metadata.
+        """
+        raise NotImplementedError
+
+    def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
+        """The task's pictures of the validation split in `run_dir`; returns any metrics that are not scores."""
+        return {}
 
     def preview(self, samples, data, path):
         """Writes `augment_preview.png` from a list of augmented (image, target) pairs."""
         raise NotImplementedError
 
     # === Robustness (imgpipe.understand.robustness) ===
-    # The metric the robustness card reports (higher is better); None: the card does not apply,
+    # The key of `score` the robustness card reports (higher is better); None: the card does not apply,
     # and `robustness_note` says why. `robustness_skipped` names families that do not apply, with why.
     robustness_metric_name = None
     robustness_note = "this task has no robustness metric"
     robustness_skipped = {}
-
-    def robustness_answers(self, model, images, metadata):
-        """The trained Keras model's answers for float32 images [B, H, W, 3] (0..255, model size).
-
-        They are numpy arrays keyed like the export's `serve_images` answers, so
-        `robustness_metric` scores a run's model and a loaded export alike.
-        `metadata` is what the export's imgpipe.json holds (`export_metadata`).
-        """
-        raise NotImplementedError
-
-    def robustness_metric(self, answers, images, targets, metadata):
-        """The task's main metric (float) of `answers` for uint8 `images` [N, H, W, 3] and targets at model size."""
-        raise NotImplementedError
 
     # === Serving ===
     def export_archive(self, model, data, recipe):
@@ -116,9 +122,22 @@ class Task:
         return {}
 
     # === Using an export ===
-    def evaluate_export(self, loaded, metadata, data_path, report_dir):
-        """Metrics of a loaded export on the folder `data_path`; plots go to `report_dir`."""
+    def evaluation_files(self, folder, metadata, max_pixels):
+        """The files of a labelled `folder` and each one's truth in the export's terms (`LabelledFiles`).
+
+        Read with the task's own reader; truths are at the files' own size,
+        as the export's `serving_default` answers.
+        """
         raise NotImplementedError
+
+    def export_answers(self, loaded, paths, metadata):
+        """One answer dict per file from a loaded export: `serving_default` on the files' bytes."""
+        from imgpipe.engine.client import run_signature
+
+        return run_signature(loaded, paths)
+
+    def plot_scores(self, answers, truths, metadata, folder):
+        """Pictures of a scoring (a confusion matrix) written into `folder`."""
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         """One result dict per file, in the user's terms (class names, boxes, masks); images go to `out_dir`."""

@@ -5,7 +5,8 @@
     -> robustness.json + robustness.png
 
 The metric is the task's own (accuracy, mean IoU, mAP@0.5, PSNR), computed by
-the task's own code (`Task.robustness_metric`). The same images get the same
+the task's one scoring path (`Task.answers`, `Task.score`), as training's final
+metrics and `imgpipe evaluate` are. The same images get the same
 perturbation every time: each image's random draws come from `data.seed` and
 its position, and do not depend on the severity (see `imgpipe.understand.perturb`).
 
@@ -26,10 +27,12 @@ import json
 import pathlib
 
 import numpy as np
-import yaml
 
 from imgpipe.engine import plots  # noqa: F401  (selects matplotlib's Agg backend)
+from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.data.sources import ImageSet
+from imgpipe.engine.client import per_image
+from imgpipe.engine.export import export_metadata
 from imgpipe.errors import DataError
 from imgpipe.understand.perturb import FAMILIES, LEVELS, MEANING, Perturbation, image_seeds, severity_parameters
 from imgpipe.engine.pipeline import FileDecoder, make_dataset
@@ -97,11 +100,11 @@ def run_card(task, model, data, recipe, decoder, run_dir):
         return None
     if task.robustness_metric_name is None:
         return write_card(_not_applicable(task), run_dir)
-    metadata = {"image_size": list(data.image_size), **task.export_metadata(data, recipe)}
+    metadata = export_metadata(task, data, recipe)
     images, targets = validation_examples(data.val, data.image_size, recipe.evaluate.robustness_images,
                                           decoder, recipe.data.max_pixels)
     return write_card(_task_card(task, metadata, images, targets, recipe.data.seed,
-                                 lambda batch: task.robustness_answers(model, batch, metadata)), run_dir)
+                                 lambda batch: task.answers(model, batch, metadata)), run_dir)
 
 
 def export_card(export, data_path, report_dir, max_images=None):
@@ -119,20 +122,14 @@ def export_card(export, data_path, report_dir, max_images=None):
     """
     import tensorflow as tf
 
-    from imgpipe.engine.export import EXTRA_FOLDER, RECIPE_FILE, load_export
-    from imgpipe.engine.recipe import recipe_from_dict
+    from imgpipe.engine.export import export_recipe, load_export
     from imgpipe.engine.registry import TASKS
 
     version_dir, metadata, loaded = load_export(export)
     task = TASKS.get(metadata["task"], key="task")()
     if task.robustness_metric_name is None:
         return write_card(_not_applicable(task), report_dir)
-    recipe_path = version_dir / EXTRA_FOLDER / RECIPE_FILE
-    try:
-        recipe = recipe_from_dict(yaml.safe_load(recipe_path.read_text()), source=str(recipe_path))
-    except (OSError, yaml.YAMLError) as error:
-        raise DataError(f"{recipe_path}: cannot read the export's recipe ({error})") from None
-    recipe = recipe.update(**{"data.path": str(data_path), "data.image_size": metadata["image_size"]})
+    recipe = export_recipe(version_dir).update(**{"data.path": str(data_path), "data.image_size": metadata["image_size"]})
     data = task.read_examples(recipe)
     _require_same_labels(task, data, recipe, metadata, data_path)
     decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
@@ -147,7 +144,7 @@ def export_card(export, data_path, report_dir, max_images=None):
     return write_card(_task_card(task, metadata, images, targets, recipe.data.seed, predict), report_dir)
 
 
-def validation_examples(image_set, size, limit, decoder=None, max_pixels=89_478_485):
+def validation_examples(image_set, size, limit, decoder=None, max_pixels=DEFAULT_MAX_PIXELS):
     """The first `limit` images of a split, decoded and resized as for validation.
 
     Returns:
@@ -221,9 +218,12 @@ def _task_card(task, metadata, images, targets, seed, predict):
     if not len(images):
         card = {"applies": False, "reason": "no validation image could be read"}
     else:
-        card = robustness_card(predict, lambda answers, shown, truth: task.robustness_metric(answers, shown, truth,
-                                                                                              metadata),
-                               images, targets, task.target_kind, seed, families, task.robustness_skipped)
+        def score(answers, shown, targets):
+            truths = [task.truth(image, target) for image, target in zip(shown, targets)]
+            return task.score(per_image(answers), truths, metadata)[task.robustness_metric_name]
+
+        card = robustness_card(predict, score, images, targets, task.target_kind, seed, families,
+                               task.robustness_skipped)
     return {"task": task.name, "metric": task.robustness_metric_name, **card}
 
 

@@ -76,7 +76,7 @@ def make_yolo(root, objects=OBJECTS, names_file="classes.txt"):
 def boxes_by_stem(data):
     """{stem: sorted [(class name, box)]} over both splits."""
     found = {}
-    for annotation in data.extras["annotations"]:
+    for annotation in data.state.annotations:
         stem = annotation.image.rsplit("/", 1)[-1].split(".")[0]
         found[stem] = sorted((data.class_names[c], [round(float(v), 3) for v in box])
                              for box, c in zip(annotation.boxes, annotation.classes))
@@ -91,11 +91,11 @@ def test_each_format_is_detected_and_read_to_the_same_boxes(tmp_path, make, form
     root = make(tmp_path / "data")
     assert detect_format(root) == format
     data = read_detection(root, val_split=0.34, image_size=[32, 32])
-    assert data.extras["format"] == format
+    assert data.state.format == format
     assert data.class_names == ["cat", "dog"]
     assert boxes_by_stem(data) == EXPECTED
     assert len(data.train.paths) + len(data.val.paths) == 3 and len(data.val.paths) >= 1
-    annotation = data.extras["annotations"][0]
+    annotation = data.state.annotations[0]
     assert (annotation.width, annotation.height) == (WIDTH, HEIGHT)
 
 
@@ -228,7 +228,7 @@ def test_layout_that_is_not_detection_is_refused(tmp_path):
 
 def test_real_raccoon_voc_set_reads_every_box(shared_data):
     data = read_detection(shared_data / "raccoon")
-    annotations = data.extras["annotations"]
-    assert data.extras["format"] == "voc" and data.class_names == ["raccoon"]
+    annotations = data.state.annotations
+    assert data.state.format == "voc" and data.class_names == ["raccoon"]
     assert len(annotations) == 200 and sum(len(a.boxes) for a in annotations) == 217
     assert all(np.all(a.boxes[:, 2:] <= [a.width, a.height]) for a in annotations)

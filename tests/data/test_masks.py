@@ -31,7 +31,7 @@ def make_pairs(root, count=6, size=(24, 32), mask_mode="L", values=(0, 1, 2), pa
 
 def test_index_masks_keep_their_values(tmp_path):
     data = read_mask_folders(make_pairs(tmp_path, values=(0, 1, 2)))
-    encoding = data.extras["encoding"]
+    encoding = data.state
     assert (encoding.kind, encoding.num_classes, encoding.ignore_index) == ("index", 3, None)
     assert data.class_names == ["class_0", "class_1", "class_2"]
     mask = load_mask(data.train.targets[0], (24, 32), encoding)
@@ -40,26 +40,26 @@ def test_index_masks_keep_their_values(tmp_path):
 
 def test_palette_masks_are_read_as_indices(tmp_path):
     data = read_mask_folders(make_pairs(tmp_path, mask_mode="P", values=(0, 1, 2)))
-    assert data.extras["encoding"].kind == "index" and data.num_classes == 3
+    assert data.state.kind == "index" and data.num_classes == 3
 
 
 def test_binary_0_255_masks_become_two_classes(tmp_path):
     data = read_mask_folders(make_pairs(tmp_path, values=(0, 255)))
-    encoding = data.extras["encoding"]
+    encoding = data.state
     assert (encoding.kind, encoding.num_classes, encoding.ignore_index) == ("binary", 2, None)
     assert set(np.unique(load_mask(data.val.targets[0], (24, 32), encoding))) == {0, 1}
 
 
 def test_255_is_ignored_where_it_is_not_a_class(tmp_path):
     data = read_mask_folders(make_pairs(tmp_path, values=(0, 1, 255)))
-    encoding = data.extras["encoding"]
+    encoding = data.state
     assert (encoding.kind, encoding.num_classes, encoding.ignore_index) == ("index", 2, 255)
     assert set(np.unique(load_mask(data.val.targets[0], (24, 32), encoding))) == {0, 1, 255}
 
 
 def test_explicit_ignore_index(tmp_path):
     data = read_mask_folders(make_pairs(tmp_path, values=(0, 1, 2, 3)), ignore_index=3)
-    encoding = data.extras["encoding"]
+    encoding = data.state
     assert (encoding.num_classes, encoding.ignore_index) == (3, 3)
 
 
@@ -69,7 +69,7 @@ def test_rgb_masks_with_a_labelmap(tmp_path):
     (root / "labelmap.txt").write_text("# label:color_rgb:parts:actions\nbackground:0,0,0::\ncat:128,0,0::\n"
                                        "dog:0,128,0::\n")
     data = read_mask_folders(root)
-    encoding = data.extras["encoding"]
+    encoding = data.state
     assert data.class_names == ["background", "cat", "dog"]
     assert encoding.kind == "colour" and encoding.colours == [list(c) for c in colours]
     mask = load_mask(data.train.targets[0], (24, 32), encoding)
@@ -79,7 +79,7 @@ def test_rgb_masks_with_a_labelmap(tmp_path):
 def test_rgb_colours_are_discovered_and_reported(tmp_path, caplog):
     root = make_pairs(tmp_path, mask_mode="RGB", values=((0, 0, 0), (0, 0, 200), (200, 0, 0)))
     data = read_mask_folders(root)
-    assert data.extras["encoding"].colours == [[0, 0, 0], [0, 0, 200], [200, 0, 0]]
+    assert data.state.colours == [[0, 0, 0], [0, 0, 200], [200, 0, 0]]
     assert data.class_names == ["class_0", "class_1", "class_2"]
     assert "mask colours found" in caplog.text
 
@@ -96,7 +96,7 @@ def test_colour_table_formats(tmp_path, text, names, colours):
 
 def test_masks_are_resized_with_nearest_neighbour_only(tmp_path):
     data = read_mask_folders(make_pairs(tmp_path, size=(50, 70), values=(0, 3, 7)))
-    mask = load_mask(data.train.targets[0], (16, 16), data.extras["encoding"])
+    mask = load_mask(data.train.targets[0], (16, 16), data.state)
     assert mask.shape == (16, 16) and set(np.unique(mask)) <= {0, 3, 7}
 
 
@@ -139,7 +139,7 @@ def test_voc_layout_with_its_split_files_and_names(tmp_path):
     data = read_mask_folders(voc)
     assert (data.train.count, data.val.count) == (3, 1)
     assert data.class_names[15] == "person" and len(data.class_names) == 21
-    assert data.extras["encoding"].ignore_index == 255
+    assert data.state.ignore_index == 255
 
 
 def test_unknown_layout_is_a_data_error(tmp_path):

@@ -19,6 +19,7 @@ from keras import ops
 from imgpipe.engine import plots
 from imgpipe.data.demo import demo_classification_folder
 from imgpipe.data.folders import read_class_folders, scan_class_folders
+from imgpipe.data.sources import LabelledFiles
 from imgpipe.data.tfds import read_tfds
 from imgpipe.errors import DataError
 from imgpipe.understand.explain.visualise import write_grad_cam_grid
@@ -174,19 +175,25 @@ class ClassificationTask(Task):
             return None
         return inverse_frequency_weights(data.train.targets, data.num_classes)
 
-    # === Results ===
-    def final_metrics(self, model, val_ds, data, run_dir):
-        metrics = super().final_metrics(model, val_ds, data, run_dir)
-        # The validation pipeline is not shuffled, so labels line up with predictions.
-        probabilities = model.predict(val_ds, verbose=0)
-        labels = np.concatenate([np.asarray(targets) for _, targets in val_ds])
-        report_metrics, matrix = classification_report(labels, probabilities, data.class_names)
-        metrics.update({f"val_{key}": value for key, value in report_metrics.items()
-                        if "/" in key})
-        plots.plot_confusion_matrix(matrix, data.class_names, pathlib.Path(run_dir) / "confusion_matrix.png")
+    # === Scoring ===
+    def answers(self, model, images, metadata):
+        return {"probabilities": np.asarray(model(images, training=False))}
+
+    def truth(self, image, target):
+        return int(target)
+
+    def score(self, answers, truths, metadata):
+        metrics, _ = classification_report(truths, [a["probabilities"] for a in answers], metadata["class_names"])
+        return metrics
+
+    def plot_scores(self, answers, truths, metadata, folder):
+        _, matrix = classification_report(truths, [a["probabilities"] for a in answers], metadata["class_names"])
+        plots.plot_confusion_matrix(matrix, metadata["class_names"], pathlib.Path(folder) / "confusion_matrix.png")
+
+    def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
         images, labels = images_across_classes(val_ds, GRAD_CAM_IMAGES, data.num_classes)
         write_grad_cam_grid(model, images, data.class_names, pathlib.Path(run_dir) / "gradcam.png", labels=labels)
-        return metrics
+        return {}
 
     def preview(self, samples, data, path):
         images = [image for image, _ in samples]
@@ -195,13 +202,6 @@ class ClassificationTask(Task):
 
     # === Robustness ===
     robustness_metric_name = "accuracy"
-
-    def robustness_answers(self, model, images, metadata):
-        return {"probabilities": np.asarray(model(images, training=False))}
-
-    def robustness_metric(self, answers, images, targets, metadata):
-        metrics, _ = classification_report(targets, answers["probabilities"], metadata["class_names"])
-        return metrics["accuracy"]
 
     # === Serving ===
     def export_archive(self, model, data, recipe):
@@ -234,25 +234,19 @@ class ClassificationTask(Task):
         return {"class_names": list(data.class_names), "top_k": min(recipe.options.top_k, data.num_classes)}
 
     # === Using an export ===
-    def evaluate_export(self, loaded, metadata, data_path, report_dir):
-        class_names = metadata["class_names"]
-        root = pathlib.Path(data_path)
+    def evaluation_files(self, folder, metadata, max_pixels):
+        root = pathlib.Path(folder)
         if not root.is_dir():
             raise DataError(f"{root}: data folder not found")
-        paths, labels, _, _, skipped = scan_class_folders(root, 89_478_485, class_names)
-        if not paths:
-            raise DataError(f"{root}: no readable images to evaluate")
-        outputs = run_signature(loaded, paths)
-        metrics, matrix = classification_report(labels, outputs["probabilities"], class_names)
-        plots.plot_confusion_matrix(matrix, class_names, pathlib.Path(report_dir) / "confusion_matrix.png")
-        return {**metrics, "images": len(paths), "skipped_files": len(skipped)}
+        paths, labels, _, _, skipped = scan_class_folders(root, max_pixels, metadata["class_names"])
+        return LabelledFiles(paths, [int(label) for label in labels], skipped)
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         class_names = metadata["class_names"]
         top_k = min(top_k or 1, len(class_names))
-        probabilities = run_signature(loaded, paths)["probabilities"]
         results = []
-        for path, row in zip(paths, probabilities):
+        for path, answer in zip(paths, run_signature(loaded, paths)):
+            row = answer["probabilities"]
             best = np.argsort(-row)[:top_k]
             results.append({"file": path, "predictions": [
                 {"class_name": class_names[i], "score": round(float(row[i]), 4)} for i in best]})

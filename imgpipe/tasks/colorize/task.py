@@ -22,14 +22,16 @@ from imgpipe.models.lab import (ab_bins, annealed_mean, colorfulness, encode_ab,
                            rebalancing_weights, rgb_to_lab)
 from imgpipe.data.demo import demo_colorize_folder
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import UnreadableImage, decode_bytes, load_image
+from imgpipe.data.images import UnreadableImage, load_image
+from imgpipe.data.sources import LabelledFiles
 from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError
-from imgpipe.engine.client import read_image_bytes, write_produced_images
+from imgpipe.engine.client import write_produced_images
 from imgpipe.models import MODELS
 from imgpipe.models.colorizers import GreyFromLightness
 from imgpipe.engine.serving import images_at_original_size, resize_float
 from imgpipe.tasks.base import Task
+from imgpipe.tasks.colorize.state import ColorizeState
 
 TEMPERATURE = {"classification": 0.38, "l1": 1.0}
 REBALANCE_IMAGES = 256
@@ -69,6 +71,30 @@ def colour_metrics(results, originals):
     return {"psnr": tf.image.psnr(results, originals, 255.0).numpy(),
             "ssim": tf.image.ssim(results, originals, 255.0).numpy(),
             "colorfulness": colorfulness(results).numpy()}
+
+
+def colour_at_truth_size(answer, truth):
+    """A served or model answer's image cut to its truth's size (served images are padded to their batch's largest).
+
+    A served answer also says its image's size; one that differs from the
+    truth's is an image the model saw without its EXIF rotation.
+    """
+    height, width = truth.shape[:2]
+    if "height" in answer and (int(answer["height"]), int(answer["width"])) != (height, width):
+        raise DataError(f"an image was decoded at {int(answer['width'])}x{int(answer['height'])} by the model but is "
+                        f"{width}x{height} upright (EXIF rotation); rotate the file to evaluate it")
+    return answer["image"][:height, :width]
+
+
+def same_size_groups(results, originals):
+    """Yields (results [N, H, W, 3], originals [N, H, W, 3]) of consecutive images of one size, for batched metrics."""
+    start = 0
+    while start < len(originals):
+        end = start + 1
+        while end < len(originals) and originals[end].shape == originals[start].shape:
+            end += 1
+        yield np.stack(results[start:end]).astype(np.float32), np.stack(originals[start:end]).astype(np.float32)
+        start = end
 
 
 class ColorizationModel(keras.Model):
@@ -118,6 +144,7 @@ class ColorizeTask(Task):
     target_kind = "label"
     monitor = ("val_loss", "min")
     main_metric = "val_psnr"
+    state_class = ColorizeState
 
     # === Data ===
     def read_data(self, recipe):
@@ -126,7 +153,7 @@ class ColorizeTask(Task):
         bins = ab_bins()
         counts = bin_counts(data.train.paths, bins, settings.max_pixels)
         mix = recipe.options.color_uniform_mix
-        data.extras["bin_weights"] = rebalancing_weights(counts, mix=mix, bins=bins).tolist()
+        data.state = ColorizeState(rebalancing_weights(counts, mix=mix, bins=bins).tolist())
         return data
 
     def read_examples(self, recipe):
@@ -138,45 +165,47 @@ class ColorizeTask(Task):
     def target_signature(self, data):
         return tf.int32, ()
 
-    def saved_extras(self, data):
-        return {"bin_weights": data.extras["bin_weights"]}
-
     # === Model ===
     def build_model(self, recipe, data):
         build = MODELS.get(recipe.model.name, key="model.name")
         segmenter = build(tuple(data.image_size) + (3,), len(ab_bins()), weights=recipe.model.weights)
-        model = ColorizationModel(segmenter, data.extras["bin_weights"], recipe.options.color_loss)
+        model = ColorizationModel(segmenter, data.state.bin_weights, recipe.options.color_loss)
         model(tf.zeros([1] + list(data.image_size) + [3]))
         return model
 
     def compile_settings(self, recipe, data):
         return {}  # the loss lives in ColorizationModel.compute_loss
 
-    # === Results ===
-    def final_metrics(self, model, val_ds, data, run_dir):
-        metrics = super().final_metrics(model, val_ds, data, run_dir)
-        temperature = TEMPERATURE[model.loss_kind]
+    # === Scoring ===
+    def answers(self, model, images, metadata):
+        images = tf.cast(images, tf.float32)
+        results = colorized(model(images, training=False), rgb_to_lab(images)[..., :1], metadata["temperature"])
+        return {"image": results.numpy()}
+
+    def truth(self, image, target):
+        # The image's own colours are the truth: the model sees its lightness only.
+        return np.asarray(image, np.float32)
+
+    def score(self, answers, truths, metadata):
+        """PSNR, SSIM and colourfulness of the results, of the grey image (`_grey`), and the originals' colourfulness."""
+        results = [colour_at_truth_size(answer, truth) for answer, truth in zip(answers, truths)]
         collected = {"": [], "_grey": [], "_true": []}
-        samples = []
-        for images, _ in val_ds:
-            results = colorized(model(images, training=False), rgb_to_lab(images)[..., :1], temperature)
-            greys = grey_version(images)
-            collected[""].append(colour_metrics(results, images))
-            collected["_grey"].append(colour_metrics(greys, images))
-            collected["_true"].append({"colorfulness": colorfulness(images).numpy()})
-            for grey, result, original in zip(greys.numpy(), results.numpy(), images.numpy()):
-                if len(samples) < SAMPLES:
-                    samples.append((grey, result, original))
-        for suffix, batches in collected.items():
-            for key in batches[0]:
-                metrics[f"val_{key}{suffix}"] = float(np.mean(np.concatenate([b[key] for b in batches])))
+        for result, original in same_size_groups(results, truths):
+            collected[""].append(colour_metrics(result, original))
+            collected["_grey"].append(colour_metrics(grey_version(original), original))
+            collected["_true"].append({"colorfulness": colorfulness(original).numpy()})
+        return {f"{key}{suffix}": float(np.mean(np.concatenate([row[key] for row in rows])))
+                for suffix, rows in collected.items() for key in rows[0]}
+
+    def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
         images, titles = [], []
-        for grey, result, original in samples:
-            images += [np.round(p).astype(np.uint8) for p in (grey, result, original)]
+        for answer, original in list(zip(answers, truths))[:SAMPLES]:
+            grey = grey_version(original[None])[0].numpy()
+            images += [np.round(p).astype(np.uint8) for p in (grey, answer["image"], original)]
             titles += ["grey input", "result", "original"]
         plots.plot_image_grid(images, titles, pathlib.Path(run_dir) / "samples.png", columns=6,
-                               title="validation: grey input | result | original")
-        return metrics
+                              title="validation: grey input | result | original")
+        return {}
 
     def preview(self, samples, data, path):
         images = [image for image, _ in samples]
@@ -188,15 +217,6 @@ class ColorizeTask(Task):
     robustness_skipped = {"illumination": "a colour cast or exposure change alters the very colours the model is "
                                           "asked to recover from lightness alone; PSNR would score the change, "
                                           "not the model"}
-
-    def robustness_answers(self, model, images, metadata):
-        images = tf.cast(images, tf.float32)
-        results = colorized(model(images, training=False), rgb_to_lab(images)[..., :1], metadata["temperature"])
-        return {"image": results.numpy()}
-
-    def robustness_metric(self, answers, images, targets, metadata):
-        # The perturbed image's own colours are the truth: the model sees its lightness only.
-        return float(np.mean(colour_metrics(answers["image"], np.asarray(images, np.float32))["psnr"]))
 
     # === Serving ===
     def export_archive(self, model, data, recipe):
@@ -220,29 +240,11 @@ class ColorizeTask(Task):
                 "ab_bins": len(ab_bins())}
 
     # === Using an export ===
-    def evaluate_export(self, loaded, metadata, data_path, report_dir):
-        paths = list_images(data_path)
+    def evaluation_files(self, folder, metadata, max_pixels):
+        paths = list_images(folder)
         if not paths:
-            raise DataError(f"{data_path}: no images")
-        serve = loaded.signatures["serving_default"]
-        per_image = {"": [], "_grey": [], "_true": []}
-        for path in paths:
-            encoded = read_image_bytes(path)  # read once: the model and the reference see the same bytes
-            original = tf.constant(decode_bytes(encoded, name=path)[None].astype(np.float32))
-            answer = serve(image_bytes=tf.constant([encoded]))
-            height, width = int(answer["height"][0]), int(answer["width"][0])
-            if (height, width) != tuple(original.shape[1:3]):
-                raise DataError(f"{path}: decoded at {width}x{height} by the model but {original.shape[2]}x"
-                                f"{original.shape[1]} upright (EXIF rotation); rotate the file to evaluate it")
-            result = answer["image"][:, :height, :width]
-            per_image[""].append(colour_metrics(result, original))
-            per_image["_grey"].append(colour_metrics(grey_version(original), original))
-            per_image["_true"].append({"colorfulness": colorfulness(original).numpy()})
-        metrics = {"images": len(paths)}
-        for suffix, rows in per_image.items():
-            for key in rows[0]:
-                metrics[f"{key}{suffix}"] = float(np.mean(np.concatenate([row[key] for row in rows])))
-        return metrics
+            raise DataError(f"{folder}: no images")
+        return LabelledFiles(paths, [load_image(path, max_pixels=max_pixels).astype(np.float32) for path in paths])
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         return write_produced_images(loaded, paths, out_dir, "colour")

@@ -21,16 +21,17 @@ from imgpipe.engine import plots
 from imgpipe.tasks.detect.coco_eval import coco_map
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.data.demo import demo_detection_folder
-from imgpipe.data.detection import clean_split, read_annotations, read_detection
-from imgpipe.data.images import DEFAULT_MAX_PIXELS, load_image
+from imgpipe.data.detection import DetectionLabels, clean_split, read_annotations, read_detection
+from imgpipe.data.images import load_image
+from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
 from imgpipe.engine.client import run_signature
+from imgpipe.engine.scoring import first_images, model_answers
 from imgpipe.models import MODELS
 from imgpipe.models.centernet import CenterNetLoss, decode_detections
 from imgpipe.engine.serving import decode_batch, resize_float
 from imgpipe.tasks.base import Task
 
-DRAW_SCORE = 0.1  # the default detect.score_threshold
 PREDICTION_SAMPLES = 8
 
 
@@ -47,14 +48,15 @@ class MeanAveragePrecisionCallback(keras.callbacks.Callback):
     Keras' CSV logger fixes its columns at the first epoch.
     """
 
-    def __init__(self, task, val_ds, data, every):
+    def __init__(self, task, val_ds, metadata, every):
         super().__init__()
-        self.task, self.val_ds, self.data, self.every = task, val_ds, data, every
+        self.task, self.val_ds, self.metadata, self.every = task, val_ds, metadata, every
         self.latest = {"map": float("nan"), "map50": float("nan")}
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
-            self.latest, _ = self.task.validation_map(self.model, self.val_ds, self.data)
+            answers, truths = model_answers(self.task, self.model, self.val_ds, self.metadata)
+            self.latest = self.task.score(answers, truths, self.metadata)
         if logs is not None:
             logs["val_map"], logs["val_map50"] = self.latest["map"], self.latest["map50"]
 
@@ -64,6 +66,7 @@ class DetectionTask(Task):
     target_kind = "boxes"
     monitor = ("val_loss", "min")
     main_metric = "val_map50"
+    state_class = DetectionLabels
 
     # === Data ===
     def read_data(self, recipe):
@@ -72,11 +75,11 @@ class DetectionTask(Task):
         data_format = settings.format if settings.format in ("voc", "coco", "yolo") else "auto"
         data = read_detection(path, data_format, settings.val_split, settings.seed, settings.max_pixels,
                               settings.image_size)
-        data.extras["max_boxes"] = recipe.options.max_boxes
+        data.state.max_boxes = recipe.options.max_boxes
         return data
 
     def describe_data(self, recipe, data):
-        annotations = data.extras["annotations"]
+        annotations = data.state.annotations
         rows = {name: {"class": name, "training objects": 0, "validation objects": 0, "images": 0}
                 for name in data.class_names}
         empty = {"training": 0, "validation": 0}
@@ -90,7 +93,7 @@ class DetectionTask(Task):
                 for class_index in set(classes.tolist()):
                     rows[data.class_names[class_index]]["images"] += 1
         return {
-            "annotation format": data.extras["format"],
+            "annotation format": data.state.format,
             "class names found": ", ".join(data.class_names),
             "images without objects": f"{empty['training']} training, {empty['validation']} validation "
                                       "(kept as negatives)",
@@ -98,10 +101,10 @@ class DetectionTask(Task):
         }
 
     def target_signature(self, data):
-        return tf.float32, (data.extras["max_boxes"], 5)
+        return tf.float32, (data.state.max_boxes, 5)
 
     def load_target(self, data):
-        annotations, max_boxes = data.extras["annotations"], data.extras["max_boxes"]
+        annotations, max_boxes = data.state.annotations, data.state.max_boxes
 
         def load(index, size):
             annotation = annotations[int(index)]
@@ -121,45 +124,40 @@ class DetectionTask(Task):
     def callbacks(self, recipe, data, val_ds):
         if not recipe.options.map_every:
             return []
-        return [MeanAveragePrecisionCallback(self, val_ds, data, recipe.options.map_every)]
+        metadata = {"class_names": list(data.class_names), **self.export_metadata(data, recipe)}
+        return [MeanAveragePrecisionCallback(self, val_ds, metadata, recipe.options.map_every)]
 
-    # === Results ===
-    def detect(self, model, images, num_classes):
-        """Final detections for a batch of model-size images: lists of (boxes, scores, classes) in input pixels."""
-        boxes, scores, classes, counts = decode_detections(model(images, training=False), num_classes)
-        return [(b[:n], s[:n], c[:n]) for b, s, c, n in
-                zip(boxes.numpy(), scores.numpy(), classes.numpy(), counts.numpy())]
+    # === Scoring ===
+    def answers(self, model, images, metadata):
+        # As the export answers: its score threshold and detection limit, boxes clipped to the image.
+        boxes, scores, classes, counts = decode_detections(
+            model(images, training=False), len(metadata["class_names"]), max_detections=metadata["max_detections"],
+            min_score=metadata["score_threshold"])
+        height, width = images.shape[1:3]
+        boxes = np.clip(boxes.numpy(), 0.0, np.array([width, height, width, height], np.float32))
+        return {"boxes": boxes, "scores": scores.numpy(), "class_ids": classes.numpy(),
+                "num_detections": counts.numpy()}
 
-    def validation_map(self, model, val_ds, data):
-        """COCO mAP on the validation split in original-image pixels, and a few samples to draw."""
-        annotations = data.extras["annotations"]
-        truth, found, samples = [], [], []
-        indices = iter(data.val.targets)
-        for images, _ in val_ds:
-            for image, (boxes, scores, classes) in zip(images.numpy(), self.detect(model, images, data.num_classes)):
-                annotation = annotations[int(next(indices))]
-                original = (annotation.height, annotation.width)
-                truth.append((annotation.boxes, annotation.classes))
-                found.append((scale_boxes(boxes, data.image_size, original), scores, classes))
-                if len(samples) < PREDICTION_SAMPLES:
-                    samples.append((image.astype(np.uint8), scale_boxes(annotation.boxes, original, data.image_size),
-                                    annotation.classes, boxes, scores, classes))
-        return coco_map(truth, found, data.class_names), samples
+    def truth(self, image, target):
+        return unpad_boxes(target)
 
-    def final_metrics(self, model, val_ds, data, run_dir):
-        metrics = super().final_metrics(model, val_ds, data, run_dir)
-        average_precision, samples = self.validation_map(model, val_ds, data)
-        metrics.update({f"val_{key}": value for key, value in average_precision.items()})
+    def score(self, answers, truths, metadata):
+        found = [(a["boxes"][:a["num_detections"]], a["scores"][:a["num_detections"]],
+                  a["class_ids"][:a["num_detections"]]) for a in answers]
+        return coco_map(truths, found, metadata["class_names"])
+
+    def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
         images, titles = [], []
-        for image, gt_boxes, gt_classes, boxes, scores, classes in samples:
-            keep = scores >= DRAW_SCORE
+        for image, (gt_boxes, gt_classes), answer in zip(first_images(val_ds, PREDICTION_SAMPLES), truths, answers):
+            count = answer["num_detections"]
+            boxes, scores, classes = answer["boxes"][:count], answer["scores"][:count], answer["class_ids"][:count]
             drawn = plots.draw_boxes(image, gt_boxes, [data.class_names[c] for c in gt_classes], (40, 220, 40))
-            images.append(plots.draw_boxes(drawn, boxes[keep], [f"{data.class_names[c]} {s:.2f}" for c, s in
-                                                                 zip(classes[keep], scores[keep])], (230, 40, 40)))
-            titles.append(f"{int(keep.sum())} found / {len(gt_boxes)} true")
+            images.append(plots.draw_boxes(drawn, boxes, [f"{data.class_names[c]} {s:.2f}" for c, s in
+                                                          zip(classes, scores)], (230, 40, 40)))
+            titles.append(f"{count} found / {len(gt_boxes)} true")
         plots.plot_image_grid(images, titles, pathlib.Path(run_dir) / "predictions.png", columns=4,
-                               title="validation: truth (green) and predictions (red)")
-        return metrics
+                              title="validation: truth (green) and predictions (red)")
+        return {}
 
     def preview(self, samples, data, path):
         images, titles = [], []
@@ -171,22 +169,6 @@ class DetectionTask(Task):
 
     # === Robustness ===
     robustness_metric_name = "map50"
-
-    def robustness_answers(self, model, images, metadata):
-        # As the export answers: its score threshold and detection limit, boxes clipped to the image.
-        boxes, scores, classes, counts = decode_detections(
-            model(images, training=False), len(metadata["class_names"]), max_detections=metadata["max_detections"],
-            min_score=metadata["score_threshold"])
-        height, width = images.shape[1:3]
-        boxes = np.clip(boxes.numpy(), 0.0, np.array([width, height, width, height], np.float32))
-        return {"boxes": boxes, "scores": scores.numpy(), "class_ids": classes.numpy(),
-                "num_detections": counts.numpy()}
-
-    def robustness_metric(self, answers, images, targets, metadata):
-        truth = [unpad_boxes(padded) for padded in targets]
-        found = [(answers["boxes"][i][:n], answers["scores"][i][:n], answers["class_ids"][i][:n])
-                 for i, n in enumerate(answers["num_detections"])]
-        return coco_map(truth, found, metadata["class_names"])["map50"]
 
     # === Serving ===
     def export_archive(self, model, data, recipe):
@@ -224,30 +206,25 @@ class DetectionTask(Task):
                 "score_threshold": recipe.options.score_threshold, "max_detections": recipe.options.max_detections}
 
     # === Using an export ===
-    def evaluate_export(self, loaded, metadata, data_path, report_dir):
-        splits, names, _ = read_annotations(data_path)
+    def evaluation_files(self, folder, metadata, max_pixels):
+        splits, names, _ = read_annotations(folder, max_pixels=max_pixels)
         missing = sorted(set(names) - set(metadata["class_names"]))
         if missing:
-            raise DataError(f"{data_path}: class {missing[0]!r} is not one of the model's classes")
-        annotations, _, skipped = clean_split([a for split in splits.values() for a in split], DEFAULT_MAX_PIXELS)
+            raise DataError(f"{folder}: class {missing[0]!r} is not one of the model's classes")
+        annotations, _, skipped = clean_split([a for split in splits.values() for a in split], max_pixels)
         index_of = {name: metadata["class_names"].index(name) for name in names}
-        outputs = run_signature(loaded, [a.image for a in annotations])
-        truth = [(a.boxes, [index_of[names[c]] for c in a.classes]) for a in annotations]
-        found = [(outputs["boxes"][i][:n], outputs["scores"][i][:n], outputs["class_ids"][i][:n])
-                 for i, n in enumerate(outputs["num_detections"])]
-        return {**coco_map(truth, found, metadata["class_names"]), "images": len(annotations),
-                "skipped_files": len(skipped), "score_threshold": metadata["score_threshold"]}
+        return LabelledFiles([a.image for a in annotations],
+                             [(a.boxes, np.array([index_of[names[c]] for c in a.classes], np.int64))
+                              for a in annotations], skipped)
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         """Boxes per file, and each image drawn with its boxes into `out_dir` (default runs/predict/<name>)."""
         out_dir = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path("runs") / "predict" / metadata["name"]
-        outputs = run_signature(loaded, paths)
         results = []
-        for index, path in enumerate(paths):
-            count = int(outputs["num_detections"][index])
-            objects = [{"class_name": outputs["class_names"][index][i].decode(),
-                        "score": round(float(outputs["scores"][index][i]), 4),
-                        "box": [round(float(v), 1) for v in outputs["boxes"][index][i]]} for i in range(count)]
+        for path, answer in zip(paths, run_signature(loaded, paths)):
+            count = int(answer["num_detections"])
+            objects = [{"class_name": answer["class_names"][i].decode(), "score": round(float(answer["scores"][i]), 4),
+                        "box": [round(float(v), 1) for v in answer["boxes"][i]]} for i in range(count)]
             target = out_dir / (pathlib.Path(path).stem + "_boxes.png")
             target.parent.mkdir(parents=True, exist_ok=True)
             drawn = plots.draw_boxes(load_image(path), [o["box"] for o in objects],

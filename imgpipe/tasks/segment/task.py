@@ -21,8 +21,10 @@ from keras import ops
 from imgpipe.engine import plots
 from imgpipe.data.masks import (MaskEncoding, count_mask_values, list_pairs, load_mask, read_mask_array,
                                  read_mask_folders)
+from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
 from imgpipe.engine.client import run_signature
+from imgpipe.engine.scoring import first_images
 from imgpipe.models import MODELS
 from imgpipe.engine.serving import decode_batch, resize_float
 from imgpipe.tasks.base import Task
@@ -133,6 +135,18 @@ def iou_report(matrix, class_names):
     return metrics
 
 
+def predicted_mask(answer, shape):
+    """An answer's mask at its truth's `shape`: served masks are padded to the largest image of their batch.
+
+    A served answer also says its image's size; one that differs from the
+    truth's is an image the model saw rotated (EXIF) against its mask.
+    """
+    if "height" in answer and (int(answer["height"]), int(answer["width"])) != tuple(shape):
+        raise DataError(f"a mask is {shape[1]}x{shape[0]} but the model saw {int(answer['width'])}x"
+                        f"{int(answer['height'])} (an EXIF-rotated image?)")
+    return answer["mask"][:shape[0], :shape[1]]
+
+
 def pixel_class_counts(mask_paths, encoding, size):
     """Pixels of each class in the masks at model size (ignored pixels left out)."""
     counts = np.zeros(encoding.num_classes, np.int64)
@@ -155,6 +169,7 @@ class SegmentationTask(Task):
     target_kind = "mask"
     monitor = ("val_mean_iou", "max")
     main_metric = "val_mean_iou"
+    state_class = MaskEncoding
     explain_target = "region"
 
     # === Data ===
@@ -166,7 +181,7 @@ class SegmentationTask(Task):
                                  settings.image_size, recipe.options.ignore_index)
 
     def describe_data(self, recipe, data):
-        encoding = data.extras["encoding"]
+        encoding = data.state
         masks = list(data.train.targets) + list(data.val.targets)
         counts = pixel_class_counts(data.train.targets, encoding, data.image_size)
         weights = pixel_class_weights(data.train.targets, encoding, data.image_size)
@@ -189,7 +204,7 @@ class SegmentationTask(Task):
         return tf.int32, tuple(data.image_size)
 
     def load_target(self, data):
-        encoding = data.extras["encoding"]
+        encoding = data.state
 
         def load(mask_path, size):
             return load_mask(mask_path.decode() if isinstance(mask_path, bytes) else str(mask_path), size, encoding)
@@ -203,7 +218,7 @@ class SegmentationTask(Task):
                      dropout=recipe.model.dropout)
 
     def compile_settings(self, recipe, data):
-        encoding = data.extras["encoding"]
+        encoding = data.state
         class_weights = None
         if recipe.train.class_weight == "auto":
             class_weights = pixel_class_weights(data.train.targets, encoding, data.image_size)
@@ -217,25 +232,28 @@ class SegmentationTask(Task):
             ],
         }
 
-    # === Results ===
-    def final_metrics(self, model, val_ds, data, run_dir):
-        metrics = super().final_metrics(model, val_ds, data, run_dir)
-        encoding = data.extras["encoding"]
-        matrix = np.zeros((data.num_classes, data.num_classes), np.int64)
-        samples = []
-        for images, masks in val_ds:
-            predicted = np.argmax(model(images, training=False).numpy(), axis=-1)
-            matrix += confusion_matrix(masks.numpy(), predicted, data.num_classes, encoding.ignore_index)
-            for image, mask, guess in zip(images.numpy(), masks.numpy(), predicted):
-                if len(samples) < PREDICTION_SAMPLES:
-                    samples.append((image.astype(np.uint8), mask, guess))
-        report_metrics = iou_report(matrix, data.class_names)
-        metrics.update({f"val_{key}": value for key, value in report_metrics.items() if key.startswith("iou/")})
+    # === Scoring ===
+    def answers(self, model, images, metadata):
+        return {"mask": np.argmax(np.asarray(model(images, training=False)), axis=-1)}
+
+    def score(self, answers, truths, metadata):
+        class_names = metadata["class_names"]
+        encoding = MaskEncoding(**metadata["encoding"])
+        matrix = np.zeros((len(class_names), len(class_names)), np.int64)
+        for answer, truth in zip(answers, truths):
+            # Pixels a perturbation brought in from outside the image have mask value -1: not scored.
+            matrix += confusion_matrix(truth, predicted_mask(answer, truth.shape), len(class_names),
+                                       encoding.ignore_index)
+        return iou_report(matrix, class_names)
+
+    def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
+        samples = [(image, truth, answer["mask"])
+                   for image, truth, answer in zip(first_images(val_ds, PREDICTION_SAMPLES), truths, answers)]
         self._plot_predictions(samples, data, pathlib.Path(run_dir) / "predictions.png")
-        return metrics
+        return {}
 
     def _plot_predictions(self, samples, data, path):
-        encoding = data.extras["encoding"]
+        encoding = data.state
         palette = plots.class_palette(data.num_classes, encoding.colours)
         images, titles = [], []
         for image, mask, guess in samples:
@@ -245,7 +263,7 @@ class SegmentationTask(Task):
         plots.plot_image_grid(images, titles, path, columns=6, title="validation: image | truth | prediction")
 
     def preview(self, samples, data, path):
-        encoding = data.extras["encoding"]
+        encoding = data.state
         palette = plots.class_palette(data.num_classes, encoding.colours)
         images = [plots.overlay_mask(image, mask, palette, ignore_index=encoding.ignore_index)
                   for image, mask in samples]
@@ -254,23 +272,7 @@ class SegmentationTask(Task):
     # === Robustness ===
     robustness_metric_name = "mean_iou"
 
-    def robustness_answers(self, model, images, metadata):
-        return {"mask": np.argmax(np.asarray(model(images, training=False)), axis=-1)}
-
-    def robustness_metric(self, answers, images, targets, metadata):
-        class_names = metadata["class_names"]
-        encoding = MaskEncoding(**metadata["encoding"])
-        # Pixels a perturbation brought in from outside the image have mask value -1: not scored.
-        matrix = confusion_matrix(targets, answers["mask"], len(class_names), encoding.ignore_index)
-        return iou_report(matrix, class_names)["mean_iou"]
-
     # === Serving ===
-    def saved_extras(self, data):
-        return {"encoding": data.extras["encoding"].to_dict()}
-
-    def restored_extras(self, saved):
-        return {"encoding": MaskEncoding(**saved["encoding"])}
-
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)
         num_classes = data.num_classes
@@ -308,37 +310,26 @@ class SegmentationTask(Task):
         return self.make_archive(model, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
-        return {"class_names": list(data.class_names), "encoding": data.extras["encoding"].to_dict()}
+        return {"class_names": list(data.class_names), "encoding": data.state.to_dict()}
 
     # === Using an export ===
-    def evaluate_export(self, loaded, metadata, data_path, report_dir):
+    def evaluation_files(self, folder, metadata, max_pixels):
         encoding = MaskEncoding(**metadata["encoding"])
-        pairs = list_pairs(data_path)
-        class_names = metadata["class_names"]
-        outputs = run_signature(loaded, [image for image, _ in pairs])
-        matrix = np.zeros((len(class_names), len(class_names)), np.int64)
-        for index, (_, mask_path) in enumerate(pairs):
-            truth = encoding.encode(read_mask_array(mask_path))
-            height, width = outputs["height"][index], outputs["width"][index]
-            predicted = outputs["mask"][index][:height, :width]
-            if predicted.shape != truth.shape:
-                raise DataError(f"{mask_path}: mask is {truth.shape[1]}x{truth.shape[0]} but the model saw "
-                                f"{width}x{height} (an EXIF-rotated image?)")
-            matrix += confusion_matrix(truth, predicted, len(class_names), encoding.ignore_index)
-        return {**iou_report(matrix, class_names), "images": len(pairs)}
+        pairs = list_pairs(folder)
+        return LabelledFiles([image for image, _ in pairs],
+                             [encoding.encode(read_mask_array(mask_path)) for _, mask_path in pairs])
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         class_names = metadata["class_names"]
-        outputs = run_signature(loaded, paths)
         results = []
-        for index, path in enumerate(paths):
-            fractions = outputs["class_fraction"][index]
-            result = {"file": path, "height": int(outputs["height"][index]), "width": int(outputs["width"][index]),
-                      "class_fraction": {name: round(float(f), 4) for name, f in zip(class_names, fractions) if f}}
+        for path, answer in zip(paths, run_signature(loaded, paths)):
+            result = {"file": path, "height": int(answer["height"]), "width": int(answer["width"]),
+                      "class_fraction": {name: round(float(f), 4)
+                                         for name, f in zip(class_names, answer["class_fraction"]) if f}}
             if out_dir is not None:
                 target = pathlib.Path(out_dir) / (pathlib.Path(path).stem + "_mask.png")
                 target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(outputs["mask_png"][index])
+                target.write_bytes(answer["mask_png"])
                 result["mask_png"] = str(target)
             results.append(result)
         return results

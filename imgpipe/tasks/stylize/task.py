@@ -11,6 +11,7 @@ Example:
     >>> result.metrics["val_style_loss"], result.metrics["val_style_loss_identity"]
 """
 
+import dataclasses
 import logging
 import os
 import pathlib
@@ -22,7 +23,8 @@ import tensorflow as tf
 from imgpipe.engine import plots
 from imgpipe.data.demo import demo_stylize_data
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import load_image
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, load_image
+from imgpipe.data.sources import LabelledFiles
 from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError, RecipeError
 from imgpipe.engine.client import write_produced_images
@@ -31,6 +33,7 @@ from imgpipe.tasks.stylize.perceptual import (LossWeights, StyleTransferModel, c
                                 perceptual_terms, style_grams)
 from imgpipe.engine.serving import images_at_original_size
 from imgpipe.tasks.base import Task
+from imgpipe.tasks.stylize.state import StyleState
 
 log = logging.getLogger("imgpipe")
 
@@ -60,6 +63,12 @@ def styled(transformer, images, max_side):
     return tf.clip_by_value(result, 0.0, 255.0)
 
 
+def content_at_size(path, size, max_pixels=DEFAULT_MAX_PIXELS):
+    """A photo as float32 [H, W, 3] at the model's `size`, shrunk by area as the style loss expects."""
+    image = load_image(path, max_pixels=max_pixels)[None].astype(np.float32)
+    return tf.image.resize(image, size, method="area", antialias=True)[0].numpy()
+
+
 def style_at_size(style, image_size):
     """The style image scaled (area) so its longer side matches the training images' longer side."""
     height, width = style.shape[:2]
@@ -73,11 +82,13 @@ class StylizeTask(Task):
     target_kind = "label"
     monitor = ("val_loss", "min")
     main_metric = "val_style_loss"
+    state_class = StyleState
 
     # === Data ===
     def read_data(self, recipe):
         data = self.read_examples(recipe)
-        data.extras["loss_weights"] = self._loss_weights(recipe, demo=recipe.data.path is None)
+        data.state = dataclasses.replace(data.state,
+                                         loss_weights=self._loss_weights(recipe, demo=recipe.data.path is None))
         return data
 
     def read_examples(self, recipe):
@@ -93,7 +104,7 @@ class StylizeTask(Task):
             raise DataError(f"{style_path}: style image not found")
         style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
         data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
-        data.extras.update(style=style_pixels, style_path=str(style_path.resolve()))
+        data.state = StyleState(style_pixels, str(style_path.resolve()), loss_weights=recipe.options.loss_weights)
         return data
 
     def target_signature(self, data):
@@ -116,38 +127,54 @@ class StylizeTask(Task):
         transformer = MODELS.get(recipe.model.name, key="model.name")((None, None, 3), 0)
         if recipe.model.weights not in (None, "none"):
             transformer.load_weights(recipe.model.weights)
-        features = loss_network(recipe.options.loss_network, data.extras["loss_weights"], recipe.data.seed)
+        features = loss_network(recipe.options.loss_network, data.state.loss_weights, recipe.data.seed)
         options = recipe.options
         model = StyleTransferModel(transformer, features,
-                                   style_grams(features, style_at_size(data.extras["style"], data.image_size)),
+                                   style_grams(features, style_at_size(data.state.style, data.image_size)),
                                    LossWeights(options.content_weight, options.style_weight, options.tv_weight))
         model(tf.zeros([1] + list(data.image_size) + [3]))
         return model
 
-    def saved_extras(self, data):
-        return {"style_path": data.extras["style_path"], "loss_weights": data.extras["loss_weights"]}
-
-    def restored_extras(self, saved):
-        return {**saved, "style": load_image(saved["style_path"])}
-
     def compile_settings(self, recipe, data):
         return {}  # the loss lives in StyleTransferModel.compute_loss
 
-    # === Results ===
-    def final_metrics(self, model, val_ds, data, run_dir):
-        metrics = super().final_metrics(model, val_ds, data, run_dir)
-        identity = []
-        samples = []
-        for images, _ in val_ds:
-            identity.append(identity_style_loss(model.features, images, model.grams).numpy())
-            if len(samples) < SAMPLES:
-                results = model.transformer(images, training=False).numpy()
-                samples += list(zip(images.numpy(), results))[: SAMPLES - len(samples)]
-        metrics["val_content_loss_identity"] = 0.0  # an unstyled image has its own content exactly
-        metrics["val_style_loss_identity"] = float(np.mean(np.concatenate(identity)))
-        metrics["ms_per_image_256"] = self.milliseconds_per_image(model.transformer)
+    # === Scoring ===
+    def answers(self, model, images, metadata):
+        return {"image": styled(model.transformer, images, metadata["max_side"]).numpy()}
+
+    def truth(self, image, target):
+        return np.asarray(image, np.float32)
+
+    def score(self, answers, truths, metadata):
+        """Content and style loss of the results, and the style loss of the unstyled photos (`_identity`)."""
+        features, grams = self._loss_terms(metadata)
+        totals = {"content_loss": [], "style_loss": [], "style_loss_identity": []}
+        for answer, content in zip(answers, truths):
+            image, result = tf.constant(content[None]), tf.constant(answer["image"][None])
+            content_term, style_term, _ = perceptual_terms(features, result, content_targets(features, image), grams)
+            totals["content_loss"].append(float(content_term[0]))
+            totals["style_loss"].append(float(style_term[0]))
+            totals["style_loss_identity"].append(float(identity_style_loss(features, image, grams)[0]))
+        return {key: float(np.mean(values)) for key, values in totals.items()}
+
+    def _loss_terms(self, metadata):
+        """The loss network and the style's Gram matrices of an export's metadata, built once per task object."""
+        key = (metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"], metadata["style_image"],
+               tuple(metadata["image_size"]))
+        if getattr(self, "_loss_key", None) != key:
+            style_path = pathlib.Path(metadata["style_image"])
+            if not style_path.is_file():
+                raise DataError(f"{style_path}: the style image this model was trained on is needed to score it")
+            features = loss_network(metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"])
+            self._loss_key = key
+            self._loss = features, style_grams(features, style_at_size(load_image(style_path), metadata["image_size"]))
+        return self._loss
+
+    def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
+        samples = [(content, answer["image"]) for content, answer in list(zip(truths, answers))[:SAMPLES]]
         self.plot_samples(samples, data, pathlib.Path(run_dir) / "samples.png")
-        return metrics
+        return {"val_content_loss_identity": 0.0,  # an unstyled image has its own content exactly
+                "ms_per_image_256": self.milliseconds_per_image(model.transformer)}
 
     @staticmethod
     def milliseconds_per_image(transformer, side=TIMING_SIDE, runs=TIMING_RUNS):
@@ -163,7 +190,7 @@ class StylizeTask(Task):
         return round(1000 * float(np.median(times)), 1)
 
     def plot_samples(self, samples, data, path):
-        style = np.asarray(data.extras["style"])
+        style = np.asarray(data.state.style)
         images, titles = [], []
         for content, result in samples:
             height, width = content.shape[:2]
@@ -194,33 +221,24 @@ class StylizeTask(Task):
         return self.make_archive(transformer, serve_image_bytes, serve_images)
 
     def export_metadata(self, data, recipe):
-        return {"style_image": data.extras["style_path"], "max_side": recipe.options.max_side,
-                "loss_network": recipe.options.loss_network, "loss_weights": data.extras["loss_weights"],
+        return {"style_image": data.state.style_path, "max_side": recipe.options.max_side,
+                "loss_network": recipe.options.loss_network, "loss_weights": data.state.loss_weights,
                 "loss_seed": recipe.data.seed,
                 "loss_weighting": {"content": recipe.options.content_weight, "style": recipe.options.style_weight,
                                    "tv": recipe.options.tv_weight}}
 
     # === Using an export ===
-    def evaluate_export(self, loaded, metadata, data_path, report_dir):
-        style_path = pathlib.Path(metadata["style_image"])
-        if not style_path.is_file():
-            raise DataError(f"{style_path}: the style image this model was trained on is needed to score it")
-        paths = list_images(data_path)
+    def evaluation_files(self, folder, metadata, max_pixels):
+        paths = list_images(folder)
         if not paths:
-            raise DataError(f"{data_path}: no images")
-        features = loss_network(metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"])
-        size = metadata["image_size"]
-        grams = style_grams(features, style_at_size(load_image(style_path), size))
-        totals = {"content_loss": [], "style_loss": [], "style_loss_identity": []}
+            raise DataError(f"{folder}: no images")
+        return LabelledFiles(paths, [content_at_size(path, metadata["image_size"], max_pixels) for path in paths])
+
+    def export_answers(self, loaded, paths, metadata):
+        """`serve_images` on each photo at the model's size: the losses are defined at the size it trained at."""
         serve = loaded.signatures["serve_images"]
-        for path in paths:
-            image = tf.image.resize(load_image(path)[None].astype(np.float32), size, method="area", antialias=True)
-            result = serve(images=image)["image"]
-            content, style_term, _ = perceptual_terms(features, result, content_targets(features, image), grams)
-            totals["content_loss"].append(float(content[0]))
-            totals["style_loss"].append(float(style_term[0]))
-            totals["style_loss_identity"].append(float(identity_style_loss(features, image, grams)[0]))
-        return {**{key: float(np.mean(values)) for key, values in totals.items()}, "images": len(paths)}
+        return [{"image": serve(images=content_at_size(path, metadata["image_size"])[None])["image"][0].numpy()}
+                for path in paths]
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
         return write_produced_images(loaded, paths, out_dir, "styled")

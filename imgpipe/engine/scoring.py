@@ -1,0 +1,62 @@
+"""Scoring a trained model or an export with its task's one scoring path: answers, truths, `Task.score`.
+
+Training's final metrics, `imgpipe evaluate` on an export and the robustness
+card (`imgpipe.understand.robustness`) all score through `Task.score`, so a
+figure means the same wherever it is printed.
+
+Example:
+    >>> metrics = final_metrics(task, model, val_ds, data, metadata, run_dir)
+    >>> metrics["val_accuracy"]
+    >>> evaluate_files(task, loaded, metadata, "test_images/", max_pixels, report_dir)["accuracy"]
+"""
+
+import numpy as np
+
+from imgpipe.engine.client import per_image
+from imgpipe.errors import DataError
+
+
+def model_answers(task, model, dataset, metadata):
+    """The model's per-image answers on a batched (images, targets) dataset, and each image's truth."""
+    answers, truths = [], []
+    for images, targets in dataset:
+        answers += per_image(task.answers(model, images, metadata))
+        truths += [task.truth(image, target) for image, target in
+                   zip(np.asarray(images).round().astype(np.uint8), np.asarray(targets))]
+    return answers, truths
+
+
+def first_images(dataset, count):
+    """The first `count` images of a batched (images, targets) dataset, as uint8 arrays (for pictures)."""
+    images = []
+    for batch, _ in dataset:
+        images += list(np.asarray(batch).round().astype(np.uint8)[: count - len(images)])
+        if len(images) >= count:
+            break
+    return images
+
+
+def final_metrics(task, model, val_ds, data, metadata, run_dir):
+    """Validation metrics after training: Keras' (losses, epoch metrics), then the task's scores, as `val_*`.
+
+    The task's scores replace Keras' metrics of the same name: they are the
+    figures `imgpipe evaluate` and the robustness card report.
+    """
+    metrics = {f"val_{key}": float(value)
+               for key, value in model.evaluate(val_ds, return_dict=True, verbose=0).items()}
+    answers, truths = model_answers(task, model, val_ds, metadata)
+    metrics.update({f"val_{key}": value for key, value in task.score(answers, truths, metadata).items()})
+    task.plot_scores(answers, truths, metadata, run_dir)
+    metrics.update(task.report_validation(model, val_ds, answers, truths, data, metadata, run_dir))
+    return metrics
+
+
+def evaluate_files(task, loaded, metadata, folder, max_pixels, report_dir):
+    """An export's scores on a labelled folder, read with the task's reader, answered by the export itself."""
+    files = task.evaluation_files(folder, metadata, max_pixels)
+    if not files.paths:
+        raise DataError(f"{folder}: no readable images to evaluate")
+    answers = task.export_answers(loaded, files.paths, metadata)
+    metrics = task.score(answers, files.truths, metadata)
+    task.plot_scores(answers, files.truths, metadata, report_dir)
+    return {**metrics, "images": len(files.paths), "skipped_files": len(files.skipped)}
