@@ -32,6 +32,6 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
     Example:
         >>> result = run("classify", data="./images", epochs=5)
     """
-    from imgpipe.understand.robustness import run_card
+    from imgpipe.understand.robustness import card_after_training
 
-    return runner.run(recipe, overrides, resume, reports=(run_card,), **shortcuts)
+    return runner.run(recipe, overrides, resume, reports=(card_after_training,), **shortcuts)

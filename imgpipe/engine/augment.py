@@ -25,9 +25,58 @@ import numpy as np
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.engine.recipe import STRENGTHS
 
-TARGET_KINDS = ("label", "mask", "boxes")
 # A box that keeps less than this fraction of its area after a transform is dropped.
 MIN_BOX_VISIBILITY = 0.3
+
+
+class LabelTarget:
+    """A target the image's geometry does not touch (a class label): it passes through."""
+
+    def compose_options(self):
+        """Extra keyword arguments of `A.Compose` this kind of target needs."""
+        return {}
+
+    def apply(self, compose, image, target):
+        return np.ascontiguousarray(compose(image=image)["image"]), target
+
+
+class MaskTarget(LabelTarget):
+    """A per-pixel mask [H, W]: geometric transforms move it with the image (nearest neighbour)."""
+
+    def apply(self, compose, image, target):
+        out = compose(image=image, mask=target)
+        return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"], dtype=target.dtype)
+
+
+class BoxesTarget(LabelTarget):
+    """Padded boxes [M, 5] (x_min, y_min, x_max, y_max, class; class -1 pads): moved, clipped, dropped
+    below `MIN_BOX_VISIBILITY` of their area."""
+
+    def compose_options(self):
+        return {"bbox_params": A.BboxParams(format="pascal_voc", label_fields=["classes"],
+                                            min_visibility=MIN_BOX_VISIBILITY, clip=True)}
+
+    def apply(self, compose, image, target):
+        boxes, classes = unpad_boxes(target)
+        out = compose(image=image, bboxes=boxes, classes=classes)
+        moved = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
+        return np.ascontiguousarray(out["image"]), pad_boxes(moved, np.asarray(out["classes"]), len(target))
+
+
+# How each kind of target rides along the image, by `Task.target_kind`. A task with a new kind of
+# target registers it here (`register_target_kind`), so augmentation and the robustness card move it.
+TARGET_KINDS = {"label": LabelTarget(), "mask": MaskTarget(), "boxes": BoxesTarget()}
+
+
+def register_target_kind(name, kind):
+    """Makes `name` a `Task.target_kind`: `kind` has `compose_options()` and `apply(compose, image, target)`.
+
+    Example:
+        >>> register_target_kind("keypoints", KeypointsTarget())
+    """
+    if name in TARGET_KINDS:
+        raise ValueError(f"target kind {name!r} is registered twice")
+    TARGET_KINDS[name] = kind
 
 
 def viewpoint_transforms(strength):
@@ -105,9 +154,8 @@ class Augmenter:
 
     Args:
         viewpoint, illumination, occlusion: str, one of none, light, medium, strong.
-        target_kind: 'label' (the target passes through), 'mask' (moved with the image) or
-            'boxes' (a padded [M, 5] array of x_min, y_min, x_max, y_max, class; class -1 pads),
-            moved with the image, clipped, and dropped below `MIN_BOX_VISIBILITY`.
+        target_kind: a name in `TARGET_KINDS`: 'label' (the target passes through), 'mask' (moved
+            with the image) or 'boxes' (`BoxesTarget`), or one a task registered.
     """
 
     def __init__(self, viewpoint="medium", illumination="medium", occlusion="light", target_kind="label"):
@@ -116,9 +164,10 @@ class Augmenter:
             if strength not in STRENGTHS:
                 raise ValueError(f"augment.{family}: expected one of {', '.join(STRENGTHS)}, got {strength!r}")
         if target_kind not in TARGET_KINDS:
-            raise ValueError(f"target_kind: expected one of {TARGET_KINDS}, got {target_kind!r}")
+            raise ValueError(f"target_kind: expected one of {tuple(TARGET_KINDS)}, got {target_kind!r}")
         self.strengths = strengths
         self.target_kind = target_kind
+        self.target = TARGET_KINDS[target_kind]
         # Compose objects hold random state, so each call borrows one nobody else is using.
         # A pool, not a thread-local: tf.data runs `numpy_function` on short-lived threads,
         # and a thread-local Compose was rebuilt on almost every call (3x the augmentation).
@@ -136,10 +185,7 @@ class Augmenter:
     def build(self):
         """A fresh albumentations `Compose` of the chosen families."""
         transforms = [t for family, make in FAMILIES.items() for t in make(self.strengths[family])]
-        if self.target_kind == "boxes":
-            return A.Compose(transforms, bbox_params=A.BboxParams(
-                format="pascal_voc", label_fields=["classes"], min_visibility=MIN_BOX_VISIBILITY, clip=True))
-        return A.Compose(transforms)
+        return A.Compose(transforms, **self.target.compose_options())
 
     def apply(self, image, target, seed):
         """Augments one uint8 HxWx3 image (and its mask) with the transformation drawn from `seed`."""
@@ -157,15 +203,7 @@ class Augmenter:
 
     def _apply(self, compose, image, target, seed):
         compose.set_random_seed(int(seed) % (2**32))
-        if self.target_kind == "mask":
-            out = compose(image=image, mask=target)
-            return np.ascontiguousarray(out["image"]), np.ascontiguousarray(out["mask"], dtype=target.dtype)
-        if self.target_kind == "boxes":
-            boxes, classes = unpad_boxes(target)
-            out = compose(image=image, bboxes=boxes, classes=classes)
-            moved = np.asarray(out["bboxes"], np.float32).reshape(-1, 4)
-            return np.ascontiguousarray(out["image"]), pad_boxes(moved, np.asarray(out["classes"]), len(target))
-        return np.ascontiguousarray(compose(image=image)["image"]), target
+        return self.target.apply(compose, image, target)
 
     def apply_batch(self, images, targets, seeds):
         """`apply` to each image of a batch (uint8 [B, H, W, 3], targets [B, ...], seeds [B]); same results."""
@@ -178,22 +216,19 @@ class Augmenter:
 
     def tf_map_batch(self, images, targets, seeds):
         """The `apply_batch` step as a tf.data map function on batches; one Python call per batch."""
-        import tensorflow as tf
-
-        augmented_images, augmented_targets = tf.numpy_function(
-            self.apply_batch, [images, targets, seeds], [tf.uint8, targets.dtype], stateful=False
-        )
-        augmented_images.set_shape(images.shape)
-        augmented_targets.set_shape(targets.shape)
-        return augmented_images, augmented_targets
+        return _as_tf_map(self.apply_batch, images, targets, seeds)
 
     def tf_map(self, image, target, seed):
         """The `apply` step as a tf.data map function (image uint8 [H,W,3], target, int64 seed)."""
-        import tensorflow as tf
+        return _as_tf_map(self.apply, image, target, seed)
 
-        augmented_image, augmented_target = tf.numpy_function(
-            self.apply, [image, target, seed], [tf.uint8, target.dtype], stateful=False
-        )
-        augmented_image.set_shape(image.shape)
-        augmented_target.set_shape(target.shape)
-        return augmented_image, augmented_target
+
+def _as_tf_map(function, images, targets, seeds):
+    """`function(images, targets, seeds)` on numpy arrays, as a tf.data map step that keeps the static shapes."""
+    import tensorflow as tf
+
+    out_images, out_targets = tf.numpy_function(function, [images, targets, seeds], [tf.uint8, targets.dtype],
+                                                stateful=False)
+    out_images.set_shape(images.shape)
+    out_targets.set_shape(targets.shape)
+    return out_images, out_targets

@@ -31,7 +31,7 @@ import cv2
 import numpy as np
 from albumentations.augmentations.pixel.functional import PLANCKIAN_COEFFS
 
-from imgpipe.engine.augment import MIN_BOX_VISIBILITY, Augmenter
+from imgpipe.engine.augment import Augmenter
 
 OUTSIDE = -1
 DAYLIGHT_KELVIN = 6500
@@ -137,7 +137,7 @@ class Perturbation(Augmenter):
         family: str, one of `FAMILIES`.
         severity: int, 1 (mild) to 5 (harsh).
         image_size: [height, width] of the images it will see (lengths in the table are fractions of it).
-        target_kind: 'label', 'mask' or 'boxes' (padded [M, 5] x_min, y_min, x_max, y_max, class).
+        target_kind: a name in `imgpipe.engine.augment.TARGET_KINDS` ('label', 'mask', 'boxes', ...).
 
     Example:
         >>> Perturbation("occlusion", 2, [32, 32]).apply(image, label, seed=7)
@@ -156,13 +156,10 @@ class Perturbation(Augmenter):
 
     def build(self):
         transforms = TRANSFORMS[self.family](self.parameters, self.image_size)
-        if self.target_kind == "boxes":
-            with warnings.catch_warnings():
-                # Pixel-only families leave boxes as they are, which albumentations warns about.
-                warnings.filterwarnings("ignore", message="Got processor for bboxes")
-                return A.Compose(transforms, bbox_params=A.BboxParams(
-                    format="pascal_voc", label_fields=["classes"], min_visibility=MIN_BOX_VISIBILITY, clip=True))
-        return A.Compose(transforms)
+        with warnings.catch_warnings():
+            # Pixel-only families leave boxes as they are, which albumentations warns about.
+            warnings.filterwarnings("ignore", message="Got processor for bboxes")
+            return A.Compose(transforms, **self.target.compose_options())
 
 
 def changed_pixels(before, after):

@@ -94,10 +94,13 @@ def robustness_card(predict, score, images, targets, target_kind, seed, families
     return card
 
 
+def card_after_training(task, model, data, recipe, decoder, run_dir):
+    """The run's report hook (`imgpipe.run`): the card when the recipe asks for it (`evaluate.robustness`)."""
+    return run_card(task, model, data, recipe, decoder, run_dir) if recipe.evaluate.robustness else None
+
+
 def run_card(task, model, data, recipe, decoder, run_dir):
-    """The card of a run's trained model on its validation split, written into `run_dir` (`evaluate.robustness`)."""
-    if not recipe.evaluate.robustness:
-        return None
+    """The card of a run's trained model on its validation split, written into `run_dir`."""
     if task.robustness_metric_name is None:
         return write_card(_not_applicable(task), run_dir)
     metadata = export_metadata(task, data, recipe)
