@@ -42,6 +42,7 @@ sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 from benchmarks.common import jpeg_class_folder, machine_summary, print_table  # noqa: E402
 from imgpipe.engine.augment import Augmenter  # noqa: E402
 from imgpipe.data.folders import scan_class_folders  # noqa: E402
+from imgpipe.data.images import DEFAULT_MAX_PIXELS  # noqa: E402
 from imgpipe.data.sources import ImageSet  # noqa: E402
 from imgpipe.engine.pipeline import make_dataset  # noqa: E402
 
@@ -84,7 +85,7 @@ def keras_augmentation_layers():
 
 def imgpipe_rates(folder, augmenter):
     """(first epoch, second epoch) images/s of imgpipe's training pipeline with `augmenter`."""
-    paths, labels, _, headers, _ = scan_class_folders(folder, max_pixels=89_478_485)
+    paths, labels, _, headers, _ = scan_class_folders(folder, max_pixels=DEFAULT_MAX_PIXELS)
     image_set = ImageSet.from_files(paths, labels, headers)
     dataset, _ = make_dataset(image_set, list(SIZE), BATCH, training=True, augmenter=augmenter, cache="memory")
     return epoch_rate(dataset), epoch_rate(dataset)

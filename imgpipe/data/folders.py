@@ -19,7 +19,7 @@ import pathlib
 
 import numpy as np
 
-from imgpipe.data.images import IMAGE_EXTENSIONS, UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
 from imgpipe.data.split import stratified_split
 from imgpipe.errors import DataError
@@ -104,7 +104,7 @@ def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_si
         raise DataError(f"{root}: data folder not found")
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected a folder of class sub-folders)")
-    max_pixels = max_pixels or 89_478_485
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     val_root = next((root / name for name in VAL_FOLDER_NAMES if (root / name).is_dir()), None)
     if (root / "train").is_dir() and val_root is not None:
         paths, labels, class_names, headers, skipped = scan_class_folders(root / "train", max_pixels)

@@ -30,7 +30,7 @@ import numpy as np
 from PIL import Image
 
 from imgpipe.data.folders import list_images
-from imgpipe.data.images import UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
 from imgpipe.data.split import stratified_split
 from imgpipe.errors import DataError
@@ -344,7 +344,7 @@ def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_siz
     root = pathlib.Path(root)
     if not root.is_dir():
         raise DataError(f"{root}: data folder not found" if not root.exists() else f"{root}: not a folder")
-    max_pixels = max_pixels or 89_478_485
+    max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     layout = _layout(root)
     split_lists = {}
     if layout[0][0] == "voc":

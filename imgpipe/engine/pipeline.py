@@ -28,7 +28,7 @@ import warnings
 import numpy as np
 import tensorflow as tf
 
-from imgpipe.data.images import JPEG_END_MARKER, UnreadableImage, decode_bytes, plain_jpeg_scale
+from imgpipe.data.images import DEFAULT_MAX_PIXELS, JPEG_END_MARKER, UnreadableImage, decode_bytes, plain_jpeg_scale
 
 log = logging.getLogger("imgpipe")
 
@@ -186,7 +186,7 @@ def make_dataset(
     seed=1337,
     cache="auto",
     cache_dir=None,
-    max_pixels=89_478_485,
+    max_pixels=DEFAULT_MAX_PIXELS,
     decoder=None,
     drop_remainder=False,
     shard=None,
@@ -215,21 +215,7 @@ def make_dataset(
     size = list(size)
     if image_set.is_files:
         decoder = decoder or FileDecoder(size, max_pixels)
-        order = np.random.default_rng(seed).permutation(image_set.count) if training else np.arange(image_set.count)
-        paths = np.array(image_set.paths, dtype=object)[order].astype(str)
-        targets = np.asarray(image_set.targets)[order]
-        if image_set.upright_jpeg is None or decoder.load_target is not None:  # targets need Python too
-            dataset, decode = tf.data.Dataset.from_tensor_slices((paths, targets)), decoder.tf_decode
-        else:
-            in_graph = np.asarray(image_set.upright_jpeg, bool)[order]
-            dataset, decode = tf.data.Dataset.from_tensor_slices((paths, targets, in_graph)), decoder.tf_decode_either
-        if shard is not None:
-            dataset = dataset.shard(*shard)
-        dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
-        # A plain JPEG whose entropy-coded data is corrupt (header and end marker intact)
-        # fails in tf.io.decode_jpeg; it is dropped with TensorFlow's warning, not a crash.
-        dataset = dataset.ignore_errors(log_warning=True)
-        dataset = dataset.filter(_decoded).map(_drop_flag)
+        dataset = _decoded_files(image_set, decoder, training, seed, shard)
     else:
         decoder = None
         dataset = image_set.dataset if shard is None else image_set.dataset.shard(*shard)
@@ -250,6 +236,25 @@ def make_dataset(
         dataset = dataset.map(_seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False)
     dataset = dataset.map(_to_float, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE), decoder
+
+
+def _decoded_files(image_set, decoder, training, seed, shard):
+    """(image uint8 [H, W, 3], target) of the split's files, in a seeded order when training, decoded in parallel."""
+    order = np.random.default_rng(seed).permutation(image_set.count) if training else np.arange(image_set.count)
+    paths = np.array(image_set.paths, dtype=object)[order].astype(str)
+    targets = np.asarray(image_set.targets)[order]
+    if image_set.upright_jpeg is None or decoder.load_target is not None:  # targets need Python too
+        dataset, decode = tf.data.Dataset.from_tensor_slices((paths, targets)), decoder.tf_decode
+    else:
+        in_graph = np.asarray(image_set.upright_jpeg, bool)[order]
+        dataset, decode = tf.data.Dataset.from_tensor_slices((paths, targets, in_graph)), decoder.tf_decode_either
+    if shard is not None:
+        dataset = dataset.shard(*shard)
+    dataset = dataset.map(decode, num_parallel_calls=AUTOTUNE)
+    # A plain JPEG whose entropy-coded data is corrupt (header and end marker intact)
+    # fails in tf.io.decode_jpeg; it is dropped with TensorFlow's warning, not a crash.
+    dataset = dataset.ignore_errors(log_warning=True)
+    return dataset.filter(_decoded).map(_drop_flag)
 
 
 def replica_safe_batch_size(count, batch_size, replicas):

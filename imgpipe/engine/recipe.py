@@ -23,6 +23,7 @@ import typing
 
 import yaml
 
+from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.engine.registry import TASKS
 from imgpipe.errors import RecipeError
 
@@ -94,7 +95,7 @@ class DataSettings:
         choices=("auto", "memory", "disk", "none"),
     )
     max_pixels: int = setting(
-        89_478_485, "images with more pixels are refused before decoding (decompression bombs)", min=1
+        DEFAULT_MAX_PIXELS, "images with more pixels are refused before decoding (decompression bombs)", min=1
     )
 
 

@@ -22,7 +22,8 @@ every worker": batch normalisation's moving statistics are updated from each
 replica's own batches and never synchronised, so workers end with different
 ones. `AverageMovingStatistics` averages every non-trainable float variable
 across the replicas at the end of each epoch, before checkpoints are written.
-`tests/test_keras_multiworker.py` checks that the Keras code still has the
+`tests/engine/test_multiworker.py::test_keras_still_has_the_code_the_multi_worker_fix_replaces` checks that
+the Keras code still has the
 shape this fix assumes, so an upgrade that changes it fails loudly.
 
 Example:
