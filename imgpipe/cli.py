@@ -243,7 +243,8 @@ def recipes(keys):
         return
     for name in recipe_names():
         recipe = load_recipe(name)
-        click.echo(f"{name:<12} task={recipe.task:<10} model={recipe.model.name}")
+        description = TASKS.info(recipe.task)["description"]
+        click.echo(f"{name:<12} task={recipe.task:<10} model={recipe.model.name:<14} {description}")
 
 
 @main.command()

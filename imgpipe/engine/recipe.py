@@ -379,8 +379,12 @@ def recipe_folders():
 
 
 def recipe_names():
-    """Names of the recipes shipped with imgpipe (`classify`, ...)."""
-    return sorted({path.stem for folder in recipe_folders() if folder.is_dir() for path in folder.glob("*.yaml")})
+    """Names of the recipes shipped with imgpipe (`classify`, ...) and of every registered task.
+
+    A task without a file in `recipes/` runs on the schema's defaults.
+    """
+    files = {path.stem for folder in recipe_folders() if folder.is_dir() for path in folder.glob("*.yaml")}
+    return sorted(files | set(TASKS.names()))
 
 
 def load_recipe(name_or_path, overrides=()):
@@ -397,6 +401,8 @@ def load_recipe(name_or_path, overrides=()):
     if not (path.suffix in (".yaml", ".yml") or path.is_file()):
         path = next((folder / f"{name_or_path}.yaml" for folder in recipe_folders()
                      if (folder / f"{name_or_path}.yaml").is_file()), None)
+        if path is None and name_or_path in TASKS:
+            return recipe_from_dict({"task": name_or_path}).override(overrides)
         if path is None:
             raise RecipeError(
                 f"{name_or_path}: no such recipe; choose one of {', '.join(recipe_names())} or give a YAML file"
