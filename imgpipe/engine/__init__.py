@@ -1,0 +1,1 @@
+"""The engine: what every task shares (recipe, registry, runner, trainer, pipeline, export, scoring), naming no task."""

@@ -1,0 +1,1 @@
+"""Several devices and machines: the TF_CONFIG cluster, what each worker does differently, the contained Keras fix."""
