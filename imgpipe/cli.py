@@ -57,7 +57,9 @@ def _image_size(value):
 @click.option("--batch-size", type=int, help="Images per step per device (train.batch_size).")
 @click.option("--image-size", help="Model input size: 64 or 96x128 (data.image_size).")
 @click.option("--model", "model_name", help="Model builder; `imgpipe models` lists them (model.name).")
-@click.option("--weights", help="imagenet, a local weights file, or none (model.weights).")
+@click.option("--weights", help="auto (default), imagenet, a local weights file, or none (model.weights).")
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Folder of <backbone>_imagenet_notop.weights.h5 files (model.weights_dir; or IMGPIPE_WEIGHTS_DIR).")
 @click.option("--output", type=click.Path(file_okay=False), help="Run directory (train.run_dir).")
 @click.option("--export-dir", type=click.Path(file_okay=False), help="Export root (export.root).")
 @click.option("--name", help="Model name for the export and the run folder (export.name).")
@@ -67,20 +69,23 @@ def _image_size(value):
 @click.option("--style", help="Style transfer: the style image (stylize.style).")
 @click.option("--loss-weights", help="Style transfer: imagenet, random or a VGG weights file (stylize.loss_weights).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any recipe key, e.g. train.patience=5.")
-def run(recipe, data, epochs, batch_size, image_size, model_name, weights, output, export_dir, name, resume,
-        no_export, no_robustness, style, loss_weights, overrides):
+def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weights_dir, output, export_dir, name,
+        resume, no_export, no_robustness, style, loss_weights, overrides):
     """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
     from imgpipe.api import run as run_recipe
 
     overrides = list(overrides) + (["export.enabled=false"] if no_export else []) + \
         (["evaluate.robustness=false"] if no_robustness else [])
     result = run_recipe(recipe, overrides, resume=resume, data=data, epochs=epochs, batch_size=batch_size,
-                        image_size=_image_size(image_size), model=model_name, weights=weights, output=output,
+                        image_size=_image_size(image_size), model=model_name, weights=weights,
+                        weights_dir=weights_dir, output=output,
                         export_dir=export_dir, name=name, style=style, loss_weights=loss_weights)
     click.echo("\nvalidation metrics:")
     for key, value in sorted(result.metrics.items()):
         if "/" not in key and key.startswith("val_"):
             click.echo(f"  {key:<24} {value:.4f}")
+    click.echo(f"model:         {result.metrics['model']} ({result.metrics['model_choice']})")
+    click.echo(f"weights:       {result.metrics['weights']['path'] or 'none, from scratch'}")
     click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)")
     click.echo(f"run directory: {result.run_dir}")
     if result.export_path:

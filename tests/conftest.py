@@ -1,7 +1,8 @@
 """Shared fixtures: tiny generated image folders, an in-process CLI, two logical CPUs.
 
 The CPU is split into two logical devices before TensorFlow starts, so the
-MirroredStrategy path runs in CI without GPUs.
+MirroredStrategy path runs in CI without GPUs. IMGPIPE_OFFLINE=1 keeps every
+test off the network (imgpipe.engine.weights never downloads).
 """
 
 import os
@@ -9,6 +10,9 @@ import pathlib
 import sys
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+# No test touches the network: ImageNet weights come from files the tests make (or ../shared/weights).
+os.environ["IMGPIPE_OFFLINE"] = "1"
+os.environ.pop("IMGPIPE_WEIGHTS_DIR", None)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402
@@ -74,6 +78,17 @@ def cli(monkeypatch, capsys):
         return exit_info.value.code, captured.out, captured.err
 
     return invoke
+
+
+SHARED_WEIGHTS = SHARED_DATA.parent / "weights"
+
+
+@pytest.fixture
+def shared_weights():
+    """../shared/weights (real ImageNet weights), or a skip where a clone has none."""
+    if not SHARED_WEIGHTS.is_dir():
+        pytest.skip(f"{SHARED_WEIGHTS} is absent (only development machines have ../shared/weights)")
+    return SHARED_WEIGHTS
 
 
 @pytest.fixture

@@ -48,7 +48,7 @@ def stylize_data(root):
     photos(root / "photos", 6)
     style = corpus.photo(root / "style.png", 99, size=48)
     return root / "photos", root / "photos", ["--style", style, "--loss-weights", "random",
-                                             "--set", "export.max_side=48"]
+                                             "--set", "stylize.max_side=48"]
 
 
 def colorize_data(root):

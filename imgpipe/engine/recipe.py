@@ -108,10 +108,14 @@ class AugmentSettings:
 
 @dataclasses.dataclass
 class ModelSettings:
-    name: str = setting("small_cnn", "registered model builder; `imgpipe models` lists them")
+    name: str = setting(
+        "auto", "registered model builder (`imgpipe models` lists them), or auto: the task's pretrained model "
+        "when ImageNet weights are found and the images are large enough, else its from-scratch model")
     weights: typing.Optional[str] = setting(
-        None, "initial weights: none, imagenet, or a local weights file for the backbone"
-    )
+        "auto", "initial weights: auto (weights folder, then Keras' ImageNet weights, else from scratch), "
+        "imagenet (the same, but an error when none are found), none, or a weights file for the backbone")
+    weights_dir: typing.Optional[str] = setting(
+        None, "folder of <backbone>_imagenet_notop.weights.h5 files; empty: the IMGPIPE_WEIGHTS_DIR variable")
     dropout: float = setting(0.2, "dropout before the classification head", min=0.0, max=0.9)
 
 

@@ -29,6 +29,7 @@ from imgpipe.engine.distributed.cluster import cluster_from_environment, worker_
 from imgpipe.data.sources import ImageSet
 from imgpipe.errors import DataError, RecipeError
 from imgpipe.engine.export import export_metadata, write_export
+from imgpipe.engine.model_choice import ModelChoice, choose_model
 from imgpipe.engine.distributed.keras_multiworker import multi_worker_fit
 from imgpipe.models import MODELS
 from imgpipe.engine.pipeline import FileDecoder, make_dataset, replica_safe_batch_size
@@ -51,6 +52,7 @@ SHORTCUTS = {
     "image_size": "data.image_size",
     "model": "model.name",
     "weights": "model.weights",
+    "weights_dir": "model.weights_dir",
     "output": "train.run_dir",
     "export_dir": "export.root",
     "name": "export.name",
@@ -90,7 +92,7 @@ def resolve_recipe(recipe="classify", overrides=(), **shortcuts):
         recipe = recipe.update(**values)
     TASKS.get(recipe.task, key="task")
     allowed = MODELS.names(task=recipe.task)
-    if recipe.model.name not in allowed:
+    if recipe.model.name not in allowed + ["auto"]:
         raise RecipeError(f"model.name: unknown model {recipe.model.name!r} for {recipe.task}; "
                           f"choose one of {', '.join(allowed)}")
     return recipe
@@ -140,6 +142,7 @@ class _Run:
     trainer: Trainer
     decoder: FileDecoder
     augmenter: Augmenter
+    model_choice: ModelChoice
 
 
 @dataclasses.dataclass
@@ -175,7 +178,10 @@ def _prepare(recipe, run_dir, resume, cluster):
     """Reads the data, records the resolved recipe and the task's state in the run folder, sets up training."""
     task = TASKS.get(recipe.task, key="task")()
     data = task.read_data(recipe)
-    recipe = recipe.update(**{"data.image_size": list(data.image_size)})
+    choice = choose_model(task, recipe, data.image_size)
+    recipe = recipe.update(**{"data.image_size": list(data.image_size), "model.name": choice.name,
+                              "model.weights": choice.weights.path or "none"})
+    log.info(choice.describe())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     write_run_classes(run_dir, data, task)
@@ -184,7 +190,7 @@ def _prepare(recipe, run_dir, resume, cluster):
     log.info(environment_summary(trainer))
     decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
                           task.target_signature(data))
-    return _Run(task, data, recipe, run_dir, trainer, decoder, Augmenter.from_recipe(recipe, task.target_kind))
+    return _Run(task, data, recipe, run_dir, trainer, decoder, Augmenter.from_recipe(recipe, task.target_kind), choice)
 
 
 def _datasets(run, cluster):
@@ -214,7 +220,8 @@ def _fit(run, datasets):
     outcome = run.trainer.fit(model, task.compile_settings(recipe, data), datasets.fit_train, datasets.fit_val,
                               datasets.steps_per_epoch, monitor=task.monitor,
                               class_weight=task.class_weight(recipe, data),
-                              callbacks=task.callbacks(recipe, data, datasets.val), fixed_steps=datasets.fixed_steps)
+                              callbacks=task.callbacks(recipe, data, datasets.val), fixed_steps=datasets.fixed_steps,
+                              pretrained=run.model_choice.weights.path is not None)
     return model, outcome
 
 
@@ -247,7 +254,8 @@ def _record(run, metrics, outcome, export_path):
     data, failed = run.data, run.decoder.failed
     metrics = {**metrics, **_training_record(outcome), "export_path": str(export_path) if export_path else None,
                "skipped_files": len(data.skipped) + len(failed), "images_train": data.train.count,
-               "images_validation": data.val.count}
+               "images_validation": data.val.count, "model": run.recipe.model.name,
+               "model_choice": run.model_choice.reason, "weights": run.model_choice.weights.to_json()}
     (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     shutil.rmtree(run.run_dir / "cache", ignore_errors=True)
     if data.skipped or failed:

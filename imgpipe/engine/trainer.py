@@ -34,6 +34,7 @@ import tensorflow as tf
 
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.errors import RecipeError
+from imgpipe.models.backbones import set_trainable
 from imgpipe.engine.distributed.keras_multiworker import AverageMovingStatistics, is_multi_worker, multi_worker_fit
 
 log = logging.getLogger("imgpipe")
@@ -180,7 +181,7 @@ class Trainer:
         return self.settings.batch_size * self.replicas
 
     def fit(self, model, compile_settings, train_ds, val_ds, steps_per_epoch, monitor=("val_loss", "min"),
-            class_weight=None, callbacks=(), fixed_steps=None):
+            class_weight=None, callbacks=(), fixed_steps=None, pretrained=True):
         """Compiles and fits `model` (built under `self.strategy.scope()`), in one or two phases.
 
         Args:
@@ -193,6 +194,8 @@ class Trainer:
             callbacks: the task's own callbacks, run before the history is written.
             fixed_steps: optional (training, validation) steps per epoch, for datasets that repeat
                 (multi-worker training, where every worker must take the same number of steps).
+            pretrained: the backbone starts from pretrained weights; only then is it frozen for the
+                warm-up (a randomly initialised backbone frozen would only hold the head back).
 
         Returns:
             dict with `history` (metric -> list, all epochs of this run including
@@ -201,17 +204,17 @@ class Trainer:
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         epochs = self.settings.epochs
         backbone = _find_backbone(model)
-        warmup = min(self.settings.warmup_epochs, epochs - 1) if backbone is not None else 0
+        warmup = min(self.settings.warmup_epochs, epochs - 1) if backbone is not None and pretrained else 0
         warmup_done = self.checkpoint_dir / "warmup_done.weights.h5"
         started = time.perf_counter()
         if warmup and self.resume and warmup_done.exists():
             model.load_weights(warmup_done)
         elif warmup:
-            backbone.trainable = False
+            set_trainable(backbone, False)
             self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
                             self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)
             model.save_weights(warmup_done)
-            backbone.trainable = True
+            set_trainable(backbone, True)  # its batch norm stays frozen (inference mode) while fine-tuning
         peak = self.peak_learning_rate * (FINE_TUNE_LR_FACTOR if warmup else 1.0)
         self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs, peak,
                         steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)

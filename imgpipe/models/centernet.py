@@ -24,6 +24,7 @@ from keras import layers
 
 from imgpipe.errors import RecipeError
 from imgpipe.models import MODELS
+from imgpipe.models.backbones import build_backbone, preprocessing, set_trainable
 from imgpipe.models.classifiers import BACKBONE_LAYER, BATCH_NORM_MOMENTUM
 from imgpipe.models.layers import ImagenetPreprocessing
 
@@ -84,27 +85,30 @@ def build_centernet(input_shape, num_classes, weights=None, dropout=0.0):
     return keras.Model(inputs, _decoder_and_heads(features, num_classes), name="centernet")
 
 
-PRETRAINED_BACKBONES = {
-    "centernet_resnet50": (keras.applications.ResNet50, "caffe",
-                           ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out", "conv5_block3_out"), {}),
-    "centernet_efficientnet_b0": (keras.applications.EfficientNetB0, "none",
-                                  ("block2b_add", "block3b_add", "block5c_add", "top_activation"), {}),
+PRETRAINED_BACKBONES = {  # name: (backbone, its feature maps at strides 4, 8, 16 and 32)
+    "centernet_mobilenet_v2": ("mobilenet_v2", ("block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu",
+                                                "out_relu")),
+    "centernet_resnet50": ("resnet50", ("conv2_block3_out", "conv3_block4_out", "conv4_block6_out",
+                                        "conv5_block3_out")),
+    "centernet_efficientnet_b0": ("efficientnet_b0", ("block2b_add", "block3b_add", "block5c_add",
+                                                      "top_activation")),
 }
 
 
-def _pretrained_builder(name, application, preprocessing, taps, extra):
+def _pretrained_builder(name, backbone_name, taps):
     def build(input_shape, num_classes, weights=None, dropout=0.0):
         _require_multiple_of_32(name, input_shape)
         inputs = keras.Input(input_shape, name="image")
-        x = ImagenetPreprocessing(preprocessing, name="preprocess")(inputs)
-        network = application(include_top=False, input_shape=input_shape,
-                              weights=None if weights in (None, "none") else weights, **extra)
+        x = ImagenetPreprocessing(preprocessing(backbone_name), name="preprocess")(inputs)
+        network = build_backbone(backbone_name, input_shape, weights)
         backbone = keras.Model(network.input, [network.get_layer(tap).output for tap in taps], name=BACKBONE_LAYER)
+        if weights not in (None, "none"):
+            set_trainable(backbone, True)  # batch norm keeps its ImageNet statistics, frozen or fine-tuned
         return keras.Model(inputs, _decoder_and_heads(backbone(x), num_classes), name=name)
 
     build.__name__ = f"build_{name}"
-    build.__doc__ = f"CenterNet heads on a keras.applications {application.__name__} backbone."
-    MODELS.register(name, task="detect", family="pretrained", pretrained=True)(build)
+    build.__doc__ = f"CenterNet heads on a keras.applications {backbone_name} backbone."
+    MODELS.register(name, task="detect", family="pretrained", pretrained=True, backbone=backbone_name)(build)
 
 
 for _name, _spec in PRETRAINED_BACKBONES.items():

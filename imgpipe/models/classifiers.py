@@ -17,6 +17,7 @@ from keras import layers
 
 from imgpipe.errors import RecipeError
 from imgpipe.models import MODELS
+from imgpipe.models.backbones import BACKBONES, build_backbone, preprocessing, set_trainable
 from imgpipe.models.layers import ImagenetPreprocessing
 
 BACKBONE_LAYER = "backbone"
@@ -97,7 +98,7 @@ def build_alexnet(input_shape, num_classes, weights=None, dropout=0.5):
     return keras.Model(inputs, classification_head(x, num_classes, 0.0), name="alexnet")
 
 
-def _application_builder(name, application, preprocessing, min_side, family):
+def _application_builder(name, min_side, family):
     def build(input_shape, num_classes, weights=None, dropout=0.2):
         if min(input_shape[:2]) < min_side:
             raise RecipeError(
@@ -106,33 +107,31 @@ def _application_builder(name, application, preprocessing, min_side, family):
             )
         kwargs = {"include_preprocessing": True} if name == "mobilenet_v3_small" else {}
         inputs = keras.Input(input_shape, name="image")
-        x = ImagenetPreprocessing(preprocessing, name="preprocess")(inputs)
-        backbone = application(
-            include_top=False,
-            weights=None if weights in (None, "none") else weights,
-            input_shape=input_shape,
-            pooling=None,  # pooled in the head, so the backbone's feature map stays visible (Grad-CAM)
-            **kwargs,
-        )
+        x = ImagenetPreprocessing(preprocessing(name), name="preprocess")(inputs)
+        # pooling=None: pooled in the head, so the backbone's feature map stays visible (Grad-CAM)
+        backbone = build_backbone(name, input_shape, weights, pooling=None, **kwargs)
         backbone.name = BACKBONE_LAYER
+        if weights not in (None, "none"):
+            set_trainable(backbone, True)  # batch norm keeps its ImageNet statistics, frozen or fine-tuned
         features = backbone(x)
         return keras.Model(inputs, classification_head(features, num_classes, dropout), name=name)
 
     build.__name__ = f"build_{name}"
-    build.__doc__ = f"keras.applications {application.__name__} backbone under a pooled softmax head."
-    MODELS.register(name, task="classify", family=family, pretrained=True)(build)
+    build.__doc__ = f"keras.applications {BACKBONES[name][0].__name__} backbone under a pooled softmax head."
+    MODELS.register(name, task="classify", family=family, pretrained=True, backbone=name)(build)
     return build
 
 
-APPLICATIONS = {
-    "vgg16": (keras.applications.VGG16, "caffe", 32, "classic"),
-    "vgg19": (keras.applications.VGG19, "caffe", 32, "classic"),
-    "inception_v3": (keras.applications.InceptionV3, "tf", 75, "classic"),
-    "resnet50": (keras.applications.ResNet50, "caffe", 32, "classic"),
-    "resnet152": (keras.applications.ResNet152, "caffe", 32, "classic"),
-    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "none", 32, "efficient"),
-    "efficientnet_b0": (keras.applications.EfficientNetB0, "none", 32, "efficient"),
+APPLICATIONS = {  # name: (smallest input side, family)
+    "mobilenet_v2": (32, "efficient"),
+    "vgg16": (32, "classic"),
+    "vgg19": (32, "classic"),
+    "inception_v3": (75, "classic"),
+    "resnet50": (32, "classic"),
+    "resnet152": (32, "classic"),
+    "mobilenet_v3_small": (32, "efficient"),
+    "efficientnet_b0": (32, "efficient"),
 }
 
-for _name, (_application, _preprocessing, _min_side, _family) in APPLICATIONS.items():
-    _application_builder(_name, _application, _preprocessing, _min_side, _family)
+for _name, (_min_side, _family) in APPLICATIONS.items():
+    _application_builder(_name, _min_side, _family)

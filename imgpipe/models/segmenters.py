@@ -18,6 +18,7 @@ from keras import layers
 
 from imgpipe.errors import RecipeError
 from imgpipe.models import MODELS
+from imgpipe.models.backbones import build_backbone, preprocessing, set_trainable
 from imgpipe.models.classifiers import BACKBONE_LAYER, BATCH_NORM_MOMENTUM
 from imgpipe.models.layers import ImagenetPreprocessing
 
@@ -67,19 +68,50 @@ def build_unet(input_shape, num_classes, weights=None, dropout=0.1, base_filters
     return keras.Model(inputs, _pixel_classifier(x, num_classes), name="unet")
 
 
-@MODELS.register("deeplabv3plus", task=("segment", "colorize"), family="pretrained", pretrained=True)
+# MobileNetV2's feature maps at strides 2, 4, 8, 16 and 32 (the TensorFlow segmentation tutorial's taps).
+MOBILENET_V2_TAPS = ("block_1_expand_relu", "block_3_expand_relu", "block_6_expand_relu", "block_13_expand_relu",
+                     "block_16_project")
+
+
+@MODELS.register("unet_mobilenet_v2", task=("segment", "colorize"), family="pretrained", pretrained=True,
+                 backbone="mobilenet_v2")
+def build_unet_mobilenet_v2(input_shape, num_classes, weights=None, dropout=0.1):
+    """A U-Net decoder on a MobileNetV2 encoder: upsample x2, concatenate the skip, two 3x3 convs, five times."""
+    _require_multiple("unet_mobilenet_v2", input_shape, 32)
+    inputs = keras.Input(input_shape, name="image")
+    x = ImagenetPreprocessing(preprocessing("mobilenet_v2"), name="preprocess")(inputs)
+    network = build_backbone("mobilenet_v2", input_shape, weights)
+    backbone = keras.Model(network.input, [network.get_layer(tap).output for tap in MOBILENET_V2_TAPS],
+                           name=BACKBONE_LAYER)
+    if weights not in (None, "none"):
+        set_trainable(backbone, True)  # batch norm keeps its ImageNet statistics, frozen or fine-tuned
+    *skips, x = backbone(x)
+    x = layers.Dropout(dropout, name="bottleneck_dropout")(x) if dropout else x
+    for level, (skip, filters) in reversed(list(enumerate(zip(skips, (32, 48, 64, 96))))):
+        x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_resize")(x)
+        x = layers.Concatenate(name=f"up{level}_skip")([_conv_block(x, filters, f"up{level}_reduce", kernel=1), skip])
+        x = _conv_block(x, filters, f"up{level}_a")
+        x = _conv_block(x, filters, f"up{level}_b")
+    x = layers.UpSampling2D(2, interpolation="bilinear", name="output_resize")(x)
+    x = _conv_block(x, 16, "output_conv")
+    return keras.Model(inputs, _pixel_classifier(x, num_classes), name="unet_mobilenet_v2")
+
+
+@MODELS.register("deeplabv3plus", task=("segment", "colorize"), family="pretrained", pretrained=True,
+                 backbone="resnet50")
 def build_deeplabv3plus(input_shape, num_classes, weights=None, dropout=0.1):
     """DeepLabV3+ on ResNet50: ASPP (rates 6, 12, 18) on stride-16 features, decoder on stride-4 features."""
     _require_multiple("deeplabv3plus", input_shape, 16)
     inputs = keras.Input(input_shape, name="image")
-    x = ImagenetPreprocessing("caffe", name="preprocess")(inputs)
-    resnet = keras.applications.ResNet50(include_top=False, input_shape=input_shape,
-                                         weights=None if weights in (None, "none") else weights)
+    x = ImagenetPreprocessing(preprocessing("resnet50"), name="preprocess")(inputs)
+    resnet = build_backbone("resnet50", input_shape, weights)
     backbone = keras.Model(
         resnet.input,
         [resnet.get_layer("conv4_block6_2_relu").output, resnet.get_layer("conv2_block3_2_relu").output],
         name=BACKBONE_LAYER,
     )
+    if weights not in (None, "none"):
+        set_trainable(backbone, True)
     high, low = backbone(x)
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(high)
     pooled = _conv_block(pooled, 256, "aspp_image", kernel=1)

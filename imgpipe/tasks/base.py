@@ -29,6 +29,10 @@ class Task:
     explain_target = None
     # The type of `TaskData.state` (with to_json() and from_json()), or None when class names say all.
     state_class = None
+    # `model.name: auto` picks `pretrained_model` when ImageNet weights are found for its backbone and
+    # the images are large enough (imgpipe.engine.model_choice), else `scratch_model`.
+    pretrained_model = None
+    scratch_model = None
 
     # === Data ===
     def read_data(self, recipe):

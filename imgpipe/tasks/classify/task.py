@@ -127,6 +127,8 @@ class ClassificationTask(Task):
     monitor = ("val_accuracy", "max")
     main_metric = "val_accuracy"
     explain_target = "class"
+    pretrained_model = "mobilenet_v2"
+    scratch_model = "small_cnn"
 
     # === Data ===
     def read_data(self, recipe):

@@ -145,6 +145,8 @@ class ColorizeTask(Task):
     monitor = ("val_loss", "min")
     main_metric = "val_psnr"
     state_class = ColorizeState
+    pretrained_model = "unet_mobilenet_v2"
+    scratch_model = "unet"
 
     # === Data ===
     def read_data(self, recipe):

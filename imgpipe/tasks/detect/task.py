@@ -67,6 +67,8 @@ class DetectionTask(Task):
     monitor = ("val_loss", "min")
     main_metric = "val_map50"
     state_class = DetectionLabels
+    pretrained_model = "centernet_mobilenet_v2"
+    scratch_model = "centernet"
 
     # === Data ===
     def read_data(self, recipe):

@@ -171,6 +171,8 @@ class SegmentationTask(Task):
     main_metric = "val_mean_iou"
     state_class = MaskEncoding
     explain_target = "region"
+    pretrained_model = "unet_mobilenet_v2"
+    scratch_model = "unet"
 
     # === Data ===
     def read_data(self, recipe):

@@ -27,7 +27,9 @@ import keras
 import numpy as np
 import tensorflow as tf
 
+from imgpipe.engine.weights import resolve_weights
 from imgpipe.errors import RecipeError
+from imgpipe.models.backbones import build_backbone
 from imgpipe.models.layers import ImagenetPreprocessing
 
 # (content layers, style layers) of each loss network.
@@ -60,15 +62,16 @@ def _randomise(network, seed):
                                np.zeros_like(bias)])
 
 
-def loss_network(name="vgg16", weights="imagenet", seed=1337):
+def loss_network(name="vgg16", weights="imagenet", seed=1337, weights_dir=None):
     """A frozen model: 0..255 RGB images -> [content features..., style features...] (float32).
 
     Args:
         name: 'vgg16' or 'vgg19' (`keras.applications`).
-        weights: 'imagenet' (downloaded once by Keras, or from its cache), 'random'
-            (fixed He-normal weights drawn from `seed`; lower quality, needs no
-            download), or the path of a local VGG weights file without the top.
+        weights: 'imagenet' (found as every backbone's are: the weights folder, then Keras;
+            `imgpipe.engine.weights`), 'random' (fixed He-normal weights drawn from `seed`;
+            lower quality, needs no download), or the path of a VGG weights file without the top.
         seed: the random weights' seed.
+        weights_dir: the weights folder (default: IMGPIPE_WEIGHTS_DIR).
     """
     if name not in LAYERS:
         raise RecipeError(f"stylize.loss_network: expected one of {', '.join(LAYERS)}, got {name!r}")
@@ -77,13 +80,12 @@ def loss_network(name="vgg16", weights="imagenet", seed=1337):
         network = APPLICATIONS[name](include_top=False, weights=None)
         _randomise(network, seed)
     elif weights == "imagenet" or pathlib.Path(str(weights)).is_file():
+        path = resolve_weights(name, weights, weights_dir).path if weights == "imagenet" else str(weights)
         try:
-            network = APPLICATIONS[name](include_top=False, weights=weights)
-        except Exception as error:  # noqa: BLE001  (download, HDF5 and shape errors all mean "not usable")
-            raise RecipeError(
-                f"stylize.loss_weights: cannot load {weights} weights for the {name} loss network "
-                f"({str(error).splitlines()[0][:160]}); pass --loss-weights random to train against a fixed "
-                "random-feature VGG (lower quality) or a local weights file") from None
+            network = build_backbone(name, None, path)
+        except RecipeError as error:
+            raise RecipeError(f"stylize.loss_weights: {str(error).partition(': ')[2]}; pass --loss-weights random "
+                              "to train against a fixed random-feature VGG (lower quality)") from None
     else:
         raise RecipeError(f"stylize.loss_weights: expected imagenet, random or a weights file, got {weights!r}")
     network.trainable = False

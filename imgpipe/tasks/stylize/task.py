@@ -13,7 +13,6 @@ Example:
 
 import dataclasses
 import logging
-import os
 import pathlib
 import time
 
@@ -28,6 +27,7 @@ from imgpipe.data.sources import LabelledFiles
 from imgpipe.data.unlabelled import read_image_folder
 from imgpipe.errors import DataError, RecipeError
 from imgpipe.engine.client import write_produced_images
+from imgpipe.engine.weights import resolve_weights
 from imgpipe.models import MODELS
 from imgpipe.tasks.stylize.perceptual import (LossWeights, StyleTransferModel, content_targets, identity_style_loss, loss_network,
                                 perceptual_terms, style_grams)
@@ -40,15 +40,6 @@ log = logging.getLogger("imgpipe")
 SAMPLES = 6
 TIMING_SIDE = 256
 TIMING_RUNS = 10
-
-
-def imagenet_weights_cached(network):
-    """True when Keras already holds the no-top ImageNet weights of `network` (no download needed).
-
-    The file name is the one `keras.applications` downloads to (its URL constant is not public API).
-    """
-    keras_home = pathlib.Path(os.environ.get("KERAS_HOME", pathlib.Path.home() / ".keras"))
-    return (keras_home / "models" / f"{network}_weights_tf_dim_ordering_tf_kernels_notop.h5").is_file()
 
 
 def styled(transformer, images, max_side):
@@ -83,6 +74,7 @@ class StylizeTask(Task):
     monitor = ("val_loss", "min")
     main_metric = "val_style_loss"
     state_class = StyleState
+    scratch_model = "johnson_light"
 
     # === Data ===
     def read_data(self, recipe):
@@ -113,12 +105,20 @@ class StylizeTask(Task):
     # === Model ===
     @staticmethod
     def _loss_weights(recipe, demo):
-        """The loss network's weights; the demo uses random ones when ImageNet's are not on disk yet."""
+        """The loss network's weights file (resolved once, so scoring later uses the same file) or 'random'.
+
+        The demo falls back to the fixed random-feature network when no ImageNet VGG weights are found.
+        """
         weights = recipe.options.loss_weights
-        if demo and weights == "imagenet" and not imagenet_weights_cached(recipe.options.loss_network):
-            log.info("demo: ImageNet VGG weights are not cached; using the fixed random-feature loss network")
+        if weights != "imagenet":
+            return weights
+        network = recipe.options.loss_network
+        # The demo never downloads: the weights folder or what an earlier run fetched, else random features.
+        resolved = resolve_weights(network, "auto" if demo else "imagenet", recipe.model.weights_dir, download=not demo)
+        if resolved.path is None:
+            log.info("demo: no ImageNet %s weights; using the fixed random-feature loss network", network)
             return "random"
-        return weights
+        return resolved.path
 
     def build_model(self, recipe, data):
         if recipe.model.weights not in (None, "none") and not pathlib.Path(recipe.model.weights).is_file():

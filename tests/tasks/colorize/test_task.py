@@ -88,7 +88,7 @@ def test_cli_evaluate_and_predict(cli, colorize_run, tmp_path):
 def test_l1_loss_option_trains(tmp_path):
     make_landscapes_folder(tmp_path / "photos", images=6, size=32)
     result = imgpipe.run("colorize", ["train.epochs=1", "train.batch_size=4", "train.verbose=0",
-                                      "data.image_size=32", "train.color_loss=l1", f"train.run_dir={tmp_path / 'r'}",
+                                      "data.image_size=32", "colorize.color_loss=l1", f"train.run_dir={tmp_path / 'r'}",
                                       "export.enabled=false"], data=tmp_path / "photos")
     assert np.isfinite(result.metrics["val_loss"]) and result.model.loss_kind == "l1"
 

@@ -24,7 +24,7 @@ def stylize_run(stylize_data):
     root, style = stylize_data
     result = imgpipe.run("stylize", ["train.epochs=2", "train.batch_size=4", "train.verbose=0", "data.image_size=32",
                                      f"train.run_dir={root / 'run'}", f"export.root={root / 'models'}",
-                                     "export.max_side=48"],
+                                     "stylize.max_side=48"],
                          data=root / "photos", style=style, loss_weights="random")
     return result, root
 
@@ -129,13 +129,20 @@ def test_the_loss_model_trains_on_two_logical_devices(stylize_data, tmp_path):
     assert result.metrics["epochs_run"] == 1 and np.isfinite(result.metrics["val_style_loss"])
 
 
-def test_demo_uses_cached_imagenet_weights_and_falls_back_to_random(tmp_path, monkeypatch):
-    from imgpipe.tasks.stylize.task import StylizeTask, imagenet_weights_cached
+def test_loss_network_weights_come_from_the_one_resolver(tmp_path, monkeypatch):
+    from imgpipe.errors import RecipeError
+    from imgpipe.tasks.stylize.task import StylizeTask
 
-    monkeypatch.setenv("KERAS_HOME", str(tmp_path))
+    monkeypatch.setenv("IMGPIPE_CACHE", str(tmp_path / "cache"))
+    monkeypatch.setenv("IMGPIPE_OFFLINE", "1")
+    monkeypatch.delenv("IMGPIPE_WEIGHTS_DIR", raising=False)
     recipe = imgpipe.load_recipe("stylize")
-    assert not imagenet_weights_cached("vgg16") and StylizeTask._loss_weights(recipe, demo=True) == "random"
-    (tmp_path / "models").mkdir()
-    (tmp_path / "models" / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"")
-    assert imagenet_weights_cached("vgg16") and StylizeTask._loss_weights(recipe, demo=True) == "imagenet"
-    assert StylizeTask._loss_weights(recipe, demo=False) == "imagenet"
+    assert StylizeTask._loss_weights(recipe, demo=True) == "random"  # the demo falls back
+    with pytest.raises(RecipeError, match="no ImageNet weights for vgg16"):
+        StylizeTask._loss_weights(recipe, demo=False)  # a user's run asked for imagenet: an error
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "vgg16_imagenet_notop.weights.h5").write_bytes(b"")
+    monkeypatch.setenv("IMGPIPE_WEIGHTS_DIR", str(folder))
+    expected = str(folder / "vgg16_imagenet_notop.weights.h5")
+    assert StylizeTask._loss_weights(recipe, demo=True) == StylizeTask._loss_weights(recipe, demo=False) == expected

@@ -1,0 +1,153 @@
+"""Where pretrained weights come from, decided in one place: a weights folder, then Keras, then none.
+
+    model.weights: auto (the default) or imagenet
+      1. a weights folder (--weights-dir, or IMGPIPE_WEIGHTS_DIR) holding <backbone>_imagenet_notop.weights.h5
+         (the names of ../shared/weights, so an air-gapped site copies one folder)
+      2. Keras' own ImageNet weights (its cache, else a download with a time limit; IMGPIPE_OFFLINE=1 skips it),
+         kept as a weights file in imgpipe's cache so the next run finds it at step 1's speed
+      3. none: `auto` trains from scratch with one warning saying what was tried; `imagenet` is an error
+    model.weights: none forces from scratch; a path loads that file.
+
+Example:
+    >>> resolved = resolve_weights("mobilenet_v2", "auto", weights_dir="../shared/weights")
+    >>> resolved.source, resolved.path
+    ('folder', '../shared/weights/mobilenet_v2_imagenet_notop.weights.h5')
+"""
+
+import contextlib
+import dataclasses
+import logging
+import os
+import pathlib
+import socket
+import typing
+
+from imgpipe.data.demo import cache_root
+from imgpipe.errors import RecipeError
+from imgpipe.models.backbones import BACKBONES, weights_file_name
+
+log = logging.getLogger("imgpipe")
+
+WEIGHTS_DIR_VARIABLE = "IMGPIPE_WEIGHTS_DIR"
+OFFLINE_VARIABLE = "IMGPIPE_OFFLINE"
+# Keras' get_file has no time limit; an offline machine whose packets are dropped would wait for ever.
+DOWNLOAD_TIMEOUT_SECONDS = 15
+
+
+@dataclasses.dataclass(frozen=True)
+class ResolvedWeights:
+    """What a run's backbone starts from.
+
+    Attributes:
+        backbone: the backbone's name, or None for a model without one.
+        source: 'folder' (the weights folder), 'keras' (Keras' ImageNet weights), 'file' (a path given
+            as model.weights) or 'none' (from scratch).
+        path: the weights file loaded, or None.
+        tried: what was looked at, in order, when nothing was found.
+    """
+
+    backbone: typing.Optional[str]
+    source: str
+    path: typing.Optional[str] = None
+    tried: tuple = ()
+
+    def describe(self):
+        """One line for the log and the run's summary."""
+        if self.path:
+            return f"weights: {self.backbone} from {self.path} ({self.source})"
+        return f"weights: none, from scratch ({'; '.join(self.tried) or 'model.weights: none'})"
+
+    def to_json(self):
+        return dataclasses.asdict(self)
+
+
+def offline():
+    """True when `IMGPIPE_OFFLINE` is set to anything but 0/false/no (the tests and CI set it)."""
+    return os.environ.get(OFFLINE_VARIABLE, "").strip().lower() not in ("", "0", "false", "no")
+
+
+def resolve_weights(backbone, requested="auto", weights_dir=None, download=True):
+    """The weights a backbone starts from, for `model.weights` = auto, imagenet, none or a file.
+
+    Args:
+        backbone: a name in `imgpipe.models.backbones.BACKBONES`, or None (a model without a backbone).
+        requested: the recipe's `model.weights`.
+        weights_dir: the weights folder (`model.weights_dir`); `IMGPIPE_WEIGHTS_DIR` when None.
+        download: False looks in the folder and imgpipe's cache only (the style-transfer demo).
+
+    Raises:
+        RecipeError: an explicit `imagenet` that nothing satisfies, a missing file, or `imagenet` for a
+            model without a pretrained backbone.
+    """
+    if requested in (None, "none"):
+        return ResolvedWeights(backbone, "none", tried=("model.weights: none",))
+    if requested not in ("auto", "imagenet"):
+        if not pathlib.Path(requested).is_file():
+            raise RecipeError(f"model.weights: {requested}: no such weights file")
+        return ResolvedWeights(backbone, "file", str(requested))
+    if backbone is None:
+        if requested == "imagenet":
+            raise RecipeError("model.weights: imagenet: this model has no pretrained backbone; choose one with "
+                              "--model (`imgpipe models` marks them) or use --weights none")
+        return ResolvedWeights(None, "none", tried=("the model has no pretrained backbone",))
+    tried = []
+    found = _in_folder(backbone, weights_dir, tried) or _from_keras(backbone, tried, download)
+    if found:
+        return found
+    if requested == "imagenet":
+        raise RecipeError(f"model.weights: imagenet: no ImageNet weights for {backbone} ({'; '.join(tried)}); "
+                          f"put {weights_file_name(backbone)} in a folder given by --weights-dir, or use "
+                          "--weights none")
+    resolved = ResolvedWeights(backbone, "none", tried=tuple(tried))
+    log.warning("no ImageNet weights for %s (%s); training from scratch. To start from them, put %s in a folder "
+                "and pass --weights-dir (or set %s)", backbone, "; ".join(tried), weights_file_name(backbone),
+                WEIGHTS_DIR_VARIABLE)
+    return resolved
+
+
+def _in_folder(backbone, weights_dir, tried):
+    folder = weights_dir or os.environ.get(WEIGHTS_DIR_VARIABLE)
+    if not folder:
+        tried.append(f"no weights folder (--weights-dir or {WEIGHTS_DIR_VARIABLE})")
+        return None
+    path = pathlib.Path(folder) / weights_file_name(backbone)
+    if path.is_file():
+        return ResolvedWeights(backbone, "folder", str(path))
+    tried.append(f"{path}: not found")
+    return None
+
+
+def keras_weights_cache():
+    """Where Keras' ImageNet weights are kept as imgpipe weights files once fetched."""
+    return pathlib.Path(cache_root()) / "weights"
+
+
+def _from_keras(backbone, tried, download=True):
+    cached = keras_weights_cache() / weights_file_name(backbone)
+    if cached.is_file():
+        return ResolvedWeights(backbone, "keras", str(cached))
+    if offline() or not download:
+        tried.append(f"Keras download skipped ({OFFLINE_VARIABLE}=1)" if offline() else "no download asked for")
+        return None
+    application = BACKBONES[backbone][0]
+    try:
+        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+            network = application(include_top=False, weights="imagenet")
+    except Exception as error:  # noqa: BLE001  (no network, a proxy, a refused or broken download)
+        tried.append(f"Keras download failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+        return None
+    cached.parent.mkdir(parents=True, exist_ok=True)
+    staging = cached.with_name(f".{os.getpid()}.{cached.name}")
+    network.save_weights(staging)
+    os.replace(staging, cached)  # whole or not at all, should two runs fetch at once
+    return ResolvedWeights(backbone, "keras", str(cached))
+
+
+@contextlib.contextmanager
+def _socket_timeout(seconds):
+    previous = socket.getdefaulttimeout()
+    socket.setdefaulttimeout(seconds)
+    try:
+        yield
+    finally:
+        socket.setdefaulttimeout(previous)

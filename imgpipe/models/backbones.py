@@ -1,0 +1,96 @@
+"""The `keras.applications` backbones the builders share, and loading their pretrained weights.
+
+Each backbone has a name (the one its weights file is called by:
+`<name>_imagenet_notop.weights.h5`), its `keras.applications` constructor and
+the input scaling its ImageNet weights expect. `build_backbone` builds it
+headless and loads weights: a file (what `imgpipe.engine.weights` resolves
+`model.weights` to), `imagenet` (Keras' own download), or none.
+
+Example:
+    >>> network = build_backbone("mobilenet_v2", (160, 160, 3), "weights/mobilenet_v2_imagenet_notop.weights.h5")
+    >>> network.output_shape
+    (None, 5, 5, 1280)
+"""
+
+import os
+import re
+
+import keras
+
+from imgpipe.errors import RecipeError
+
+# name: (keras.applications constructor, input scaling of its ImageNet weights (ImagenetPreprocessing mode))
+BACKBONES = {
+    "mobilenet_v2": (keras.applications.MobileNetV2, "tf"),
+    "vgg16": (keras.applications.VGG16, "caffe"),
+    "vgg19": (keras.applications.VGG19, "caffe"),
+    "inception_v3": (keras.applications.InceptionV3, "tf"),
+    "resnet50": (keras.applications.ResNet50, "caffe"),
+    "resnet152": (keras.applications.ResNet152, "caffe"),
+    "mobilenet_v3_small": (keras.applications.MobileNetV3Small, "none"),
+    "efficientnet_b0": (keras.applications.EfficientNetB0, "none"),
+}
+
+
+def weights_file_name(backbone):
+    """The file a weights folder holds for `backbone` (as in ../shared/weights)."""
+    return f"{backbone}_imagenet_notop.weights.h5"
+
+
+def preprocessing(backbone):
+    """The `ImagenetPreprocessing` mode the backbone's ImageNet weights expect."""
+    return BACKBONES[backbone][1]
+
+
+def build_backbone(backbone, input_shape, weights=None, **kwargs):
+    """The headless `keras.applications` network, with `weights` (None/'none', 'imagenet' or a weights file).
+
+    A file that does not fit the network is a `RecipeError` naming the file
+    and the first layer that did not take its weights.
+    """
+    application = BACKBONES[backbone][0]
+    if weights in (None, "none") or weights == "imagenet":
+        return application(include_top=False, weights=None if weights in (None, "none") else weights,
+                           input_shape=input_shape, **kwargs)
+    network = application(include_top=False, weights=None, input_shape=input_shape, **kwargs)
+    load_weights_file(network, weights, backbone)
+    return network
+
+
+def set_trainable(backbone, trainable):
+    """Freezes or unfreezes a pretrained backbone; its batch norm layers stay frozen either way.
+
+    Frozen, a Keras 3 `BatchNormalization` runs in inference mode, so the
+    ImageNet statistics are kept while the rest fine-tunes (Keras' transfer-
+    learning guide). The guide's `backbone(x, training=False)` does not do it
+    here: in Keras 3.15 an outer `training=True` overrides the `training=False`
+    given when the functional graph was built (seen on a plain layer too), and
+    a few hundred images then overwrite the statistics.
+
+    Example:
+        >>> set_trainable(model.get_layer("backbone"), True)
+    """
+    backbone.trainable = trainable
+    for layer in _sublayers(backbone):
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.trainable = False
+
+
+def _sublayers(layer):
+    for child in getattr(layer, "layers", []):
+        yield child
+        yield from _sublayers(child)
+
+
+def load_weights_file(network, path, backbone):
+    """`network.load_weights(path)`, with a one-line error naming the file and the first mismatched layer."""
+    if not os.path.isfile(path):
+        raise RecipeError(f"model.weights: {path}: no such weights file")
+    try:
+        network.load_weights(path)
+    except (ValueError, KeyError, OSError) as error:
+        text = str(error)
+        layer = re.search(r"name=([^,>]+)", text)
+        reason = next((line for line in text.splitlines()[1:] if line.strip()), text.splitlines()[0])
+        raise RecipeError(f"model.weights: {path} does not fit the {backbone} backbone (first layer that does "
+                          f"not match: {layer.group(1) if layer else '?'}; {reason.strip()[:160]})") from None
