@@ -15,8 +15,11 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
 
-def plot_curves(history, path):
-    """One panel per metric (loss, accuracy, ...), training and validation per epoch."""
+def plot_curves(history, path, fine_tune_from=0):
+    """One panel per metric (loss, accuracy, ...), training and validation per epoch.
+
+    `fine_tune_from` > 0: the first epoch after a frozen-backbone warm-up, marked by a dashed line.
+    """
     names = [key for key in history if key not in ("epoch", "learning_rate") and not key.startswith("val_")]
     if not names:
         return None
@@ -28,6 +31,8 @@ def plot_curves(history, path):
         axis.plot(epochs, history[name], marker="o", markersize=3, label="train")
         if f"val_{name}" in history:
             axis.plot(epochs, history[f"val_{name}"], marker="o", markersize=3, label="validation")
+        if fine_tune_from:
+            axis.axvline(fine_tune_from + 0.5, color="grey", linestyle="--", linewidth=1, label="fine-tuning starts")
         axis.set_title(name)
         axis.set_xlabel("epoch")
         axis.grid(alpha=0.3)

@@ -168,7 +168,7 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=()):
                 return RunResult(model, _training_record(outcome), run_dir, None, run.recipe, outcome["history"])
             model = local
         metrics = _evaluate(run, model, datasets.val, reports)
-    plots.plot_curves(outcome["history"], run_dir / "curves.png")
+    plots.plot_curves(outcome["history"], run_dir / "curves.png", fine_tune_from=outcome["warmup_epochs"])
     export_path = _export(run, model) if run.recipe.export.enabled else None
     metrics = _record(run, metrics, outcome, export_path)
     return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
@@ -246,7 +246,8 @@ def _export(run, model):
 
 
 def _training_record(outcome):
-    return {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"]}
+    return {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"],
+            "warmup_epochs": outcome["warmup_epochs"]}
 
 
 def _record(run, metrics, outcome, export_path):

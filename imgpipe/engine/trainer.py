@@ -223,6 +223,7 @@ class Trainer:
             "history": history,
             "epochs_run": len(history.get("epoch", [])),
             "train_seconds": round(time.perf_counter() - started, 2),
+            "warmup_epochs": warmup,
         }
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
