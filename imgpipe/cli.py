@@ -84,8 +84,9 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weigh
     for key, value in sorted(result.metrics.items()):
         if "/" not in key and key.startswith("val_"):
             click.echo(f"  {key:<24} {value:.4f}")
-    click.echo(f"model:         {result.metrics['model']} ({result.metrics['model_choice']})")
-    click.echo(f"weights:       {result.metrics['weights']['path'] or 'none, from scratch'}")
+    if "model" in result.metrics:  # a worker other than the chief reports only its training
+        click.echo(f"model:         {result.metrics['model']} ({result.metrics['model_choice']})")
+        click.echo(f"weights:       {result.metrics['weights']['path'] or 'none, from scratch'}")
     click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)")
     click.echo(f"run directory: {result.run_dir}")
     if result.export_path:
@@ -248,8 +249,11 @@ def recipes(keys):
         return
     for name in recipe_names():
         recipe = load_recipe(name)
-        description = TASKS.info(recipe.task)["description"]
-        click.echo(f"{name:<12} task={recipe.task:<10} model={recipe.model.name:<14} {description}")
+        task = TASKS.get(recipe.task)
+        model = recipe.model.name
+        if model == "auto":
+            model = f"auto ({'/'.join(filter(None, (task.pretrained_model, task.scratch_model)))})"
+        click.echo(f"{name:<12} task={recipe.task:<10} model={model:<33} {TASKS.info(recipe.task)['description']}")
 
 
 @main.command()

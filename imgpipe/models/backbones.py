@@ -88,7 +88,10 @@ def load_weights_file(network, path, backbone):
         raise RecipeError(f"model.weights: {path}: no such weights file")
     try:
         network.load_weights(path)
-    except (ValueError, KeyError, OSError) as error:
+    except OSError as error:  # h5py: not an HDF5 file at all
+        raise RecipeError(f"model.weights: {path}: not a Keras weights file ({str(error).splitlines()[0][:120]})") \
+            from None
+    except (ValueError, KeyError) as error:
         text = str(error)
         layer = re.search(r"name=([^,>]+)", text)
         reason = next((line for line in text.splitlines()[1:] if line.strip()), text.splitlines()[0])

@@ -7,7 +7,7 @@ from imgpipe.engine.recipe import describe_keys, load_recipe, recipe_from_dict, 
 def test_shipped_classify_recipe_loads_with_defaults():
     recipe = load_recipe("classify")
     assert recipe.task == "classify"
-    assert recipe.model.name == "small_cnn"
+    assert recipe.model.name == "auto" and recipe.model.weights == "auto"
     assert recipe.data.seed == 1337
     assert recipe.data.val_split == 0.2
     assert "classify" in recipe_names()

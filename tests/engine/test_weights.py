@@ -183,3 +183,19 @@ def test_the_shared_imagenet_weights_load_into_the_classifier(shared_weights):
     with h5py.File(path) as saved:
         assert np.array_equal(model.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
                               saved["layers/conv2d/vars/0"][()])
+
+
+def test_the_pretrained_head_normalises_features_on_a_backbones_own_scale():
+    """VGG16's pooled features (std 19 on raccoon crops) saturate a fresh softmax; the head's batch norm does not."""
+    from imgpipe.models.classifiers import classification_head
+
+    features = np.random.default_rng(0).normal(7.0, 19.0, (32, 512)).astype("float32")
+    probabilities = {}
+    for normalise in (False, True):
+        keras.utils.set_random_seed(0)
+        inputs = keras.Input((512,))
+        head = keras.Model(inputs, classification_head(inputs, 2, 0.0, normalise=normalise))
+        probabilities[normalise] = head(features, training=True).numpy().max(axis=1)
+    assert np.median(probabilities[False]) > 0.999  # saturated: the gradient of the right class is ~0
+    assert np.median(probabilities[True]) < 0.9
+    assert MODELS.get("mobilenet_v2")((32, 32, 3), 2, weights=None).get_layer("head_norm") is not None

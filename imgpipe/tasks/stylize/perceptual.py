@@ -80,12 +80,14 @@ def loss_network(name="vgg16", weights="imagenet", seed=1337, weights_dir=None):
         network = APPLICATIONS[name](include_top=False, weights=None)
         _randomise(network, seed)
     elif weights == "imagenet" or pathlib.Path(str(weights)).is_file():
-        path = resolve_weights(name, weights, weights_dir).path if weights == "imagenet" else str(weights)
         try:
+            path = resolve_weights(name, weights, weights_dir).path if weights == "imagenet" else str(weights)
             network = build_backbone(name, None, path)
         except RecipeError as error:
-            raise RecipeError(f"stylize.loss_weights: {str(error).partition(': ')[2]}; pass --loss-weights random "
-                              "to train against a fixed random-feature VGG (lower quality)") from None
+            reason = str(error).removeprefix("model.weights: ").split("; put ")[0]
+            raise RecipeError(f"stylize.loss_weights: cannot load {weights} weights for the {name} loss network "
+                              f"({reason}); pass --loss-weights random to train against a fixed random-feature "
+                              "VGG (lower quality), or give --weights-dir") from None
     else:
         raise RecipeError(f"stylize.loss_weights: expected imagenet, random or a weights file, got {weights!r}")
     network.trainable = False

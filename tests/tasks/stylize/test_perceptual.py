@@ -49,13 +49,15 @@ def test_random_loss_network_is_fixed_by_its_seed_and_frozen(random_vgg):
     assert random_vgg.trainable_weights == [] and len(random_vgg(image)) == 5
 
 
-def test_unloadable_imagenet_weights_stop_with_a_clear_message(monkeypatch):
-    def offline(**kwargs):
-        raise OSError("URL fetch failure: no route to host")
-
-    monkeypatch.setitem(perceptual.APPLICATIONS, "vgg16", offline)
-    with pytest.raises(RecipeError, match="cannot load imagenet weights.*--loss-weights random"):
+def test_unloadable_imagenet_weights_stop_with_a_clear_message(tmp_path, monkeypatch):
+    monkeypatch.setenv("IMGPIPE_CACHE", str(tmp_path))  # nothing fetched before; the tests run offline
+    with pytest.raises(RecipeError, match="cannot load imagenet weights .*Keras download skipped.*"
+                                          "--loss-weights random"):
         loss_network("vgg16", "imagenet")
+    broken = tmp_path / "vgg16_imagenet_notop.weights.h5"
+    broken.write_bytes(b"not an HDF5 file")
+    with pytest.raises(RecipeError, match=f"cannot load imagenet weights .*{broken}"):
+        loss_network("vgg16", "imagenet", weights_dir=str(tmp_path))
     with pytest.raises(RecipeError, match="stylize.loss_weights"):
         loss_network("vgg16", "caffe")
 
