@@ -199,3 +199,27 @@ def test_the_pretrained_head_normalises_features_on_a_backbones_own_scale():
     assert np.median(probabilities[False]) > 0.999  # saturated: the gradient of the right class is ~0
     assert np.median(probabilities[True]) < 0.9
     assert MODELS.get("mobilenet_v2")((32, 32, 3), 2, weights=None).get_layer("head_norm") is not None
+
+
+def test_a_run_with_a_weights_folder_trains_the_pretrained_model_and_records_it(class_folder, tmp_path, monkeypatch):
+    import json
+
+    import imgpipe
+
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3)).save_weights(
+        folder / "mobilenet_v2_imagenet_notop.weights.h5")
+    result = imgpipe.run("classify", ["train.epochs=2", "train.batch_size=8", "train.verbose=0", "data.image_size=96",
+                                      "train.warmup_epochs=1", f"train.run_dir={tmp_path / 'run'}",
+                                      "export.enabled=false", "evaluate.robustness=false"],
+                         data=class_folder, weights_dir=str(folder))
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["model"] == "mobilenet_v2" and metrics["weights"]["source"] == "folder"
+    assert metrics["warmup_epochs"] == 1 and metrics["epochs_run"] == 2
+    assert result.recipe.model.weights == str(folder / "mobilenet_v2_imagenet_notop.weights.h5")
+    offline = imgpipe.run("classify", ["train.epochs=1", "train.batch_size=8", "train.verbose=0",
+                                       "data.image_size=96", f"train.run_dir={tmp_path / 'scratch'}",
+                                       "export.enabled=false", "evaluate.robustness=false"], data=class_folder)
+    assert (offline.metrics["model"], offline.metrics["warmup_epochs"]) == ("small_cnn", 0)
+    assert offline.metrics["model_choice"] == "no ImageNet weights found"
