@@ -57,6 +57,18 @@ def build_backbone(backbone, input_shape, weights=None, **kwargs):
     return network
 
 
+def tapped_backbone(backbone, input_shape, weights, taps, name="backbone"):
+    """The backbone as one layer whose outputs are its feature maps `taps` (for decoders and detection heads).
+
+    A pretrained one keeps its batch norm frozen from the start (`set_trainable`).
+    """
+    network = build_backbone(backbone, input_shape, weights)
+    tapped = keras.Model(network.input, [network.get_layer(tap).output for tap in taps], name=name)
+    if weights not in (None, "none"):
+        set_trainable(tapped, True)
+    return tapped
+
+
 def set_trainable(backbone, trainable):
     """Freezes or unfreezes a pretrained backbone; its batch norm layers stay frozen either way.
 

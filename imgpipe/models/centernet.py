@@ -24,7 +24,7 @@ from keras import layers
 
 from imgpipe.errors import RecipeError
 from imgpipe.models import MODELS
-from imgpipe.models.backbones import build_backbone, preprocessing, set_trainable
+from imgpipe.models.backbones import preprocessing, tapped_backbone
 from imgpipe.models.classifiers import BACKBONE_LAYER, BATCH_NORM_MOMENTUM
 from imgpipe.models.layers import ImagenetPreprocessing
 
@@ -100,10 +100,7 @@ def _pretrained_builder(name, backbone_name, taps):
         _require_multiple_of_32(name, input_shape)
         inputs = keras.Input(input_shape, name="image")
         x = ImagenetPreprocessing(preprocessing(backbone_name), name="preprocess")(inputs)
-        network = build_backbone(backbone_name, input_shape, weights)
-        backbone = keras.Model(network.input, [network.get_layer(tap).output for tap in taps], name=BACKBONE_LAYER)
-        if weights not in (None, "none"):
-            set_trainable(backbone, True)  # batch norm keeps its ImageNet statistics, frozen or fine-tuned
+        backbone = tapped_backbone(backbone_name, input_shape, weights, taps, BACKBONE_LAYER)
         return keras.Model(inputs, _decoder_and_heads(backbone(x), num_classes), name=name)
 
     build.__name__ = f"build_{name}"

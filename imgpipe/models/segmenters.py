@@ -18,7 +18,7 @@ from keras import layers
 
 from imgpipe.errors import RecipeError
 from imgpipe.models import MODELS
-from imgpipe.models.backbones import build_backbone, preprocessing, set_trainable
+from imgpipe.models.backbones import preprocessing, tapped_backbone
 from imgpipe.models.classifiers import BACKBONE_LAYER, BATCH_NORM_MOMENTUM
 from imgpipe.models.layers import ImagenetPreprocessing
 
@@ -80,12 +80,7 @@ def build_unet_mobilenet_v2(input_shape, num_classes, weights=None, dropout=0.1)
     _require_multiple("unet_mobilenet_v2", input_shape, 32)
     inputs = keras.Input(input_shape, name="image")
     x = ImagenetPreprocessing(preprocessing("mobilenet_v2"), name="preprocess")(inputs)
-    network = build_backbone("mobilenet_v2", input_shape, weights)
-    backbone = keras.Model(network.input, [network.get_layer(tap).output for tap in MOBILENET_V2_TAPS],
-                           name=BACKBONE_LAYER)
-    if weights not in (None, "none"):
-        set_trainable(backbone, True)  # batch norm keeps its ImageNet statistics, frozen or fine-tuned
-    *skips, x = backbone(x)
+    *skips, x = tapped_backbone("mobilenet_v2", input_shape, weights, MOBILENET_V2_TAPS, BACKBONE_LAYER)(x)
     x = layers.Dropout(dropout, name="bottleneck_dropout")(x) if dropout else x
     for level, (skip, filters) in reversed(list(enumerate(zip(skips, (32, 48, 64, 96))))):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{level}_resize")(x)
@@ -104,14 +99,8 @@ def build_deeplabv3plus(input_shape, num_classes, weights=None, dropout=0.1):
     _require_multiple("deeplabv3plus", input_shape, 16)
     inputs = keras.Input(input_shape, name="image")
     x = ImagenetPreprocessing(preprocessing("resnet50"), name="preprocess")(inputs)
-    resnet = build_backbone("resnet50", input_shape, weights)
-    backbone = keras.Model(
-        resnet.input,
-        [resnet.get_layer("conv4_block6_2_relu").output, resnet.get_layer("conv2_block3_2_relu").output],
-        name=BACKBONE_LAYER,
-    )
-    if weights not in (None, "none"):
-        set_trainable(backbone, True)
+    backbone = tapped_backbone("resnet50", input_shape, weights, ("conv4_block6_2_relu", "conv2_block3_2_relu"),
+                               BACKBONE_LAYER)
     high, low = backbone(x)
     pooled = layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(high)
     pooled = _conv_block(pooled, 256, "aspp_image", kernel=1)
