@@ -54,12 +54,14 @@ def class_folder(tmp_path):
 
 @pytest.fixture
 def fast_recipe_args(tmp_path):
-    """Overrides that keep a test run to a few seconds."""
+    """Overrides that keep a test run to a few seconds (no robustness card; add export.enabled=false
+    where the export is not looked at)."""
     return [
         "train.epochs=1",
         "train.batch_size=8",
         "train.verbose=0",
         "data.image_size=16",
+        "evaluate.robustness=false",
         f"train.run_dir={tmp_path / 'run'}",
         f"export.root={tmp_path / 'saved_models'}",
     ]

@@ -14,7 +14,8 @@ from PIL import Image
 
 from tests import corpus
 
-QUICK = ["--epochs", "1", "--batch-size", "4", "--set", "train.verbose=0", "--set", "train.patience=0"]
+QUICK = ["--epochs", "1", "--batch-size", "4", "--set", "train.verbose=0", "--set", "train.patience=0", "--no-robustness",
+         "--no-export"]
 SIZE = {"classify": "16", "segment": "32", "detect": "64", "stylize": "32", "colorize": "32"}
 
 

@@ -1,26 +1,58 @@
+import contextlib
+import io
 import json
+import pathlib
+import sys
 
+import numpy as np
 import pytest
 
 from tests.conftest import write_image
 
-FAST = ["--epochs", "1", "--batch-size", "8", "--image-size", "16", "--set", "train.verbose=0"]
+FAST = ["--epochs", "1", "--batch-size", "8", "--image-size", "16", "--set", "train.verbose=0", "--no-robustness"]
 
 
-@pytest.fixture
-def exported(cli, class_folder, tmp_path):
-    code, out, err = cli("run", "classify", "--data", class_folder, "--output", tmp_path / "run",
-                         "--export-dir", tmp_path / "saved_models", "--name", "colours", *FAST)
-    assert code == 0, err
-    return tmp_path / "saved_models" / "colours" / "1", out
+@pytest.fixture(scope="module")
+def module_folder(tmp_path_factory):
+    return tmp_path_factory.mktemp("cli")
 
 
-def test_run_prints_metrics_run_dir_and_export(exported, tmp_path):
+@pytest.fixture(scope="module")
+def module_class_folder(module_folder):
+    """The class_folder fixture's images, made once for the module."""
+    from tests.conftest import COLOURS
+
+    rng = np.random.default_rng(0)
+    for name, colour in COLOURS.items():
+        for index in range(10):
+            jitter = np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255)
+            write_image(module_folder / "images" / name / f"{name}_{index}.png", jitter)
+    return module_folder / "images"
+
+
+@pytest.fixture(scope="module")
+def exported(module_class_folder, module_folder):
+    """One `imgpipe run` through the CLI, trained and exported once for the module's tests."""
+    from imgpipe.cli import entry_point
+
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(sys, "argv", ["imgpipe", "run", "classify", "--data", str(module_class_folder),
+                                    "--output", str(module_folder / "run"),
+                                    "--export-dir", str(module_folder / "saved_models"), "--name", "colours",
+                                    *FAST, "--set", "train.epochs=3", "--set", "train.patience=0"])
+        output = io.StringIO()
+        with contextlib.redirect_stdout(output), pytest.raises(SystemExit) as exit_info:
+            entry_point()
+    assert exit_info.value.code == 0
+    return module_folder / "saved_models" / "colours" / "1", output.getvalue()
+
+
+def test_run_prints_metrics_run_dir_and_export(exported, module_folder):
     export_path, out = exported
     assert "val_accuracy" in out and "val_loss" in out
-    assert f"run directory: {tmp_path / 'run'}" in out
+    assert f"run directory: {module_folder / 'run'}" in out
     assert f"export:        {export_path}" in out
-    run_dir = tmp_path / "run"
+    run_dir = module_folder / "run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("val_accuracy", "val_loss", "epochs_run", "train_seconds", "export_path"):
         assert key in metrics
@@ -28,24 +60,35 @@ def test_run_prints_metrics_run_dir_and_export(exported, tmp_path):
         assert (run_dir / name).is_file(), name
 
 
-def test_evaluate_reports_per_class_metrics_as_json(cli, exported, class_folder, tmp_path):
+def test_evaluate_reports_per_class_metrics_as_json(cli, exported, module_class_folder, tmp_path):
     export_path, _ = exported
-    code, out, err = cli("evaluate", export_path, "--data", class_folder, "--json",
+    code, out, err = cli("evaluate", export_path, "--data", module_class_folder, "--json",
                          "--report-dir", tmp_path / "evaluation")
     assert code == 0, err
     report = json.loads(out)
     assert report["images"] == 30
-    assert 0.0 <= report["accuracy"] <= 1.0
+    # The numbers are the export's own answers on the 30 images, counted here from `predict`.
+    code, lines, err = cli("predict", export_path, *sorted(module_class_folder.rglob("*.png")), "--json")
+    assert code == 0, err
+    answers = [json.loads(line) for line in lines.strip().splitlines()]
+    truth = [pathlib.Path(answer["file"]).parent.name for answer in answers]
+    predicted = [answer["predictions"][0]["class_name"] for answer in answers]
+    assert report["accuracy"] == pytest.approx(np.mean([t == p for t, p in zip(truth, predicted)]), abs=1e-6)
+    for name in ("red", "green", "blue"):
+        hits = sum(t == p == name for t, p in zip(truth, predicted))
+        assert report[f"recall/{name}"] == pytest.approx(hits / truth.count(name), abs=1e-6)
+        if predicted.count(name):
+            assert report[f"precision/{name}"] == pytest.approx(hits / predicted.count(name), abs=1e-6)
     assert {"precision/red", "recall/green", "f1/blue"} <= set(report)
     assert (tmp_path / "evaluation" / "confusion_matrix.png").is_file()
 
-    code, out, _ = cli("evaluate", export_path, "--data", class_folder, "--report-dir", tmp_path / "e2")
+    code, out, _ = cli("evaluate", export_path, "--data", module_class_folder, "--report-dir", tmp_path / "e2")
     assert code == 0 and "precision" in out and "red" in out
 
 
-def test_predict_prints_names_and_scores(cli, exported, class_folder):
+def test_predict_prints_names_and_scores(cli, exported, module_class_folder):
     export_path, _ = exported
-    images = sorted((class_folder / "red").iterdir())[:2]
+    images = sorted((module_class_folder / "red").iterdir())[:2]
     code, out, err = cli("predict", export_path, *images, "--top-k", "3", "--json")
     assert code == 0, err
     lines = [json.loads(line) for line in out.strip().splitlines()]

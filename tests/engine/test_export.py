@@ -1,9 +1,10 @@
 import io
 import json
+import os
+import pathlib
 import shutil
 import subprocess
 import sys
-import threading
 
 import numpy as np
 import pytest
@@ -16,6 +17,8 @@ from imgpipe.errors import ExportError
 from imgpipe.engine.export import load_export, resolve_export, versions
 from imgpipe.engine.serving import decode_batch
 
+REPO = pathlib.Path(__file__).resolve().parents[2]
+
 
 @pytest.fixture(scope="module")
 def trained(tmp_path_factory):
@@ -27,7 +30,7 @@ def trained(tmp_path_factory):
         for index in range(6):
             write_image(root / "images" / name / f"{index}.png", colour)
     result = imgpipe.run("classify", ["train.epochs=1", "train.batch_size=8", "train.verbose=0",
-                                      "data.image_size=16x20", f"train.run_dir={root / 'run'}",
+                                      "evaluate.robustness=false", "data.image_size=16x20", f"train.run_dir={root / 'run'}",
                                       f"export.root={root / 'saved_models'}"], data=root / "images")
     return result, root
 
@@ -72,13 +75,48 @@ def test_bytes_in_names_out_and_parity_with_the_in_memory_model(trained):
     np.testing.assert_allclose(floats["probabilities"].numpy(), expected, atol=1e-5)
 
 
-def test_jpeg_gif_and_greyscale_bytes_are_decoded_inside(trained):
+def test_jpeg_gif_webp_and_greyscale_bytes_are_decoded_inside(trained):
     result, _ = trained
     _, _, loaded = load_export(result.export_path)
-    rgb = np.full((12, 12, 3), 200, np.uint8)
-    payloads = [encode(rgb, "JPEG"), encode(rgb, "GIF"), encode(rgb, "BMP"), encode(rgb[..., 0], "PNG")]
+    rng = np.random.default_rng(3)
+    pictures = [np.kron(rng.integers(0, 256, (4, 5, 3)), np.ones((6, 6, 1))).astype(np.uint8) for _ in range(2)]
+    payloads = [encode(pictures[0], "JPEG"), encode(pictures[0], "GIF"), encode(pictures[0], "BMP"),
+                encode(pictures[0][..., 0], "PNG")]
     answer = loaded.signatures["serving_default"](image_bytes=tf.constant(payloads))
     assert answer["probabilities"].shape == (4, 3)
+    # Lossless WebP holds the PNG's very pixels, so the answers must be the PNG's.
+    webp = [_webp(picture) for picture in pictures]
+    png = [encode(picture, "PNG") for picture in pictures]
+    from_webp = loaded.signatures["serving_default"](image_bytes=tf.constant(webp))
+    from_png = loaded.signatures["serving_default"](image_bytes=tf.constant(png))
+    np.testing.assert_allclose(from_webp["probabilities"].numpy(), from_png["probabilities"].numpy(), atol=1e-6)
+    assert from_webp["class_name"].numpy().tolist() == from_png["class_name"].numpy().tolist()
+
+
+def _webp(pixels):
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, "WEBP", lossless=True)
+    assert buffer.getvalue()[8:12] == b"WEBP"
+    return buffer.getvalue()
+
+
+def test_top_k_scores_are_the_largest_probabilities_in_order_with_their_names(trained):
+    result, _ = trained
+    _, metadata, loaded = load_export(result.export_path)
+    rng = np.random.default_rng(1)
+    payloads = [encode(rng.integers(0, 256, (20, 24, 3), dtype=np.uint8)) for _ in range(4)]
+    answer = loaded.signatures["serving_default"](image_bytes=tf.constant(payloads))
+    probabilities = answer["probabilities"].numpy()
+    scores, names = answer["top_k_scores"].numpy(), answer["top_k_names"].numpy()
+    assert scores.shape == names.shape == (4, 3)
+    order = np.argsort(-probabilities, axis=1, kind="stable")
+    np.testing.assert_allclose(scores, np.take_along_axis(probabilities, order, axis=1), atol=1e-6)
+    assert np.all(np.diff(scores, axis=1) <= 0)
+    class_names = np.array(metadata["class_names"])
+    for row in range(4):
+        assert [name.decode() for name in names[row]] == class_names[order[row]].tolist() or \
+            len(set(scores[row])) < 3  # ties may come in either order
+    np.testing.assert_allclose(scores[:, 0], answer["score"].numpy(), atol=1e-6)
 
 
 def test_next_export_takes_the_next_version(trained, tmp_path):
@@ -116,28 +154,70 @@ def test_a_crash_mid_write_leaves_no_version_folder(trained, tmp_path, monkeypat
     assert list((tmp_path / "models" / "crashy").iterdir()) == []
 
 
-def test_concurrent_exports_get_distinct_versions(trained, tmp_path):
+RACING_EXPORTER = """
+import json, os, pathlib, shutil, sys, time
+from imgpipe.engine.export import write_export
+
+source, root, index, writers, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+
+
+class CopyOfAnExport:
+    # Stands in for a Keras ExportArchive: writes a real SavedModel (no TensorFlow start-up per process).
+    def write_out(self, path, verbose=False):
+        for name in ("saved_model.pb", "variables", "fingerprint.pb"):
+            if os.path.isdir(os.path.join(source, name)):
+                shutil.copytree(os.path.join(source, name), os.path.join(path, name), dirs_exist_ok=True)
+            elif os.path.exists(os.path.join(source, name)):
+                shutil.copy(os.path.join(source, name), path)
+
+
+real_rename, waited = os.rename, []
+
+
+def rename_after_everyone_chose(staging, target):
+    # The barrier: no writer renames before every writer has picked its first version number, so all
+    # pick the same one and all but one must take the retry branch.
+    if not waited:
+        waited.append(1)
+        pathlib.Path(barrier, str(index)).touch()
+        deadline = time.monotonic() + 120
+        while len(os.listdir(barrier)) < writers:
+            assert time.monotonic() < deadline, "the other writers never reached the rename"
+            time.sleep(0.005)
+    return real_rename(staging, target)
+
+
+os.rename = rename_after_everyone_chose
+metadata = json.loads(pathlib.Path(source, "assets.extra", "imgpipe.json").read_text())
+path = write_export(CopyOfAnExport(), root, "racing", {**metadata, "writer": index}, "writer: %d\\n" % index)
+print(path)
+"""
+
+
+def test_concurrent_exports_from_separate_processes_get_distinct_loadable_versions(trained, tmp_path):
     result, _ = trained
-    from imgpipe.engine.run_folder import export_run
-
-    paths, errors = [], []
-
-    def export_one():
-        try:
-            paths.append(export_run(result.run_dir, export_dir=tmp_path / "models", name="racing"))
-        except Exception as error:  # noqa: BLE001 - collected for the assertion below
-            errors.append(error)
-
-    threads = [threading.Thread(target=export_one) for _ in range(3)]
-    for thread in threads:
-        thread.start()
-    for thread in threads:
-        thread.join()
-    assert not errors
-    assert sorted(int(path.name) for path in paths) == [1, 2, 3]
-    for path in paths:
+    writers, barrier = 8, tmp_path / "barrier"
+    barrier.mkdir()
+    script = tmp_path / "exporter.py"
+    script.write_text(RACING_EXPORTER)
+    environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
+    children = [subprocess.Popen([sys.executable, str(script), str(result.export_path), str(tmp_path / "models"),
+                                  str(index), str(writers), str(barrier)], env=environment, text=True,
+                                 stdout=subprocess.PIPE, stderr=subprocess.PIPE) for index in range(writers)]
+    outputs = [child.communicate(timeout=180) for child in children]
+    assert [child.returncode for child in children] == [0] * writers, [err for _, err in outputs]
+    paths = [pathlib.Path(out.strip()) for out, _ in outputs]
+    assert sorted(int(path.name) for path in paths) == list(range(1, writers + 1))
+    assert versions(tmp_path / "models" / "racing") == list(range(1, writers + 1))
+    assert not [p for p in (tmp_path / "models" / "racing").iterdir() if not p.name.isdigit()]  # no staging left
+    probe = tf.constant([encode(np.full((16, 20, 3), 90, np.uint8))])
+    expected = load_export(result.export_path)[2].signatures["serving_default"](image_bytes=probe)["probabilities"]
+    for index, path in enumerate(paths):
         _, metadata, loaded = load_export(path)
-        assert "serving_default" in loaded.signatures
+        assert metadata["writer"] == index  # each version is its own writer's, whole
+        assert (path / "assets.extra" / "recipe.yaml").read_text() == f"writer: {index}\n"
+        answer = loaded.signatures["serving_default"](image_bytes=probe)
+        np.testing.assert_allclose(answer["probabilities"].numpy(), expected.numpy(), atol=1e-6)
 
 
 def test_not_an_export_is_a_clear_error(tmp_path):

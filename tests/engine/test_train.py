@@ -1,3 +1,4 @@
+import csv
 import json
 
 import keras
@@ -10,47 +11,76 @@ from imgpipe.engine.trainer import learning_rate_schedule, precision_policy, rea
 
 
 class StopAfter(keras.callbacks.Callback):
-    """Simulates an interruption once `epochs` epochs have completed (and been backed up)."""
+    """Simulates an interruption once `epochs` epochs have completed (and been backed up).
+
+    It keeps the weights the model had when it stopped, which the backup must hold.
+    """
 
     def __init__(self, epochs):
         super().__init__()
         self.epochs = epochs
+        self.weights = None
 
     def on_epoch_end(self, epoch, logs=None):
         if epoch + 1 == self.epochs:
+            self.weights = self.model.get_weights()
             raise KeyboardInterrupt("simulated interruption")
 
 
-def test_resume_continues_to_the_same_total_epochs(class_folder, fast_recipe_args, tmp_path, monkeypatch):
+class FitRecorder(keras.callbacks.Callback):
+    """Records the weights a fit starts from (after the backup callback restored them) and its epochs."""
+
+    def __init__(self):
+        super().__init__()
+        self.start_weights, self.epochs = None, []
+
+    def on_train_begin(self, logs=None):
+        self.start_weights = self.model.get_weights()
+
+    def on_epoch_begin(self, epoch, logs=None):
+        self.epochs.append(epoch)
+
+
+def raw_history_epochs(path):
+    """The epoch column of history.csv as written, every row (read_history keeps only the last per epoch)."""
+    with open(path, newline="") as handle:
+        return [int(row["epoch"]) for row in csv.DictReader(handle)]
+
+
+def with_callback(monkeypatch, callback):
+    """Makes every fit of the trainer also run `callback`, after its own callbacks."""
     from imgpipe.engine import trainer as train
 
     original = train.Trainer._callbacks
-    monkeypatch.setattr(train.Trainer, "_callbacks", lambda self, *a: original(self, *a) + [StopAfter(2)])
-    args = fast_recipe_args + ["train.epochs=4", "train.patience=0"]
-    with pytest.raises(KeyboardInterrupt):
-        imgpipe.run("classify", args, data=class_folder)
+    monkeypatch.setattr(train.Trainer, "_callbacks", lambda self, *a: original(self, *a) + [callback])
+
+
+def test_resume_continues_from_the_backup_to_the_same_total_epochs(class_folder, fast_recipe_args, tmp_path,
+                                                                   monkeypatch):
+    stop = StopAfter(2)
+    with monkeypatch.context() as patch:
+        with_callback(patch, stop)
+        args = fast_recipe_args + ["train.epochs=4", "train.patience=0"]
+        with pytest.raises(KeyboardInterrupt):
+            imgpipe.run("classify", args, data=class_folder)
     run_dir = tmp_path / "run"
-    assert len(read_history(run_dir / "history.csv")["epoch"]) == 2
+    assert raw_history_epochs(run_dir / "history.csv") == [0, 1]
     assert not (run_dir / "metrics.json").exists()
 
-    monkeypatch.setattr(train.Trainer, "_callbacks", original)
-    resumed_epochs = []
-    monkeypatch.setattr(train.Trainer, "_fit_phase",
-                        _recording(train.Trainer._fit_phase, resumed_epochs))
+    recorder = FitRecorder()
+    with_callback(monkeypatch, recorder)
     result = imgpipe.run("classify", resume=True, output=run_dir)
-    history = read_history(run_dir / "history.csv")
-    assert history["epoch"] == [0, 1, 2, 3]
+    # A restart from scratch would also end at epochs [0, 1, 2, 3] after read_history's de-duplication;
+    # the raw rows, the first epoch and the starting weights tell the two apart.
+    assert recorder.epochs == [2, 3]
+    assert raw_history_epochs(run_dir / "history.csv") == [0, 1, 2, 3]
+    assert len(recorder.start_weights) == len(stop.weights)
+    for restored, interrupted in zip(recorder.start_weights, stop.weights):
+        np.testing.assert_array_equal(restored, interrupted)
+    assert read_history(run_dir / "history.csv")["epoch"] == [0, 1, 2, 3]
     assert result.metrics["epochs_run"] == 4
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == 4
     assert not (run_dir / "checkpoints" / "backup_train").exists()
-
-
-def _recording(fit_phase, calls):
-    def record(self, model, *args, **kwargs):
-        calls.append(args)
-        return fit_phase(self, model, *args, **kwargs)
-
-    return record
 
 
 def test_resume_refuses_a_finished_run(class_folder, fast_recipe_args, tmp_path):
@@ -59,18 +89,85 @@ def test_resume_refuses_a_finished_run(class_folder, fast_recipe_args, tmp_path)
         imgpipe.run("classify", resume=True, output=tmp_path / "run")
 
 
-def test_two_logical_devices_train_under_mirrored_strategy(class_folder, fast_recipe_args):
-    strategy = select_strategy(2)
-    assert strategy.num_replicas_in_sync == 2
-    result = imgpipe.run("classify", fast_recipe_args + ["train.devices=2", "train.epochs=2"], data=class_folder)
-    assert np.isfinite(result.metrics["val_loss"])
-    assert 0.0 <= result.metrics["val_accuracy"] <= 1.0
-    assert result.metrics["epochs_run"] == 2
-    one_device = imgpipe.run("classify", [arg for arg in fast_recipe_args if not arg.startswith("train.run_dir")] +
-                             ["train.devices=1", "train.epochs=2", f"train.run_dir={result.run_dir}_one"],
-                             data=class_folder)
-    # Same data and seed; twice the global batch at twice the learning rate: losses of one order.
-    assert 0.5 < result.metrics["val_loss"] / one_device.metrics["val_loss"] < 2.0
+class StepRecorder(keras.callbacks.Callback):
+    """Records the weights a fit starts from, the learning rate of its first step, and after every step
+    the weights and the optimizer's step counter."""
+
+    def __init__(self):
+        super().__init__()
+        self.initial, self.first_rate, self.step_weights, self.iterations = None, None, [], []
+
+    def on_train_begin(self, logs=None):
+        self.initial = self.model.get_weights()
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.first_rate is None:
+            self.first_rate = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_batch_end(self, batch, logs=None):
+        self.step_weights.append(self.model.get_weights())
+        self.iterations.append(int(keras.ops.convert_to_numpy(self.model.optimizer.iterations)))
+
+
+def seeded_run(monkeypatch, args, data, seed=7):
+    """imgpipe.run after `keras.utils.set_random_seed(seed)`: imgpipe seeds its data, not the model's weights."""
+    recorder = StepRecorder()
+    with monkeypatch.context() as patch:
+        with_callback(patch, recorder)
+        keras.utils.set_random_seed(seed)
+        result = imgpipe.run("classify", args, data=data)
+    return result, recorder
+
+
+# LeNet without dropout and without augmentation: no batch statistics and no randomness of its own.
+DETERMINISTIC = ["model.name=lenet", "model.dropout=0", "train.patience=0", "export.enabled=false",
+                 "augment.viewpoint=none", "augment.illumination=none", "augment.occlusion=none"]
+
+
+def test_two_devices_take_the_same_steps_as_one_device_with_the_same_global_batch(class_folder, fast_recipe_args,
+                                                                                    tmp_path, monkeypatch):
+    assert select_strategy(2).num_replicas_in_sync == 2
+    # Once seeded, two replicas of 4 images must compute the very gradient of one device's 8, up to the
+    # order of float summation (measured: 1.5e-8 apart after 3 AdamW steps). One epoch only: from the
+    # second on, Keras' step counter on one device runs one ahead (it counts the end-of-data probe of a
+    # dataset of unknown length), so the two schedules part by a step.
+    same = fast_recipe_args[:-2] + DETERMINISTIC + ["train.lr_scaling=none"]
+    two, two_steps = seeded_run(monkeypatch, same + ["train.devices=2", "train.batch_size=4",
+                                                     f"train.run_dir={tmp_path / 'two'}"], class_folder)
+    one, one_steps = seeded_run(monkeypatch, same + ["train.devices=1", "train.batch_size=8",
+                                                     f"train.run_dir={tmp_path / 'one'}"], class_folder)
+    for mine, theirs in zip(two_steps.initial, one_steps.initial):
+        np.testing.assert_array_equal(mine, theirs)
+    assert two_steps.first_rate == pytest.approx(one_steps.first_rate, rel=1e-6)
+    assert two_steps.iterations == one_steps.iterations == [1, 2, 3]  # 24 images, global batch 8
+    for two_weights, one_weights in zip(two_steps.step_weights, one_steps.step_weights):
+        for mine, theirs in zip(two_weights, one_weights):
+            np.testing.assert_allclose(mine, theirs, rtol=0, atol=1e-6)
+    assert two.metrics["val_loss"] == pytest.approx(one.metrics["val_loss"], rel=1e-5)
+    # Training moved the weights, so this is not the agreement of two untouched models.
+    assert np.abs(two_steps.step_weights[-1][0] - two_steps.initial[0]).max() > 1e-3
+
+
+def test_the_seed_is_what_makes_two_runs_agree(class_folder, fast_recipe_args, tmp_path, monkeypatch):
+    """The comparison above holds because the test seeds Keras: imgpipe itself seeds only data and augmentation."""
+    # Augmented batches would leave their parallel map in whichever order they finish (deterministic=False).
+    args = fast_recipe_args[:-2] + DETERMINISTIC
+    _, first = seeded_run(monkeypatch, args + [f"train.run_dir={tmp_path / 'a'}"], class_folder, seed=3)
+    _, again = seeded_run(monkeypatch, args + [f"train.run_dir={tmp_path / 'b'}"], class_folder, seed=3)
+    _, other = seeded_run(monkeypatch, args + [f"train.run_dir={tmp_path / 'c'}"], class_folder, seed=4)
+    for mine, theirs in zip(first.step_weights[-1], again.step_weights[-1]):
+        np.testing.assert_array_equal(mine, theirs)
+    assert not np.allclose(first.initial[0], other.initial[0])
+
+
+@pytest.mark.parametrize("scaling, factor", [("linear", 2.0), ("sqrt", 2 ** 0.5), ("none", 1.0)])
+def test_lr_scaling_sets_the_peak_rate_the_optimizer_uses(class_folder, fast_recipe_args, monkeypatch, scaling,
+                                                          factor):
+    # 24 training images in 16-image global batches: 2 steps, too few for a warm-up, so step 0 runs at the peak.
+    result, steps = seeded_run(monkeypatch, fast_recipe_args + [
+        "train.devices=2", "train.learning_rate=0.004", f"train.lr_scaling={scaling}", "export.enabled=false"],
+        class_folder)
+    assert steps.first_rate == pytest.approx(0.004 * factor, rel=1e-6)
 
 
 def test_one_mirrored_strategy_per_device_set_so_runs_in_one_process_do_not_collide():
@@ -93,18 +190,50 @@ def test_mixed_precision_path_runs_on_cpu(class_folder, fast_recipe_args):
     assert keras.config.dtype_policy().name == "float32"
 
 
-def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_args, tmp_path):
+class PhaseRecorder(keras.callbacks.Callback):
+    """Per fit: whether the backbone trains, its weights before and after, and the first step's learning rate."""
+
+    def __init__(self):
+        super().__init__()
+        self.phases = []
+
+    def on_train_begin(self, logs=None):
+        backbone = self.model.get_layer("backbone")
+        self.phases.append({"trainable": backbone.trainable, "before": backbone.get_weights(), "rate": None})
+
+    def on_train_batch_begin(self, batch, logs=None):
+        if self.phases[-1]["rate"] is None:
+            self.phases[-1]["rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+
+    def on_train_end(self, logs=None):
+        self.phases[-1]["after"] = self.model.get_layer("backbone").get_weights()
+
+
+def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_args, tmp_path, monkeypatch):
     # A local backbone weights file stands in for the ImageNet download.
     backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
                                                    pooling="avg", include_preprocessing=True)
     weights_file = tmp_path / "mobilenet_notop.weights.h5"
     backbone.save_weights(weights_file)
-    args = fast_recipe_args + ["data.image_size=32", "train.epochs=2", "train.warmup_epochs=1",
+    recorder = PhaseRecorder()
+    with_callback(monkeypatch, recorder)
+    # 24 images in batches of 8: 3 steps per phase, too few for the schedule's warm-up, so step 0 runs at the peak.
+    args = fast_recipe_args + ["data.image_size=32", "train.epochs=2", "train.warmup_epochs=1", "train.patience=0",
+                               "train.learning_rate=0.002", "train.devices=1", "export.enabled=false",
                                "model.name=mobilenet_v3_small", f"model.weights={weights_file}"]
     result = imgpipe.run("classify", args, data=class_folder)
     run_dir = result.run_dir
     assert (run_dir / "checkpoints" / "warmup_done.weights.h5").exists()
-    assert read_history(run_dir / "history.csv")["epoch"] == [0, 1]
+    assert raw_history_epochs(run_dir / "history.csv") == [0, 1]
+    warm_up, fine_tune = recorder.phases
+    assert not warm_up["trainable"] and fine_tune["trainable"]
+    for start, loaded in zip(warm_up["before"], backbone.get_weights()):
+        np.testing.assert_array_equal(start, loaded)  # the file's weights, not a fresh initialisation
+    for before, after in zip(warm_up["before"], warm_up["after"]):
+        np.testing.assert_array_equal(before, after)  # frozen, batch-norm statistics included
+    assert any(not np.array_equal(before, after) for before, after in zip(fine_tune["before"], fine_tune["after"]))
+    assert warm_up["rate"] == pytest.approx(0.002, rel=1e-6)
+    assert fine_tune["rate"] == pytest.approx(0.002 / 10, rel=1e-6)
 
 
 def test_learning_rate_warms_up_then_decays():
@@ -157,3 +286,37 @@ def test_a_backup_cut_short_by_a_kill_falls_back_to_the_one_before(tmp_path):
     history = compiled_model().fit(*data, epochs=3, verbose=0,
                                    callbacks=[ResilientBackupAndRestore(str(backup), double_checkpoint=True)])
     assert history.epoch == [1, 2]  # resumed after the previous backup's epoch
+
+
+class ScriptedValidationScore(keras.callbacks.Callback):
+    """A task callback (it runs before early stopping reads the logs) that replaces the monitored metric
+    by a script and keeps the weights of every epoch."""
+
+    def __init__(self, metric, values):
+        super().__init__()
+        self.metric, self.values, self.weights = metric, values, []
+
+    def on_epoch_end(self, epoch, logs=None):
+        logs[self.metric] = self.values[epoch]
+        self.weights.append(self.model.get_weights())
+
+
+def test_early_stopping_stops_after_patience_and_restores_the_best_weights(class_folder, fast_recipe_args,
+                                                                           monkeypatch):
+    from imgpipe.tasks.classify.task import ClassificationTask
+
+    assert ClassificationTask.monitor == ("val_accuracy", "max")
+    script = ScriptedValidationScore("val_accuracy", [0.5, 0.9, 0.6, 0.7, 0.95, 1.0])  # best at 1, then two worse
+    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, *args: [script])
+    result = imgpipe.run("classify", fast_recipe_args + ["train.epochs=6", "train.patience=2",
+                                                         "export.enabled=false"], data=class_folder)
+    assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1, 2, 3]
+    assert read_history(result.run_dir / "history.csv")["val_accuracy"] == [0.5, 0.9, 0.6, 0.7]
+    assert result.metrics["epochs_run"] == 4
+    assert not all(np.array_equal(a, b) for a, b in zip(script.weights[1], script.weights[3]))
+    for final, best in zip(result.model.get_weights(), script.weights[1]):
+        np.testing.assert_array_equal(final, best)
+    checkpoint = keras.models.clone_model(result.model)
+    checkpoint.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")
+    for saved, best in zip(checkpoint.get_weights(), script.weights[1]):
+        np.testing.assert_array_equal(saved, best)

@@ -50,3 +50,33 @@ def test_imagenet_preprocessing_modes_against_hand_computed_values():
     np.testing.assert_allclose(caffe, [[[[127.5 - 103.939, 0.0 - 116.779, 255.0 - 123.68]]]], atol=1e-4)
     with pytest.raises(ValueError, match="mode"):
         ImagenetPreprocessing("torch")
+
+
+def evil_files(folder):
+    """A backbone saved as a `.keras` archive and a full-model `.h5`, each with a Lambda that leaves a file when run."""
+    marker = folder / "the_lambda_ran"
+    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                                   include_preprocessing=True)
+    touch = eval(f"lambda t: (__import__('pathlib').Path({str(marker)!r}).touch(), t)[1]")  # code in the file
+    model = keras.Model(backbone.input, keras.layers.Lambda(touch, name="payload")(backbone.output))
+    archive, full_h5 = folder / "backbone.keras", folder / "backbone.h5"
+    model.save(archive)
+    model.save(full_h5)
+    marker.unlink()  # building the model ran it once
+    return backbone, marker, archive, full_h5
+
+
+def test_weights_files_are_read_for_weights_only_and_never_run_code_they_carry(tmp_path):
+    backbone, marker, archive, full_h5 = evil_files(tmp_path)
+    import h5py
+
+    with h5py.File(full_h5) as handle:
+        assert "Lambda" in handle.attrs["model_config"]  # a whole model, code included
+    for path in (archive, full_h5):
+        model = MODELS.get("mobilenet_v3_small")((32, 32, 3), 3, weights=str(path))
+        assert not marker.exists(), f"{path.name}: loading ran the Lambda"
+        for mine, theirs in zip(model.get_layer("backbone").get_weights(), backbone.get_weights(), strict=True):
+            np.testing.assert_array_equal(mine, theirs)
+    # The control: rebuilding the archive as a model (what imgpipe never does) does run it.
+    keras.saving.load_model(archive, safe_mode=False)
+    assert marker.exists()
