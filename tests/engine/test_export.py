@@ -194,6 +194,7 @@ print(path)
 """
 
 
+@pytest.mark.slow
 def test_concurrent_exports_from_separate_processes_get_distinct_loadable_versions(trained, tmp_path):
     result, _ = trained
     writers, barrier = 8, tmp_path / "barrier"

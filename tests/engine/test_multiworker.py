@@ -64,6 +64,7 @@ def cluster_data(tmp_path_factory):
     return corpus.photo_class_folder(tmp_path_factory.mktemp("cluster") / "images", per_class=24, size=16)
 
 
+@pytest.mark.slow
 def test_two_workers_train_to_the_end_with_identical_weights_and_the_chief_exports(cluster_data, tmp_path):
     run_dir, models = tmp_path / "run", tmp_path / "models"
     started = time.monotonic()
@@ -78,6 +79,7 @@ def test_two_workers_train_to_the_end_with_identical_weights_and_the_chief_expor
     assert read_history(run_dir / "history.csv")["epoch"] == [0, 1]
 
 
+@pytest.mark.slow
 def test_a_killed_worker_and_a_restarted_job_resume_from_the_backup(cluster_data, tmp_path):
     run_dir, models, epochs = tmp_path / "run", tmp_path / "models", 4
     workers = start_workers(cluster_data, run_dir, models, epochs)
