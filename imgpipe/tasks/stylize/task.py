@@ -54,6 +54,11 @@ def styled(transformer, images, max_side):
     return tf.clip_by_value(result, 0.0, 255.0)
 
 
+def _loss_terms_key(network, weights, seed, style_path, image_size):
+    """What the loss network and the style's Gram matrices depend on (`StylizeTask._loss_terms` keeps one)."""
+    return network, weights, int(seed), str(style_path), tuple(image_size)
+
+
 def content_at_size(path, size, max_pixels=DEFAULT_MAX_PIXELS):
     """A photo as float32 [H, W, 3] at the model's `size`, shrunk by area as the style loss expects."""
     image = load_image(path, max_pixels=max_pixels)[None].astype(np.float32)
@@ -133,6 +138,10 @@ class StylizeTask(Task):
                                    style_grams(features, style_at_size(data.state.style, data.image_size)),
                                    LossWeights(options.content_weight, options.style_weight, options.tv_weight))
         model(tf.zeros([1] + list(data.image_size) + [3]))
+        # The run's final scores use this very loss network: no second VGG is built for them.
+        self._loss_key = _loss_terms_key(options.loss_network, data.state.loss_weights, recipe.data.seed,
+                                         data.state.style_path, data.image_size)
+        self._loss = features, model.grams
         return model
 
     def compile_settings(self, recipe, data):
@@ -159,8 +168,8 @@ class StylizeTask(Task):
 
     def _loss_terms(self, metadata):
         """The loss network and the style's Gram matrices of an export's metadata, built once per task object."""
-        key = (metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"], metadata["style_image"],
-               tuple(metadata["image_size"]))
+        key = _loss_terms_key(metadata["loss_network"], metadata["loss_weights"], metadata["loss_seed"],
+                              metadata["style_image"], metadata["image_size"])
         if getattr(self, "_loss_key", None) != key:
             style_path = pathlib.Path(metadata["style_image"])
             if not style_path.is_file():

@@ -146,3 +146,18 @@ def test_loss_network_weights_come_from_the_one_resolver(tmp_path, monkeypatch):
     monkeypatch.setenv("IMGPIPE_WEIGHTS_DIR", str(folder))
     expected = str(folder / "vgg16_imagenet_notop.weights.h5")
     assert StylizeTask._loss_weights(recipe, demo=True) == StylizeTask._loss_weights(recipe, demo=False) == expected
+
+
+def test_a_run_builds_one_loss_network_for_training_and_its_final_scores(stylize_data, tmp_path, monkeypatch):
+    from imgpipe.tasks.stylize import task as stylize_task
+
+    built = []
+    original = stylize_task.loss_network
+    monkeypatch.setattr(stylize_task, "loss_network", lambda *args, **kwargs: built.append(args) or
+                        original(*args, **kwargs))
+    root, style = stylize_data
+    result = imgpipe.run("stylize", ["train.epochs=1", "train.batch_size=4", "train.verbose=0", "data.image_size=32",
+                                     f"train.run_dir={tmp_path / 'run'}", "export.enabled=false",
+                                     "evaluate.robustness=false"],
+                         data=root / "photos", style=style, loss_weights="random")
+    assert len(built) == 1 and np.isfinite(result.metrics["val_style_loss_identity"])
