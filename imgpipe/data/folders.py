@@ -29,17 +29,40 @@ log = logging.getLogger("imgpipe")
 VAL_FOLDER_NAMES = ("val", "validation")
 
 
+def walk_folders(top):
+    """`os.walk(top)` that follows symlinked folders, each real folder once, hidden ones left out.
+
+    Users link data sets into a folder, so links are followed; a link back up the
+    tree would make a plain `os.walk(followlinks=True)` endless.
+
+    Example:
+        >>> for folder, files in walk_folders("./images"): ...
+    """
+    seen = set()
+    for folder, dirs, files in os.walk(top, followlinks=True):
+        real = os.path.realpath(folder)
+        if real in seen:
+            dirs[:] = []
+            continue
+        seen.add(real)
+        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
+                         and not _is_ancestor(os.path.realpath(os.path.join(folder, d)), real))
+        yield folder, sorted(name for name in files if not name.startswith("."))
+
+
+def _is_ancestor(candidate, folder):
+    """Whether `candidate` is `folder` or above it: a link there leads back into the walk."""
+    return folder == candidate or folder.startswith(candidate.rstrip(os.sep) + os.sep)
+
+
 def list_images(folder):
     """Image files below `folder` (recursive, by extension, hidden files left out), sorted."""
-    found = []
-    for root, dirs, files in os.walk(folder, followlinks=True):
-        dirs[:] = sorted(d for d in dirs if not d.startswith("."))
-        found.extend(
-            os.path.join(root, name)
-            for name in files
-            if not name.startswith(".") and os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
-        )
-    return sorted(found)
+    return sorted(
+        os.path.join(root, name)
+        for root, files in walk_folders(folder)
+        for name in files
+        if os.path.splitext(name)[1].lower() in IMAGE_EXTENSIONS
+    )
 
 
 def class_folders(root):

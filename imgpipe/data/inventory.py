@@ -23,6 +23,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
+from imgpipe.data.folders import walk_folders
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, load_image, read_header
 
 HASH_SIDE = 64  # decoded side for hashing: pHash works on 32x32, so more detail is wasted
@@ -106,12 +107,11 @@ def other_files(root, image_paths):
     """Files below `root` that are neither images imgpipe reads nor annotation files, by extension."""
     images = set(map(os.path.abspath, image_paths))
     found = collections.Counter()
-    for folder, dirs, files in os.walk(root, followlinks=True):
-        dirs[:] = [d for d in dirs if not d.startswith(".")]
+    for folder, files in walk_folders(root):
         for name in files:
             suffix = os.path.splitext(name)[1].lower()
             path = os.path.abspath(os.path.join(folder, name))
-            if name.startswith(".") or path in images or suffix in ANNOTATION_SUFFIXES:
+            if path in images or suffix in ANNOTATION_SUFFIXES:
                 continue
             if suffix not in FORMATS_BY_SUFFIX:
                 found[suffix or "(no extension)"] += 1

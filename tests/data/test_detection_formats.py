@@ -232,3 +232,30 @@ def test_real_raccoon_voc_set_reads_every_box(shared_data):
     assert data.state.format == "voc" and data.class_names == ["raccoon"]
     assert len(annotations) == 200 and sum(len(a.boxes) for a in annotations) == 217
     assert all(np.all(a.boxes[:, 2:] <= [a.width, a.height]) for a in annotations)
+
+
+def read_paths(data):
+    return [str(p) for p in list(data.train.paths) + list(data.val.paths)]
+
+
+def test_voc_never_reads_the_file_its_xml_points_at_outside_the_folder(tmp_path):
+    # A real image outside the data folder, named by absolute <path> and by <filename> with ../.
+    outside = tmp_path / "outside.jpg"
+    Image.new("RGB", (WIDTH, HEIGHT)).save(outside)
+    root = make_voc(tmp_path / "data")
+    (root / "annotations" / "a.xml").write_text(voc_xml("a", OBJECTS["a"], path_inside=str(outside))
+                                                .replace("other_a.jpg", "../../outside.jpg"))
+    paths = read_paths(read_detection(root, val_split=0.34, image_size=[32, 32]))
+    assert sorted(p.rsplit("/", 1)[-1] for p in paths) == ["a.jpg", "b.jpg", "c.jpg"]
+    assert all(str(root) in p for p in paths)
+
+
+def test_yolo_ignores_image_folders_data_yaml_points_at(tmp_path):
+    # Ultralytics' data.yaml may name `path:`/`train:` folders; imgpipe reads only images/ below --data.
+    elsewhere = tmp_path / "elsewhere" / "images"
+    write_images(elsewhere, {"stolen": []})
+    root = make_yolo(tmp_path / "data", names_file="data.yaml")
+    (root / "data.yaml").write_text(f"path: {tmp_path / 'elsewhere'}\ntrain: {elsewhere}\nval: ../elsewhere/images\n"
+                                    "names:\n  0: cat\n  1: dog\n")
+    paths = read_paths(read_detection(root, val_split=0.34, image_size=[32, 32]))
+    assert sorted(p.rsplit("/", 1)[-1] for p in paths) == ["a.jpg", "b.jpg", "c.jpg"]

@@ -3,7 +3,7 @@ import logging
 import numpy as np
 import pytest
 
-from imgpipe.data.folders import read_class_folders
+from imgpipe.data.folders import list_images, read_class_folders
 from imgpipe.data.split import stratified_split
 from imgpipe.errors import DataError
 from tests.conftest import write_image
@@ -96,3 +96,33 @@ def test_unusable_folders_stop_with_the_folder_named(tmp_path, layout, message):
     with pytest.raises(DataError) as error:
         read_class_folders(root)
     assert message in str(error.value) and str(root) in str(error.value)
+
+
+def test_symlinked_folders_are_followed_once_and_a_loop_ends(tmp_path):
+    # Users link data sets in: the linked class is read; a link back up the tree is walked once, not forever.
+    elsewhere = tmp_path / "elsewhere" / "b"
+    for index in range(3):
+        write_image(tmp_path / "data" / "a" / f"{index}.png", (200, 0, 0))
+        write_image(elsewhere / f"{index}.png", (0, 200, 0))
+    (tmp_path / "data" / "b").symlink_to(elsewhere, target_is_directory=True)
+    (tmp_path / "data" / "a" / "loop").symlink_to(tmp_path / "data", target_is_directory=True)
+    assert [p.rsplit("/", 1)[-1] for p in list_images(tmp_path / "data" / "b")] == ["0.png", "1.png", "2.png"]
+    assert len(list_images(tmp_path / "data")) == 6
+    data = read_class_folders(tmp_path / "data", val_split=0.34)
+    assert data.class_names == ["a", "b"] and data.train.count + data.val.count == 6
+
+
+@pytest.mark.parametrize(
+    "sides, expected",
+    [
+        ([40, 40, 41, 200, 300], [40, 40]),  # the median side (the mean would be 124), rounded to a multiple of 8
+        ([10, 12, 14], [32, 32]),  # clamped up to 32
+        ([1000, 1200, 4000], [224, 224]),  # clamped down to 224
+        ([60, 100], [80, 80]),  # an even count: the mean of the middle two
+    ],
+)
+def test_image_size_auto_is_the_median_side_clamped_to_32_224(tmp_path, sides, expected):
+    for index, side in enumerate(sides):
+        for name in ("a", "b"):
+            write_image(tmp_path / name / f"{index}.png", (index, 0, 0), size=side)
+    assert read_class_folders(tmp_path, val_split=0.34).image_size == expected

@@ -23,10 +23,14 @@ def save(image, path, **kwargs):
      ("LA", ".png", "PNG")],
 )
 def test_every_mode_and_format_becomes_rgb_uint8(tmp_path, mode, suffix, format):
+    # The colours must survive too: an inverted CMYK JPEG or a palette read as indices has the right shape.
     source = Image.new("RGB", (20, 10), RED).convert(mode)
     path = save(source, tmp_path / f"image{suffix}", format=format)
     pixels = load_image(path)
     assert pixels.shape == (10, 20, 3) and pixels.dtype == np.uint8
+    expected = np.asarray(source.convert("RGB"), np.int16)
+    lossy = format in ("JPEG", "WEBP")
+    assert np.abs(pixels.astype(np.int16) - expected).max() <= (12 if lossy else 0)
 
 
 def test_sixteen_bit_greyscale_is_scaled_not_clipped(tmp_path):
@@ -41,20 +45,43 @@ def test_transparent_pixels_are_composited_on_white(tmp_path):
     assert np.all(load_image(path) == 255)
 
 
-def test_exif_rotation_is_applied(tmp_path):
-    # A 20 wide x 10 high JPEG whose EXIF says "rotate 90 degrees" is 10 wide x 20 high upright.
+def _quadrants(width=20, height=10):
+    """Four flat quadrants of distinct colours, so every rotation and mirror looks different."""
+    pixels = np.zeros((height, width, 3), np.uint8)
+    pixels[: height // 2, : width // 2] = (250, 0, 0)
+    pixels[: height // 2, width // 2:] = (0, 250, 0)
+    pixels[height // 2:, : width // 2] = (0, 0, 250)
+    pixels[height // 2:, width // 2:] = (250, 250, 250)
+    return pixels
+
+
+# What each EXIF orientation tag means, as the upright view of the stored pixels.
+UPRIGHT = {
+    1: lambda a: a, 2: np.fliplr, 3: lambda a: np.rot90(a, 2), 4: np.flipud,
+    5: lambda a: np.rot90(np.flipud(a), -1), 6: lambda a: np.rot90(a, -1),
+    7: lambda a: np.rot90(np.flipud(a), 1), 8: lambda a: np.rot90(a, 1),
+}
+
+
+@pytest.mark.parametrize("orientation", sorted(UPRIGHT))
+def test_exif_orientation_turns_the_pixels_upright(tmp_path, orientation):
+    # A 20 wide x 10 high PNG (lossless) with four coloured quadrants; 90 and 270 degrees differ.
+    stored = _quadrants()
     exif = Image.Exif()
-    exif[0x0112] = 6
-    path = save(Image.new("RGB", (20, 10), RED), tmp_path / "rotated.jpg", exif=exif.tobytes())
-    assert load_image(path).shape == (20, 10, 3)
-    assert read_header(path).exif_rotated
+    exif[0x0112] = orientation
+    path = save(Image.fromarray(stored), tmp_path / "rotated.png", exif=exif.tobytes())
+    np.testing.assert_array_equal(load_image(path), UPRIGHT[orientation](stored))
+    assert read_header(path).exif_rotated == (orientation != 1)
 
 
 def test_first_frame_of_an_animated_gif(tmp_path):
-    frames = [Image.new("P", (8, 8), index) for index in (1, 2, 3)]
+    colours = [(255, 0, 0), (0, 255, 0), (0, 0, 255)]  # in the web palette "P" uses, so exact
+    frames = [Image.new("RGB", (8, 8), colour).convert("P") for colour in colours]
     path = tmp_path / "anim.gif"
     frames[0].save(path, save_all=True, append_images=frames[1:])
-    assert load_image(path).shape == (8, 8, 3)
+    assert Image.open(path).n_frames == 3
+    pixels = load_image(path)
+    assert pixels.shape == (8, 8, 3) and np.all(pixels == colours[0])
 
 
 def test_content_decides_not_extension(tmp_path):

@@ -154,3 +154,18 @@ def test_encoding_maps_unknown_colours_and_values_to_ignore():
     assert colour.encode(raw).tolist() == [[0, 1, 255]]
     index = MaskEncoding("index", 3, None)
     assert index.encode(np.array([[0, 2, 9]])).tolist() == [[0, 2, 0]]
+
+
+def test_voc_split_entries_are_names_not_paths(tmp_path):
+    # A split file listing ../../outside/4 must not pull in an image and mask from outside the folder.
+    root = make_pairs(tmp_path / "tmp", count=3, mask_mode="P", values=(0, 15, 255))
+    outside = make_pairs(tmp_path / "outside", count=5, mask_mode="P", values=(0, 15, 255))
+    voc = tmp_path / "VOC"
+    (voc / "ImageSets" / "Segmentation").mkdir(parents=True)
+    (root / "images").rename(voc / "JPEGImages")
+    (root / "masks").rename(voc / "SegmentationClass")
+    (voc / "ImageSets" / "Segmentation" / "train.txt").write_text("0\n1\n../../outside/images/4\n")
+    (voc / "ImageSets" / "Segmentation" / "val.txt").write_text(f"2\n{outside / 'masks' / '3'}\n")
+    data = read_mask_folders(voc)
+    assert (data.train.count, data.val.count) == (2, 1)
+    assert all(str(voc) in str(p) for p in list(data.train.paths) + list(data.val.paths))
