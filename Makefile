@@ -18,12 +18,16 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	$(BIN)/imgpipe run classify
 
-test: install
-	$(BIN)/python -m pytest
+# Two test processes (pytest-xdist), a whole file to each at a time so its module-scoped training runs once.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
 
-# Everything but the tests marked slow (several processes, SIGKILL): for a developer's loop; CI runs `make test`.
+test: install
+	$(PYTEST)
+
+# Everything but the tests marked slow (over ~7 s: several processes, SIGKILL, extra end-to-end runs):
+# for a developer's loop; CI runs `make test`.
 test-fast: install
-	$(BIN)/python -m pytest -m "not slow"
+	$(PYTEST) -m "not slow"
 
 clean:
 	rm -rf $(VENV) runs build *.egg-info

@@ -74,6 +74,7 @@ def assert_refused(result, *named):
 
 
 @pytest.mark.parametrize("task", list(DATA))
+@pytest.mark.slow
 def test_unreadable_files_are_skipped_counted_and_the_run_finishes(cli, tmp_path, task):
     data, image_folder, extra = DATA[task](tmp_path / "data")
     bad = [corpus.zero_bytes(image_folder / "empty.png"), corpus.not_an_image(image_folder / "text.png"),

@@ -144,6 +144,7 @@ def test_unknown_option_is_a_usage_error(cli):
     assert code == 2 and "--epoch" in err
 
 
+@pytest.mark.slow
 def test_recipes_and_models_are_listed(cli):
     code, out, _ = cli("recipes")
     assert code == 0 and "classify" in out and "small_cnn" in out

@@ -159,6 +159,7 @@ import json, os, pathlib, shutil, sys, time
 from imgpipe.engine.export import write_export
 
 source, root, index, writers, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
+mode = sys.argv[6]
 
 
 class CopyOfAnExport:
@@ -174,20 +175,43 @@ class CopyOfAnExport:
 real_rename, waited = os.rename, []
 
 
+def wait_until(condition, what):
+    deadline = time.monotonic() + 120
+    while not condition():
+        assert time.monotonic() < deadline, what
+        time.sleep(0.005)
+
+
 def rename_after_everyone_chose(staging, target):
-    # The barrier: no writer renames before every writer has picked its first version number, so all
-    # pick the same one and all but one must take the retry branch.
+    # "race": no writer renames before every writer has picked its first version number, so all pick
+    # the same one and all but one must take the retry branch.
+    # "stale": writer k renames after writers 0..k-1 have, with the number it chose from a listing
+    # taken before any of them (version 1): a writer that cleared a taken number instead of retrying
+    # would destroy another writer's version.
     if not waited:
         waited.append(1)
-        pathlib.Path(barrier, str(index)).touch()
-        deadline = time.monotonic() + 120
-        while len(os.listdir(barrier)) < writers:
-            assert time.monotonic() < deadline, "the other writers never reached the rename"
-            time.sleep(0.005)
+        if mode == "race":
+            pathlib.Path(barrier, str(index)).touch()
+            wait_until(lambda: len(os.listdir(barrier)) >= writers, "the other writers never reached the rename")
+        else:
+            wait_until(lambda: len([p for p in os.listdir(os.path.dirname(target)) if p.isdigit()]) >= index,
+                       "the writers before this one never renamed")
     return real_rename(staging, target)
 
 
 os.rename = rename_after_everyone_chose
+if mode == "stale":
+    from imgpipe.engine import export
+
+    real_versions, listed = export.versions, []
+
+    def versions_listed_before_anyone_wrote(folder):
+        if not listed:
+            listed.append(1)
+            return []
+        return real_versions(folder)
+
+    export.versions = versions_listed_before_anyone_wrote
 metadata = json.loads(pathlib.Path(source, "assets.extra", "imgpipe.json").read_text())
 path = write_export(CopyOfAnExport(), root, "racing", {**metadata, "writer": index}, "writer: %d\\n" % index)
 print(path)
@@ -195,7 +219,8 @@ print(path)
 
 
 @pytest.mark.slow
-def test_concurrent_exports_from_separate_processes_get_distinct_loadable_versions(trained, tmp_path):
+@pytest.mark.parametrize("mode", ["race", "stale"])
+def test_concurrent_exports_from_separate_processes_get_distinct_loadable_versions(trained, tmp_path, mode):
     result, _ = trained
     writers, barrier = 8, tmp_path / "barrier"
     barrier.mkdir()
@@ -203,7 +228,7 @@ def test_concurrent_exports_from_separate_processes_get_distinct_loadable_versio
     script.write_text(RACING_EXPORTER)
     environment = {**os.environ, "PYTHONPATH": os.pathsep.join([str(REPO), os.environ.get("PYTHONPATH", "")])}
     children = [subprocess.Popen([sys.executable, str(script), str(result.export_path), str(tmp_path / "models"),
-                                  str(index), str(writers), str(barrier)], env=environment, text=True,
+                                  str(index), str(writers), str(barrier), mode], env=environment, text=True,
                                  stdout=subprocess.PIPE, stderr=subprocess.PIPE) for index in range(writers)]
     outputs = [child.communicate(timeout=180) for child in children]
     assert [child.returncode for child in children] == [0] * writers, [err for _, err in outputs]

@@ -106,6 +106,7 @@ def mounted_tmpfs(options):
 
 
 @pytest.mark.parametrize("where", ["output", "export"])
+@pytest.mark.slow
 def test_a_full_disk_stops_with_the_folder_named_and_data_untouched(class_folder, tmp_path, where):
     """In a child process: the failed write must also not crash the interpreter on its way out."""
     before = corpus.tree_snapshot(class_folder)

@@ -80,6 +80,7 @@ def brightness_task(tmp_path, monkeypatch):
     MODELS._entries.pop("brightness_cnn", None)
 
 
+@pytest.mark.slow
 def test_a_new_task_package_is_found_and_runs_end_to_end(brightness_task, tmp_path):
     assert "brightness" in TASKS.names() and "brightness" in recipe_names()
     assert ("brightness.threshold", 128.0) in [(key, default) for key, default, _ in describe_keys()]

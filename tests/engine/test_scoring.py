@@ -25,6 +25,7 @@ def validation_files(result):
     return TASKS.get(result.recipe.task)().read_examples(result.recipe).val.paths
 
 
+@pytest.mark.slow
 def test_classify_scores_agree_across_training_evaluate_and_the_card(class_folder, tmp_path):
     result = imgpipe.run("classify", FAST + ["train.batch_size=8", "data.image_size=16",
                                              f"train.run_dir={tmp_path / 'run'}", f"export.root={tmp_path / 'sm'}"],
@@ -42,6 +43,7 @@ def test_classify_scores_agree_across_training_evaluate_and_the_card(class_folde
     assert evaluated["recall/red"] == result.metrics["val_recall/red"]
 
 
+@pytest.mark.slow
 def test_segment_scores_agree_across_training_evaluate_and_the_card(tmp_path):
     root = make_pairs(tmp_path / "pairs", count=10, size=(32, 32), image_ext=".png")
     result = imgpipe.run("segment", FAST + ["train.batch_size=4", "data.image_size=32", "model.name=unet",

@@ -55,6 +55,7 @@ def with_callback(monkeypatch, callback):
     monkeypatch.setattr(train.Trainer, "_callbacks", lambda self, *a: original(self, *a) + [callback])
 
 
+@pytest.mark.slow
 def test_resume_continues_from_the_backup_to_the_same_total_epochs(class_folder, fast_recipe_args, tmp_path,
                                                                    monkeypatch):
     stop = StopAfter(2)
@@ -83,6 +84,7 @@ def test_resume_continues_from_the_backup_to_the_same_total_epochs(class_folder,
     assert not (run_dir / "checkpoints" / "backup_train").exists()
 
 
+@pytest.mark.slow
 def test_resume_refuses_a_finished_run(class_folder, fast_recipe_args, tmp_path):
     imgpipe.run("classify", fast_recipe_args, data=class_folder)
     with pytest.raises(imgpipe.DataError, match="already finished"):
@@ -124,6 +126,7 @@ DETERMINISTIC = ["model.name=lenet", "model.dropout=0", "train.patience=0", "exp
                  "augment.viewpoint=none", "augment.illumination=none", "augment.occlusion=none"]
 
 
+@pytest.mark.slow
 def test_two_devices_take_the_same_steps_as_one_device_with_the_same_global_batch(class_folder, fast_recipe_args,
                                                                                     tmp_path, monkeypatch):
     assert select_strategy(2).num_replicas_in_sync == 2
@@ -148,6 +151,7 @@ def test_two_devices_take_the_same_steps_as_one_device_with_the_same_global_batc
     assert np.abs(two_steps.step_weights[-1][0] - two_steps.initial[0]).max() > 1e-3
 
 
+@pytest.mark.slow
 def test_the_seed_is_what_makes_two_runs_agree(class_folder, fast_recipe_args, tmp_path, monkeypatch):
     """The comparison above holds because the test seeds Keras: imgpipe itself seeds only data and augmentation."""
     # Augmented batches would leave their parallel map in whichever order they finish (deterministic=False).
@@ -161,6 +165,7 @@ def test_the_seed_is_what_makes_two_runs_agree(class_folder, fast_recipe_args, t
 
 
 @pytest.mark.parametrize("scaling, factor", [("linear", 2.0), ("sqrt", 2 ** 0.5), ("none", 1.0)])
+@pytest.mark.slow
 def test_lr_scaling_sets_the_peak_rate_the_optimizer_uses(class_folder, fast_recipe_args, monkeypatch, scaling,
                                                           factor):
     # 24 training images in 16-image global batches: 2 steps, too few for a warm-up, so step 0 runs at the peak.
@@ -182,6 +187,7 @@ def test_too_many_devices_is_a_recipe_error():
         select_strategy(64)
 
 
+@pytest.mark.slow
 def test_mixed_precision_path_runs_on_cpu(class_folder, fast_recipe_args):
     assert precision_policy("on") == "mixed_bfloat16"
     assert precision_policy("auto") == "float32"
@@ -209,6 +215,7 @@ class PhaseRecorder(keras.callbacks.Callback):
         self.phases[-1]["after"] = self.model.get_layer("backbone").get_weights()
 
 
+@pytest.mark.slow
 def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_args, tmp_path, monkeypatch):
     # A local backbone weights file stands in for the ImageNet download.
     backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),

@@ -201,6 +201,7 @@ def test_the_pretrained_head_normalises_features_on_a_backbones_own_scale():
     assert MODELS.get("mobilenet_v2")((32, 32, 3), 2, weights=None).get_layer("head_norm") is not None
 
 
+@pytest.mark.slow
 def test_a_run_with_a_weights_folder_trains_the_pretrained_model_and_records_it(class_folder, tmp_path, monkeypatch):
     import json
 

@@ -209,6 +209,7 @@ def read_card(folder):
     return card
 
 
+@pytest.mark.slow
 def test_classify_run_writes_the_card_and_the_export_reproduces_it(cli, class_folder, tmp_path):
     code, out, err = cli("run", "classify", "--data", class_folder, "--output", tmp_path / "run",
                          "--export-dir", tmp_path / "models", *FAST)
@@ -252,6 +253,7 @@ def test_export_card_refuses_data_labelled_differently(cli, class_folder, tmp_pa
         export_card(tmp_path / "models" / "classify" / "1", class_folder, tmp_path / "report")
 
 
+@pytest.mark.slow
 def test_segment_run_card_moves_masks_and_scores_mean_iou(tmp_path):
     make_pairs(tmp_path / "data", count=10, size=(32, 32), values=(0, 1, 2))
     result = imgpipe.run("segment", ["train.epochs=1", "train.batch_size=4", "train.verbose=0",
@@ -262,6 +264,7 @@ def test_segment_run_card_moves_masks_and_scores_mean_iou(tmp_path):
     assert all(0.0 <= value <= 1.0 for entry in card["families"].values() for value in entry["metric"])
 
 
+@pytest.mark.slow
 def test_detect_run_card_scores_map50(tmp_path):
     make_detection_folder(tmp_path / "shapes", images=12, size=64, seed=3)
     result = imgpipe.run("detect", ["train.epochs=1", "train.batch_size=4", "train.verbose=0",
@@ -272,6 +275,7 @@ def test_detect_run_card_scores_map50(tmp_path):
     assert all(0.0 <= value <= 1.0 for entry in card["families"].values() for value in entry["metric"])
 
 
+@pytest.mark.slow
 def test_colorize_card_leaves_out_illumination_and_says_why(tmp_path):
     make_landscapes_folder(tmp_path / "photos", images=8, size=32, seed=1)
     result = imgpipe.run("colorize", ["train.epochs=1", "train.batch_size=4", "train.verbose=0",

@@ -85,6 +85,7 @@ def test_cli_evaluate_and_predict(cli, colorize_run, tmp_path):
     assert Image.open(json.loads(out)["colour"]).size == (40, 40)
 
 
+@pytest.mark.slow
 def test_l1_loss_option_trains(tmp_path):
     make_landscapes_folder(tmp_path / "photos", images=6, size=32)
     result = imgpipe.run("colorize", ["train.epochs=1", "train.batch_size=4", "train.verbose=0",
@@ -98,6 +99,7 @@ def test_cli_colorize_names_a_missing_folder(cli, tmp_path):
     assert code == 2 and "nowhere" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_the_colorization_model_trains_on_two_logical_devices(tmp_path):
     # 9 images: 7 train, 2 validation; the odd training batch is dropped so no replica gets none.
     make_landscapes_folder(tmp_path / "photos", images=9, size=32)

@@ -199,6 +199,7 @@ def test_cli_detect_names_a_broken_annotation_file(cli, tmp_path):
     assert code == 2 and "shapes_0002.xml" in err and "Traceback" not in err
 
 
+@pytest.mark.slow
 def test_detection_trains_on_two_logical_devices_with_finite_metrics_like_one_device(tmp_path):
     make_detection_folder(tmp_path / "data", images=8, size=64, seed=5)
     metrics = {}

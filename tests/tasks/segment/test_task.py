@@ -128,6 +128,7 @@ def test_reexport_rebuilds_the_mask_encoding_from_the_run_folder(segment_run, tm
     assert metadata["encoding"] == load_export(result.export_path)[1]["encoding"]
 
 
+@pytest.mark.slow
 def test_segmentation_trains_and_scores_on_two_logical_devices(tmp_path):
     make_pairs(tmp_path / "data", count=8, size=(32, 32), values=(0, 1))
     result = imgpipe.run("segment", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "train.devices=2",

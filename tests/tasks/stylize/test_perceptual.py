@@ -71,6 +71,7 @@ def test_transformer_output_has_the_input_size_and_pixel_range(build, shape):
     assert output.min() >= 0.0 and output.max() <= 255.0
 
 
+@pytest.mark.slow
 def test_short_training_lowers_the_style_loss(random_vgg):
     keras.utils.set_random_seed(0)  # the starting network, whatever ran before this test
     rng = np.random.default_rng(0)

@@ -121,6 +121,7 @@ def test_reexport_reloads_the_style_from_the_run_folder(stylize_run, tmp_path):
                                styled(result.model.transformer, image, 48).numpy(), atol=1e-2)
 
 
+@pytest.mark.slow
 def test_the_loss_model_trains_on_two_logical_devices(stylize_data, tmp_path):
     root, style = stylize_data
     result = imgpipe.run("stylize", ["train.epochs=1", "train.batch_size=2", "train.verbose=0", "data.image_size=32",
@@ -148,6 +149,7 @@ def test_loss_network_weights_come_from_the_one_resolver(tmp_path, monkeypatch):
     assert StylizeTask._loss_weights(recipe, demo=True) == StylizeTask._loss_weights(recipe, demo=False) == expected
 
 
+@pytest.mark.slow
 def test_a_run_builds_one_loss_network_for_training_and_its_final_scores(stylize_data, tmp_path, monkeypatch):
     from imgpipe.tasks.stylize import task as stylize_task
 
