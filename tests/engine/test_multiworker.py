@@ -13,12 +13,14 @@ import subprocess
 import sys
 import time
 
+import numpy as np
 import pytest
 
 from imgpipe.engine.distributed.cluster import Cluster, cluster_from_environment
 from imgpipe.errors import RecipeError
 from imgpipe.engine.trainer import read_history
 from tests import corpus
+from tests.engine.test_train import raw_history_epochs
 
 FINGERPRINT = "final weights "
 
@@ -88,16 +90,28 @@ def test_a_killed_worker_and_a_restarted_job_resume_from_the_backup(cluster_data
         assert all(worker.poll() is None for worker in workers), finish(workers)[1]
         assert time.monotonic() < deadline, "the workers did not reach epoch 2 in time"
         time.sleep(0.05)
-    workers[1].send_signal(signal.SIGKILL)  # a machine is lost; the cluster manager restarts the job
-    workers[0].send_signal(signal.SIGKILL)
+    workers[1].send_signal(signal.SIGKILL)  # a machine is lost
+    rows_at_loss = len(raw_history_epochs(run_dir / "history.csv"))
+    # The survivor cannot finish alone: it waits in its all-reduce (or fails), it never completes the run.
+    lost_for = time.monotonic() + 15
+    while time.monotonic() < lost_for and workers[0].poll() is None:
+        time.sleep(0.2)
+    assert workers[0].poll() is None or workers[0].returncode != 0
+    assert not (run_dir / "metrics.json").exists()
+    assert len(raw_history_epochs(run_dir / "history.csv")) <= rows_at_loss + 1  # at most the epoch in flight
+    workers[0].send_signal(signal.SIGKILL)  # the cluster manager restarts the whole job
     finish(workers)
-    done = len(read_history(run_dir / "history.csv")["epoch"])
-    assert 2 <= done < epochs and not (run_dir / "metrics.json").exists()
+    rows_before = raw_history_epochs(run_dir / "history.csv")
+    assert rows_before == list(range(len(rows_before))) and 2 <= len(rows_before) < epochs
+    assert not (run_dir / "metrics.json").exists()
+    backup = json.loads((run_dir / "checkpoints" / "backup_train" / "training_metadata.json").read_text())
+    assert backup["epoch"] == len(rows_before)  # the backup is written before the epoch's row
 
     codes, outputs = finish(start_workers(cluster_data, run_dir, models, epochs, resume=True))
     assert codes == [0, 0], outputs
     assert fingerprint(outputs[0]) == fingerprint(outputs[1])
-    assert read_history(run_dir / "history.csv")["epoch"] == list(range(epochs))
+    # Every row as written: a restart from epoch 0 would have appended 0, 1, ... again.
+    assert raw_history_epochs(run_dir / "history.csv") == list(range(epochs))
     assert json.loads((run_dir / "metrics.json").read_text())["epochs_run"] == epochs
 
 
@@ -134,3 +148,70 @@ def test_keras_still_has_the_code_the_multi_worker_fix_replaces():
     symbolic_build = inspect.getsource(trainer.TensorFlowTrainer._maybe_symbolic_build)
     assert "self.distribute_strategy.reduce(" in symbolic_build
     assert 'strategy.reduce("MEAN", v, axis=0)' in inspect.getsource(trainer.reduce_per_replica)
+
+
+class _Pipeline:
+    """The input context tf.distribute gives worker `index` of `count` (one replica each)."""
+
+    def __init__(self, index, count):
+        self.input_pipeline_id, self.num_input_pipelines = index, count
+
+    def get_per_replica_batch_size(self, global_batch):
+        return global_batch // self.num_input_pipelines
+
+
+class _OneWorkersStrategy:
+    def __init__(self, index, count):
+        self.pipeline = _Pipeline(index, count)
+
+    def distribute_datasets_from_function(self, for_worker):
+        return for_worker(self.pipeline)
+
+
+def _worker_share(data, index, count=2, global_batch=4):
+    from imgpipe.engine.distributed.worker_roles import worker_datasets
+    from imgpipe.data.images import DEFAULT_MAX_PIXELS
+    from imgpipe.engine.pipeline import FileDecoder
+
+    trainer = type("Trainer", (), {"global_batch_size": global_batch, "strategy": _OneWorkersStrategy(index, count)})
+    decoder = FileDecoder([8, 8], DEFAULT_MAX_PIXELS)
+    common = dict(size=[8, 8], seed=3, cache="none", cache_dir=None, max_pixels=DEFAULT_MAX_PIXELS, decoder=decoder)
+    train, val, steps = worker_datasets(data, trainer, None, common)
+    return train, val, steps, decoder
+
+
+def test_each_worker_decodes_only_its_shard_and_all_take_the_same_steps(tmp_path):
+    from imgpipe.data.sources import ImageSet, TaskData
+    from tests.conftest import write_image
+
+    # 7 training images (shards of 4 and 3) and 6 validation files, of which 1.png is corrupt: it falls
+    # in worker 1's shard (validation keeps the file order; worker 0 takes 0, 2, 4).
+    train = [write_image(tmp_path / "train" / f"{i}.png", (30 * i, 0, 0), size=8) for i in range(7)]
+    val = []
+    for i in range(6):
+        path = tmp_path / "val" / f"{i}.png"
+        if i == 1:
+            path.parent.mkdir(parents=True, exist_ok=True)
+            path.write_bytes(b"not an image")
+        else:
+            write_image(path, (0, 30 * i, 0), size=8)
+        val.append(path)
+    data = TaskData(train=ImageSet.from_files(train, np.arange(7) % 2), val=ImageSet.from_files(val, np.zeros(6, int)),
+                    class_names=["a", "b"], image_size=[8, 8], source=str(tmp_path))
+    shares = [_worker_share(data, index) for index in (0, 1)]
+    assert shares[0][2] == shares[1][2] == (1, 2)  # 7 // 4 training steps, ceil(6 / 4) validation steps
+
+    seen_train, seen_val = [], []
+    for train_ds, val_ds, (train_steps, val_steps), decoder in shares:
+        # Repeated: a shard of 3 still gives its steps (and more), so no worker runs dry before the other.
+        batches = list(train_ds.take(train_steps + 3).as_numpy_iterator())
+        assert len(batches) == train_steps + 3 and all(len(images) == 2 for images, _ in batches)
+        seen_train.append({int(images[k, 0, 0, 0]) for images, _ in batches for k in range(2)})
+        seen_val.append({int(images[k, 0, 0, 1]) for images, _ in val_ds.take(val_steps).as_numpy_iterator()
+                         for k in range(len(images))})
+        failures = sorted(os.path.basename(os.fsdecode(path)) for path in decoder.failed)
+        seen_val[-1] = (seen_val[-1], failures)
+    # The shards are disjoint and together hold every training image (red = 30 * i).
+    assert seen_train[0].isdisjoint(seen_train[1]) and seen_train[0] | seen_train[1] == {30 * i for i in range(7)}
+    # Each worker decoded only its own validation files: worker 0 never touched worker 1's corrupt one.
+    assert seen_val == [({0, 60, 120}, []), ({90, 150}, ["1.png"])]
