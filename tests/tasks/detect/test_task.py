@@ -2,6 +2,7 @@ import io
 import json
 
 import albumentations as A
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -200,16 +201,27 @@ def test_cli_detect_names_a_broken_annotation_file(cli, tmp_path):
 
 
 @pytest.mark.slow
-def test_detection_trains_on_two_logical_devices_with_finite_metrics_like_one_device(tmp_path):
-    make_detection_folder(tmp_path / "data", images=8, size=64, seed=5)
-    metrics = {}
-    for devices in (1, 2):
-        result = imgpipe.run("detect", ["train.epochs=1", "train.batch_size=2", "train.verbose=0",
-                                        f"train.devices={devices}", "data.image_size=64", "export.enabled=false",
-                                        "evaluate.robustness=false", f"train.run_dir={tmp_path / str(devices)}"],
-                             data=tmp_path / "data")
-        metrics[devices] = result.metrics
-    for values in metrics.values():
-        assert np.isfinite(values["val_loss"]) and 0.0 <= values["val_map50"] <= 1.0
-    # Same data and seed, one step on one device or two: the losses stay of one order.
-    assert 0.2 < metrics[2]["val_loss"] / metrics[1]["val_loss"] < 5
+def test_detection_on_two_logical_devices_follows_one_device_once_seeded(tmp_path, monkeypatch):
+    from tests.engine.test_train import StepRecorder, with_callback
+
+    make_detection_folder(tmp_path / "data", images=11, size=64, seed=5)  # 8 training images, 3 validation
+    runs = {}
+    for devices, batch_size in ((1, 4), (2, 2)):  # the same global batch of 4: 2 steps either way
+        recorder = StepRecorder()
+        with monkeypatch.context() as patch:
+            with_callback(patch, recorder)
+            keras.utils.set_random_seed(7)
+            result = imgpipe.run("detect", [
+                "train.epochs=1", f"train.batch_size={batch_size}", "train.verbose=0", f"train.devices={devices}",
+                "train.lr_scaling=none", "data.image_size=64", "export.enabled=false", "evaluate.robustness=false",
+                "augment.viewpoint=none", "augment.illumination=none", "augment.occlusion=none",
+                f"train.run_dir={tmp_path / str(devices)}"], data=tmp_path / "data")
+        runs[devices] = result.metrics, recorder
+    (one, one_steps), (two, two_steps) = runs[1], runs[2]
+    for mine, theirs in zip(two_steps.initial, one_steps.initial):
+        np.testing.assert_array_equal(mine, theirs)
+    assert two_steps.iterations == one_steps.iterations == [1, 2]
+    # Not equal to the last digit as classification's LeNet is: CenterNet's batch norm sees each replica's
+    # half batch. Measured 5.655 against 5.597 (1 % apart); unseeded, the two differed by up to 5x.
+    assert two["val_loss"] == pytest.approx(one["val_loss"], rel=0.05)
+    assert two["val_map50"] == pytest.approx(one["val_map50"], abs=0.1)
