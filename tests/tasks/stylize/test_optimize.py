@@ -1,4 +1,5 @@
 import numpy as np
+import pytest
 import tensorflow as tf
 from PIL import Image
 
@@ -6,6 +7,7 @@ from imgpipe.tasks.stylize.optimize import stylize_image
 from imgpipe.tasks.stylize.perceptual import content_targets, loss_network, perceptual_terms, style_grams
 
 
+@pytest.mark.slow
 def test_gatys_moves_the_pixels_to_the_style_and_keeps_the_content(tmp_path):
     # Content: grey vertical stripes. Style: green noise. 30 Adam steps on a random-feature VGG16 (no download).
     x = np.arange(32)[None, :].repeat(32, 0)
