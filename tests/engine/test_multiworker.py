@@ -161,6 +161,8 @@ class _Pipeline:
 
 
 class _OneWorkersStrategy:
+    """A strategy that builds only worker `index`'s dataset, as that worker's process would."""
+
     def __init__(self, index, count):
         self.pipeline = _Pipeline(index, count)
 
@@ -207,10 +209,8 @@ def test_each_worker_decodes_only_its_shard_and_all_take_the_same_steps(tmp_path
         batches = list(train_ds.take(train_steps + 3).as_numpy_iterator())
         assert len(batches) == train_steps + 3 and all(len(images) == 2 for images, _ in batches)
         seen_train.append({int(images[k, 0, 0, 0]) for images, _ in batches for k in range(2)})
-        seen_val.append({int(images[k, 0, 0, 1]) for images, _ in val_ds.take(val_steps).as_numpy_iterator()
-                         for k in range(len(images))})
-        failures = sorted(os.path.basename(os.fsdecode(path)) for path in decoder.failed)
-        seen_val[-1] = (seen_val[-1], failures)
+        greens = {int(image[0, 0, 1]) for images, _ in val_ds.take(val_steps).as_numpy_iterator() for image in images}
+        seen_val.append((greens, sorted(os.path.basename(os.fsdecode(path)) for path in decoder.failed)))
     # The shards are disjoint and together hold every training image (red = 30 * i).
     assert seen_train[0].isdisjoint(seen_train[1]) and seen_train[0] | seen_train[1] == {30 * i for i in range(7)}
     # Each worker decoded only its own validation files: worker 0 never touched worker 1's corrupt one.
