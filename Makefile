@@ -18,8 +18,9 @@ $(VENV)/.installed: setup.cfg pyproject.toml
 demo: install
 	$(BIN)/imgpipe run classify
 
-# Two test processes (pytest-xdist), a whole file to each at a time so its module-scoped training runs once.
-PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile
+# Two test processes (pytest-xdist), a whole file to each at a time so its module-scoped training runs once;
+# files in the order tests/conftest.py sorts them (most slow tests first), for even packing.
+PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test: install
 	$(PYTEST)

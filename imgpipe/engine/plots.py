@@ -1,6 +1,7 @@
 """Pictures a run leaves behind: learning curves, sample grids, confusion matrices.
 
-Matplotlib with the non-interactive Agg backend, so it works on servers and CI.
+Curves and matrices with matplotlib (non-interactive Agg backend, so it works on servers and CI);
+image grids with Pillow, which is many times faster for dozens of tiles.
 
 Example:
     >>> plot_curves(read_history("runs/classify/classify/history.csv"), "curves.png")
@@ -43,21 +44,58 @@ def plot_curves(history, path, fine_tune_from=0):
 
 
 def plot_image_grid(images, titles, path, columns=8, title=None):
-    """uint8 images in a grid with a caption under each; `images` is a list of HxWx3 arrays."""
+    """uint8 images in a grid with a caption under each; `images` is a list of HxWx3 arrays.
+
+    Drawn with Pillow rather than matplotlib: a grid of 32 matplotlib axes takes over a second to lay
+    out, and every run writes two grids. Small images are enlarged with nearest-neighbour so their
+    pixels stay visible; large ones are shrunk to fit a tile.
+
+    Example:
+        >>> plot_image_grid([np.zeros((32, 32, 3), np.uint8)], ["cat 0.91"], "preview.png")
+    """
+    from PIL import Image, ImageDraw, ImageFont
+
     count = len(images)
     if not count:
         return None
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    figure, axes = plt.subplots(rows, columns, figsize=(1.8 * columns, 1.9 * rows), squeeze=False)
-    for axis in axes.flat:
-        axis.axis("off")
-    for axis, image, caption in zip(axes.flat, images, titles):
-        axis.imshow(np.asarray(image).astype(np.uint8), interpolation="nearest")
-        axis.set_title(caption, fontsize=7)
+    tile = _tile_side(images)
+    pictures = [_fit(Image.fromarray(np.asarray(image).astype(np.uint8)), tile) for image in images]
+    row_height = max(picture.height for picture in pictures)
+    font = ImageFont.load_default(size=11)
+    caption_height, title_height, gap = 16, (24 if title else 0), 6
+    canvas = Image.new("RGB", (columns * (tile + gap) + gap,
+                               title_height + rows * (row_height + caption_height + gap) + gap), "white")
+    draw = ImageDraw.Draw(canvas)
     if title:
-        figure.suptitle(title)
-    return _save(figure, path)
+        draw.text((canvas.width / 2, 12), title, fill="black", anchor="mm", font=ImageFont.load_default(size=14))
+    for index, (picture, caption) in enumerate(zip(pictures, titles)):
+        left = gap + (index % columns) * (tile + gap)
+        top = title_height + gap + (index // columns) * (row_height + caption_height + gap)
+        canvas.paste(picture, (left + (tile - picture.width) // 2, top + (row_height - picture.height) // 2))
+        text = str(caption)
+        while len(text) > 1 and draw.textlength(text, font=font) > tile + gap:
+            text = text[:-1]
+        draw.text((left + tile / 2, top + row_height + caption_height / 2), text, fill="black", anchor="mm",
+                  font=font)
+    canvas.save(path)
+    return path
+
+
+def _fit(picture, side):
+    """The picture scaled so its longer side is `side`: nearest-neighbour up, bilinear down."""
+    from PIL import Image
+
+    scale = side / max(picture.size)
+    resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
+    return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), resample)
+
+
+def _tile_side(images):
+    """Tile side in pixels: the largest image side, between 96 and 192."""
+    largest = max(max(np.asarray(image).shape[:2]) for image in images)
+    return int(min(192, max(96, largest)))
 
 
 def plot_confusion_matrix(matrix, class_names, path):

@@ -1,0 +1,33 @@
+"""The image grid shows every image, in order, enlarged without blurring."""
+
+import numpy as np
+from PIL import Image
+
+from imgpipe.engine.plots import plot_image_grid
+
+
+def _solid(colour, size=8):
+    return np.full((size, size, 3), colour, dtype=np.uint8)
+
+
+def test_grid_places_each_image_in_order_enlarged_with_sharp_pixels(tmp_path):
+    red, blue, green = (255, 0, 0), (0, 0, 255), (0, 255, 0)
+    checker = np.zeros((8, 8, 3), dtype=np.uint8)
+    checker[::2, ::2] = 255
+    path = plot_image_grid([_solid(red), _solid(blue), _solid(green), checker], ["a", "b", "c", "d"],
+                           tmp_path / "grid.png", columns=2, title="samples")
+    canvas = np.asarray(Image.open(path).convert("RGB"))
+    colours = {tuple(colour): int(count) for colour, count in
+               zip(*np.unique(canvas.reshape(-1, 3), axis=0, return_counts=True))}
+    tile = 96
+    for colour in (red, blue, green):
+        assert colours[colour] == tile * tile
+    red_rows, red_columns = np.nonzero(np.all(canvas == red, axis=-1))
+    blue_rows, blue_columns = np.nonzero(np.all(canvas == blue, axis=-1))
+    green_rows, _ = np.nonzero(np.all(canvas == green, axis=-1))
+    assert red_rows.min() == blue_rows.min() < green_rows.min()
+    assert red_columns.max() < blue_columns.min()
+    # 8 px enlarged 12x by nearest neighbour: each checker pixel is a 12x12 block, no grey in between.
+    block = canvas[green_rows.min():green_rows.min() + tile, blue_columns.min():blue_columns.min() + tile]
+    assert set(np.unique(block)) == {0, 255}
+    assert np.array_equal(block[:12, :12], np.full((12, 12, 3), 255)) and not block[:12, 12:24].any()
