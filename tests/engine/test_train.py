@@ -7,7 +7,9 @@ import pytest
 
 import imgpipe
 from imgpipe.errors import RecipeError
-from imgpipe.engine.trainer import learning_rate_schedule, precision_policy, read_history, select_strategy
+from imgpipe.engine.recipe import load_recipe
+from imgpipe.engine.trainer import (Trainer, learning_rate_schedule, precision_policy, read_history,
+                                    select_strategy)
 
 
 class StopAfter(keras.callbacks.Callback):
@@ -165,14 +167,19 @@ def test_the_seed_is_what_makes_two_runs_agree(class_folder, fast_recipe_args, t
 
 
 @pytest.mark.parametrize("scaling, factor", [("linear", 2.0), ("sqrt", 2 ** 0.5), ("none", 1.0)])
+def test_lr_scaling_scales_the_peak_rate_for_two_replicas(tmp_path, scaling, factor):
+    recipe = load_recipe("classify", ["train.devices=2", "train.learning_rate=0.004", f"train.lr_scaling={scaling}"])
+    assert Trainer(recipe, tmp_path).peak_learning_rate == pytest.approx(0.004 * factor, rel=1e-9)
+
+
 @pytest.mark.slow
-def test_lr_scaling_sets_the_peak_rate_the_optimizer_uses(class_folder, fast_recipe_args, monkeypatch, scaling,
-                                                          factor):
+def test_the_optimizer_trains_at_the_scaled_peak_rate(class_folder, fast_recipe_args, monkeypatch):
     # 24 training images in 16-image global batches: 2 steps, too few for a warm-up, so step 0 runs at the peak.
+    # sqrt gives 0.004 * 1.414: neither the unscaled rate nor the linear one.
     result, steps = seeded_run(monkeypatch, fast_recipe_args + [
-        "train.devices=2", "train.learning_rate=0.004", f"train.lr_scaling={scaling}", "export.enabled=false"],
+        "train.devices=2", "train.learning_rate=0.004", "train.lr_scaling=sqrt", "export.enabled=false"],
         class_folder)
-    assert steps.first_rate == pytest.approx(0.004 * factor, rel=1e-6)
+    assert steps.first_rate == pytest.approx(0.004 * 2 ** 0.5, rel=1e-6)
 
 
 def test_one_mirrored_strategy_per_device_set_so_runs_in_one_process_do_not_collide():
