@@ -7,9 +7,10 @@ rate, early stopping that restores the best weights, and a backup every epoch
 so that `--resume` continues an interrupted run to the same total epochs.
 
 With pretrained weights the backbone is first frozen for `train.warmup_epochs`
-while the new head learns, then everything is fine-tuned at a tenth of the
-learning rate. Each phase has its own backup, so a run can be resumed in
-either.
+while the new head learns, then everything is fine-tuned: the backbone at a
+tenth of the learning rate, the layers built on it at the full rate
+(`imgpipe.engine.backbone_rate`). Each phase has its own backup, so a run can
+be resumed in either.
 
 Example:
     >>> trainer = Trainer(recipe, run_dir)
@@ -32,6 +33,7 @@ import time
 import keras
 import tensorflow as tf
 
+from imgpipe.engine.backbone_rate import BackboneRateAdamW
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.errors import RecipeError
 from imgpipe.models.backbones import set_trainable
@@ -215,9 +217,9 @@ class Trainer:
                             self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)
             model.save_weights(warmup_done)
             set_trainable(backbone, True)  # its batch norm stays frozen (inference mode) while fine-tuning
-        peak = self.peak_learning_rate * (FINE_TUNE_LR_FACTOR if warmup else 1.0)
-        self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs, peak,
-                        steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)
+        self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs, self.peak_learning_rate,
+                        steps_per_epoch, monitor, class_weight, callbacks, fixed_steps,
+                        slow_backbone=backbone if warmup else None)
         history = read_history(self.run_dir / "history.csv")
         return {
             "history": history,
@@ -227,12 +229,15 @@ class Trainer:
         }
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
-                   steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None):
+                   steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None):
+        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at FINE_TUNE_LR_FACTOR."""
         with self.strategy.scope():
-            optimizer = keras.optimizers.AdamW(
-                learning_rate=learning_rate_schedule(peak, steps_per_epoch * (last_epoch - first_epoch)),
-                weight_decay=self.settings.weight_decay,
-            )
+            schedule = learning_rate_schedule(peak, steps_per_epoch * (last_epoch - first_epoch))
+            if slow_backbone is None:
+                optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=self.settings.weight_decay)
+            else:
+                optimizer = BackboneRateAdamW(slow_backbone.trainable_variables, FINE_TUNE_LR_FACTOR,
+                                              learning_rate=schedule, weight_decay=self.settings.weight_decay)
             model.compile(optimizer=optimizer, **compile_settings)
         with multi_worker_fit(model, self.strategy):
             model.fit(

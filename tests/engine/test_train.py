@@ -204,7 +204,8 @@ def test_mixed_precision_path_runs_on_cpu(class_folder, fast_recipe_args):
 
 
 class PhaseRecorder(keras.callbacks.Callback):
-    """Per fit: whether the backbone trains, its weights before and after, and the first step's learning rate."""
+    """Per fit: whether the backbone trains, its weights before and after, the first step's learning rate,
+    and the factor the optimizer applies to which of the backbone's variables."""
 
     def __init__(self):
         super().__init__()
@@ -216,7 +217,12 @@ class PhaseRecorder(keras.callbacks.Callback):
 
     def on_train_batch_begin(self, batch, logs=None):
         if self.phases[-1]["rate"] is None:
-            self.phases[-1]["rate"] = float(keras.ops.convert_to_numpy(self.model.optimizer.learning_rate))
+            optimizer = self.model.optimizer
+            slowed = {id(variable) for variable in getattr(optimizer, "backbone_variables", [])}
+            backbone_variables = {id(variable) for variable in self.model.get_layer("backbone").trainable_variables}
+            self.phases[-1].update(rate=float(keras.ops.convert_to_numpy(optimizer.learning_rate)),
+                                   backbone_factor=getattr(optimizer, "backbone_factor", None),
+                                   slows_the_backbone=bool(slowed) and slowed == backbone_variables)
 
     def on_train_end(self, logs=None):
         self.phases[-1]["after"] = self.model.get_layer("backbone").get_weights()
@@ -247,7 +253,40 @@ def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_ar
         np.testing.assert_array_equal(before, after)  # frozen, batch-norm statistics included
     assert any(not np.array_equal(before, after) for before, after in zip(fine_tune["before"], fine_tune["after"]))
     assert warm_up["rate"] == pytest.approx(0.002, rel=1e-6)
-    assert fine_tune["rate"] == pytest.approx(0.002 / 10, rel=1e-6)
+    # Fine-tuning: the schedule's peak for the head, a tenth of it for the backbone's variables.
+    assert fine_tune["rate"] == pytest.approx(0.002, rel=1e-6)
+    assert fine_tune["backbone_factor"] == 0.1 and fine_tune["slows_the_backbone"]
+
+
+@pytest.mark.slow
+def test_a_run_stopped_while_fine_tuning_resumes_there_without_warming_up_again(class_folder, fast_recipe_args,
+                                                                                tmp_path, monkeypatch):
+    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
+                                                   pooling="avg", include_preprocessing=True)
+    weights_file = tmp_path / "mobilenet_notop.weights.h5"
+    backbone.save_weights(weights_file)
+    args = fast_recipe_args + ["data.image_size=32", "train.epochs=4", "train.warmup_epochs=1", "train.patience=0",
+                               "train.devices=1", "export.enabled=false", "model.name=mobilenet_v3_small",
+                               f"model.weights={weights_file}"]
+    stop = StopAfter(3)  # epoch 0 warms up, 1 and 2 fine-tune, then the run is interrupted
+    with monkeypatch.context() as patch:
+        with_callback(patch, stop)
+        with pytest.raises(KeyboardInterrupt):
+            imgpipe.run("classify", args, data=class_folder)
+    run_dir = tmp_path / "run"
+    assert raw_history_epochs(run_dir / "history.csv") == [0, 1, 2]
+
+    recorder, phases = FitRecorder(), PhaseRecorder()
+    with_callback(monkeypatch, recorder)
+    with_callback(monkeypatch, phases)
+    imgpipe.run("classify", resume=True, output=run_dir)
+    # One fit, the fine-tuning phase from its backup: a warm-up run again would have started at epoch 0, frozen.
+    assert recorder.epochs == [3]
+    assert len(phases.phases) == 1 and phases.phases[0]["trainable"]
+    assert phases.phases[0]["backbone_factor"] == 0.1 and phases.phases[0]["slows_the_backbone"]
+    for restored, interrupted in zip(recorder.start_weights, stop.weights):
+        np.testing.assert_array_equal(restored, interrupted)
+    assert raw_history_epochs(run_dir / "history.csv") == [0, 1, 2, 3]
 
 
 def test_learning_rate_warms_up_then_decays():
