@@ -62,6 +62,8 @@ def test_region_score_explains_a_segmented_region():
 
 
 def test_gradient_ascent_increases_the_filter_activation():
+    # Seeded: an untrained model drawn at random failed the 0.01 rise once in a suite run (seeds 0-11 pass).
+    keras.utils.set_random_seed(0)
     model = MODELS.get("small_cnn")((32, 32, 3), 3, weights=None)
     _, trace = maximise_filter(model, "stage2_b_conv", 5, steps=15)
     assert trace[-1] > trace[0] + 0.01 and trace[-1] >= np.mean(trace[:len(trace) // 2])
