@@ -19,7 +19,7 @@ demo: install
 	$(BIN)/imgpipe run classify
 
 # Two test processes (pytest-xdist), a whole file to each at a time so its module-scoped training runs once;
-# files in the order tests/conftest.py sorts them (most slow tests first), for even packing.
+# files in the order tests/conftest.py sorts them (most slow tests first).
 PYTEST := $(BIN)/python -m pytest -n 2 --dist loadfile --no-loadscope-reorder
 
 test: install

@@ -30,8 +30,8 @@ def pytest_collection_modifyitems(config, items):
     """Files with the most slow tests run first, each file's tests in their written order.
 
     `make test` hands whole files to two processes (`--dist loadfile --no-loadscope-reorder`) in
-    this order, so the long files start at once and the short ones fill in at the end, instead of
-    one process finishing a long file alone while the other waits.
+    this order, so that the long files start at once and the short ones fill in at the end. The
+    gain was not measurable against this machine's 20 % run-to-run spread (667 s against 630 s).
     """
     slow_tests = collections.Counter(item.path for item in items if item.get_closest_marker("slow"))
     items.sort(key=lambda item: -slow_tests[item.path])

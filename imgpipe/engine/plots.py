@@ -60,8 +60,9 @@ def plot_image_grid(images, titles, path, columns=8, title=None):
         return None
     columns = min(columns, count)
     rows = math.ceil(count / columns)
-    tile = _tile_side(images)
-    pictures = [_fit(Image.fromarray(np.asarray(image).astype(np.uint8)), tile) for image in images]
+    pictures = [Image.fromarray(np.asarray(image).astype(np.uint8)) for image in images]
+    tile = int(min(192, max(96, max(max(picture.size) for picture in pictures))))  # largest side, 96..192 px
+    pictures = [_fit(picture, tile) for picture in pictures]
     row_height = max(picture.height for picture in pictures)
     font = ImageFont.load_default(size=11)
     caption_height, title_height, gap = 16, (24 if title else 0), 6
@@ -90,12 +91,6 @@ def _fit(picture, side):
     scale = side / max(picture.size)
     resample = Image.Resampling.NEAREST if scale >= 1 else Image.Resampling.BILINEAR
     return picture.resize((max(1, round(picture.width * scale)), max(1, round(picture.height * scale))), resample)
-
-
-def _tile_side(images):
-    """Tile side in pixels: the largest image side, between 96 and 192."""
-    largest = max(max(np.asarray(image).shape[:2]) for image in images)
-    return int(min(192, max(96, largest)))
 
 
 def plot_confusion_matrix(matrix, class_names, path):
