@@ -228,13 +228,18 @@ class PhaseRecorder(keras.callbacks.Callback):
         self.phases[-1]["after"] = self.model.get_layer("backbone").get_weights()
 
 
-@pytest.mark.slow
-def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_args, tmp_path, monkeypatch):
-    # A local backbone weights file stands in for the ImageNet download.
+def backbone_weights_file(tmp_path):
+    """A MobileNetV3Small backbone and its weights saved to a file: stands in for the ImageNet download."""
     backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
                                                    pooling="avg", include_preprocessing=True)
     weights_file = tmp_path / "mobilenet_notop.weights.h5"
     backbone.save_weights(weights_file)
+    return backbone, weights_file
+
+
+@pytest.mark.slow
+def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_args, tmp_path, monkeypatch):
+    backbone, weights_file = backbone_weights_file(tmp_path)
     recorder = PhaseRecorder()
     with_callback(monkeypatch, recorder)
     # 24 images in batches of 8: 3 steps per phase, too few for the schedule's warm-up, so step 0 runs at the peak.
@@ -261,10 +266,7 @@ def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_ar
 @pytest.mark.slow
 def test_a_run_stopped_while_fine_tuning_resumes_there_without_warming_up_again(class_folder, fast_recipe_args,
                                                                                 tmp_path, monkeypatch):
-    backbone = keras.applications.MobileNetV3Small(include_top=False, weights=None, input_shape=(32, 32, 3),
-                                                   pooling="avg", include_preprocessing=True)
-    weights_file = tmp_path / "mobilenet_notop.weights.h5"
-    backbone.save_weights(weights_file)
+    _, weights_file = backbone_weights_file(tmp_path)
     args = fast_recipe_args + ["data.image_size=32", "train.epochs=4", "train.warmup_epochs=1", "train.patience=0",
                                "train.devices=1", "export.enabled=false", "model.name=mobilenet_v3_small",
                                f"model.weights={weights_file}"]
@@ -284,6 +286,7 @@ def test_a_run_stopped_while_fine_tuning_resumes_there_without_warming_up_again(
     assert recorder.epochs == [3]
     assert len(phases.phases) == 1 and phases.phases[0]["trainable"]
     assert phases.phases[0]["backbone_factor"] == 0.1 and phases.phases[0]["slows_the_backbone"]
+    assert len(recorder.start_weights) == len(stop.weights)
     for restored, interrupted in zip(recorder.start_weights, stop.weights):
         np.testing.assert_array_equal(restored, interrupted)
     assert raw_history_epochs(run_dir / "history.csv") == [0, 1, 2, 3]
