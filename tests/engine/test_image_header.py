@@ -1,0 +1,59 @@
+import io
+
+import numpy as np
+import pytest
+from PIL import Image
+
+tf = pytest.importorskip("tensorflow")
+
+from imgpipe.engine import image_header  # noqa: E402
+
+
+def encoded(format, orientation=None, size=(50, 30), **options):
+    image = Image.fromarray(np.random.default_rng(0).integers(0, 255, (size[1], size[0], 3), np.uint8))
+    if orientation is not None:
+        exif = Image.Exif()
+        exif[0x0112] = orientation
+        options["exif"] = exif.tobytes()
+    buffer = io.BytesIO()
+    image.save(buffer, format, **options)
+    return buffer.getvalue()
+
+
+def header(data, max_pixels=None):
+    return {key: int(value) for key, value in image_header.read_header(tf.constant(data), max_pixels).items()}
+
+
+@pytest.mark.parametrize("format, options", [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}),
+                                             ("WEBP", {"lossless": True})])
+def test_sizes_are_read_from_the_header_as_pillow_reads_them(format, options):
+    found = header(encoded(format, size=(53, 31), **options))
+    assert (found["status"], found["height"], found["width"], found["complete"]) == (image_header.OK, 31, 53, 1)
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG", "WEBP"])
+@pytest.mark.parametrize("orientation", range(1, 9))
+def test_exif_orientation_is_read_from_each_format(format, orientation):
+    assert header(encoded(format, orientation))["orientation"] == orientation
+
+
+def test_bad_bytes_get_their_reason():
+    jpeg, png = encoded("JPEG"), encoded("PNG")
+    assert header(b"")["status"] == image_header.EMPTY
+    assert header(b"plain text, not an image")["status"] == image_header.NOT_AN_IMAGE
+    assert header(jpeg[:60])["status"] == image_header.TRUNCATED
+    assert header(png[:20])["status"] == image_header.TRUNCATED
+    assert header(png[:-12])["complete"] == 0
+    assert header(png, max_pixels=50 * 30 - 1)["status"] == image_header.OVER_MAX_PIXELS
+    assert header(png, max_pixels=50 * 30)["status"] == image_header.OK
+
+
+def test_a_gif_is_cut_after_its_first_frame():
+    frames = [Image.new("RGB", (20, 10), colour) for colour in ("red", "green", "blue")]
+    buffer = io.BytesIO()
+    frames[0].save(buffer, "GIF", save_all=True, append_images=frames[1:])
+    data = buffer.getvalue()
+    end = header(data)["end"]
+    assert end < len(data) - 1
+    first = Image.open(io.BytesIO(data[:end] + b";"))
+    assert first.n_frames == 1 and first.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
