@@ -3,15 +3,17 @@
 A served model takes bytes from whoever calls it. TensorFlow's decoders
 allocate the pixels a header announces and fail the whole batch on a broken
 file, and no TF op reads a size without decoding (except for JPEG). So the
-serving signatures read the header first, with plain tensor ops on the bytes:
+header is read first, with plain tensor ops on the bytes:
 the format from its magic bytes; width and height from PNG's IHDR, JPEG's
 first SOF, GIF's logical screen, BMP's info header or WebP's VP8/VP8L/VP8X
 chunk (the same fields the decoders allocate by, so a forged size cannot get
-past the pixel budget); whether the file carries its end marker; where its
-EXIF block starts (`imgpipe.engine.exif_orientation` reads it); and, for GIF,
-where the first frame ends (TensorFlow's GIF decoder decodes every frame, so
-the served graph cuts the file after the first one, which is all training
-uses).
+past the pixel budget); whether the file carries its end marker; EXIF's
+orientation tag; and, for GIF, where the first frame ends (TensorFlow's GIF
+decoder decodes every frame, so a served graph should cut the file after the
+first one, which is all training uses).
+
+The serving signatures (`imgpipe.engine.serving`) do not use it yet; wiring
+it in, with a per-image `status`, is the next step of serving hardening.
 
 Example:
     >>> header = read_header(tf.constant(png_bytes))
