@@ -158,17 +158,29 @@ def evaluate(export, data, report_dir, robustness, as_json):
               help="Folder for the masks, drawn boxes or images produced (a .png file for one styled image).")
 @click.option("--json", "as_json", is_flag=True, help="One JSON object per line.")
 def predict(export, images, top_k, out_dir, as_json):
-    """Run IMAGES through an EXPORT's serving signature."""
+    """Run IMAGES through an EXPORT's serving signature.
+
+    Exits 2 if the export refused any file (empty, not an image, truncated, over
+    its max_pixels); that file's line says why, the others are answered.
+    """
     from imgpipe.engine.use_export import predict as predict_files
 
     if top_k < 1:
         raise click.BadParameter("must be at least 1", param_hint="--top-k")
-    for result in predict_files(export, images, top_k, out_dir):
+    results = predict_files(export, images, top_k, out_dir)
+    for result in results:
         click.echo(json.dumps(result) if as_json else _describe_prediction(result))
+    refused = [result for result in results if "status" in result]
+    if refused:
+        click.echo(f"predict: the export refused {len(refused)} of {len(results)} files (first: "
+                   f"{refused[0]['file']}: {refused[0]['status']})", err=True)
+        sys.exit(2)
 
 
 def _describe_prediction(result):
-    if "predictions" in result:
+    if "status" in result:
+        answer = f"not answered ({result['status']})"
+    elif "predictions" in result:
         answer = ", ".join(f"{p['class_name']} {p['score']:.3f}" for p in result["predictions"])
     elif "objects" in result:
         found = "; ".join(f"{o['class_name']} {o['score']:.2f} at {o['box']}" for o in result["objects"])

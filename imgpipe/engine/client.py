@@ -13,26 +13,32 @@ import pathlib
 
 import numpy as np
 
-from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
+from imgpipe.data.images import UnreadableImage
 from imgpipe.errors import DataError
 
 BATCH_SIZE = 32
 
 
-def read_image_bytes(path, max_pixels=DEFAULT_MAX_PIXELS):
-    """The file's bytes, after checking its header so a bad file fails with its name."""
-    read_header(path, max_pixels)
+def read_image_bytes(path):
+    """The file's bytes, as a client would send them: the served graph itself judges what they hold."""
     try:
         return pathlib.Path(path).read_bytes()
     except OSError as error:
         raise UnreadableImage(f"{path}: cannot read file ({error.strerror})") from None
 
 
-def run_signature(loaded, paths, batch_size=BATCH_SIZE, max_pixels=DEFAULT_MAX_PIXELS):
+def answer_status(answer):
+    """An answer's `status` as text: "ok", or why the export did not answer (an export without one: "ok")."""
+    status = answer.get("status", b"ok")
+    return status.decode() if isinstance(status, bytes) else str(status)
+
+
+def run_signature(loaded, paths, batch_size=BATCH_SIZE):
     """Sends files through `serving_default` in batches; returns one {output: np.ndarray} per file.
 
     Per file, because answers at the image's own size (masks, images) are
-    padded to the largest image of their batch, and batches differ.
+    padded to the largest image of their batch, and batches differ. A file the
+    export refused has its reason in `status` (see `answer_status`).
 
     Example:
         >>> run_signature(loaded, ["cat.jpg", "dog.png"])[1]["class_name"]
@@ -43,7 +49,7 @@ def run_signature(loaded, paths, batch_size=BATCH_SIZE, max_pixels=DEFAULT_MAX_P
     serve = loaded.signatures["serving_default"]
     answers = []
     for start in range(0, len(paths), batch_size):
-        chunk = [read_image_bytes(path, max_pixels) for path in paths[start:start + batch_size]]
+        chunk = [read_image_bytes(path) for path in paths[start:start + batch_size]]
         try:
             answer = serve(image_bytes=tf.constant(chunk))
         except tf.errors.InvalidArgumentError as error:
@@ -71,6 +77,7 @@ def write_produced_images(loaded, paths, out, label):
     """For tasks that answer with images: writes each file's `image_png` answer, one request per file.
 
     `out` is a folder (files become `<stem>_<label>.png`) or, for a single input, an image file.
+    A file the export refused gets {"file", "status"} and nothing written.
     """
     import tensorflow as tf
 
@@ -83,16 +90,20 @@ def write_produced_images(loaded, paths, out, label):
     serve = loaded.signatures["serving_default"]
     results = []
     for path in paths:
-        answer = serve(image_bytes=tf.constant([read_image_bytes(path)]))
+        answer = per_image({key: value.numpy() for key, value in
+                            serve(image_bytes=tf.constant([read_image_bytes(path)])).items()})[0]
+        if answer_status(answer) != "ok":
+            results.append({"file": str(path), "status": answer_status(answer)})
+            continue
         target = out if to_file else out / f"{pathlib.Path(path).stem}_{label}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        png = answer["image_png"].numpy()[0]
+        png = answer["image_png"]
         if target.suffix.lower() == ".png":
             target.write_bytes(png)
         else:
             from PIL import Image
 
             Image.open(io.BytesIO(png)).save(target)
-        results.append({"file": str(path), label: str(target), "height": int(answer["height"][0]),
-                        "width": int(answer["width"][0])})
+        results.append({"file": str(path), label: str(target), "height": int(answer["height"]),
+                        "width": int(answer["width"])})
     return results

@@ -104,7 +104,7 @@ def export_metadata(task, data, recipe):
         ['cat', 'dog']
     """
     return {"task": task.name, "name": recipe.name, "image_size": list(data.image_size), "model": recipe.model.name,
-            **task.export_metadata(data, recipe)}
+            "max_pixels": recipe.export.max_pixels, **task.export_metadata(data, recipe)}
 
 
 def export_recipe(version_dir):

@@ -151,6 +151,10 @@ class ExportSettings:
     enabled: bool = setting(True, "write a SavedModel at the end of the run")
     root: str = setting("saved_models", "export root: <root>/<name>/<version>/")
     name: typing.Optional[str] = setting(None, "model name; defaults to the task name")
+    max_pixels: int = setting(
+        25_000_000, "serving_default refuses (status `over max_pixels N`) images whose header announces more "
+        "pixels, before decoding: at most 3 bytes a pixel decoded, and 12 a pixel per float copy at the image's "
+        "size (stylize, colorize)", min=1)
 
 
 @dataclasses.dataclass

@@ -10,10 +10,14 @@ Example:
     >>> evaluate_files(task, loaded, metadata, "test_images/", max_pixels, report_dir)["accuracy"]
 """
 
+import logging
+
 import numpy as np
 
-from imgpipe.engine.client import per_image
+from imgpipe.engine.client import answer_status, per_image
 from imgpipe.errors import DataError
+
+log = logging.getLogger(__name__)
 
 
 def model_answers(task, model, dataset, metadata):
@@ -57,6 +61,15 @@ def evaluate_files(task, loaded, metadata, folder, max_pixels, report_dir):
     if not files.paths:
         raise DataError(f"{folder}: no readable images to evaluate")
     answers = task.export_answers(loaded, files.paths, metadata)
-    metrics = task.score(answers, files.truths, metadata)
-    task.plot_scores(answers, files.truths, metadata, report_dir)
-    return {**metrics, "images": len(files.paths), "skipped_files": len(files.skipped)}
+    refused = [(path, answer_status(answer)) for path, answer in zip(files.paths, answers)
+               if answer_status(answer) != "ok"]
+    if refused:
+        log.warning("the export refused %d of %d images, not scored (first: %s: %s)", len(refused),
+                    len(answers), *refused[0])
+    kept = [index for index, answer in enumerate(answers) if answer_status(answer) == "ok"]
+    if not kept:
+        raise DataError(f"{folder}: the export refused every image (first: {refused[0][0]}: {refused[0][1]})")
+    answers, truths = [answers[i] for i in kept], [files.truths[i] for i in kept]
+    metrics = task.score(answers, truths, metadata)
+    task.plot_scores(answers, truths, metadata, report_dir)
+    return {**metrics, "images": len(answers), "skipped_files": len(files.skipped), "refused_files": len(refused)}

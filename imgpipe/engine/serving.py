@@ -1,26 +1,169 @@
-"""Graph-side image decoding for the exported serving signatures.
+"""Graph-side image decoding for the exported serving signatures, safe on bytes from anyone.
 
 TF Serving clients send encoded files; the SavedModel decodes JPEG, PNG, BMP,
 GIF (first frame) and WebP itself, so the client needs no image library, and
-prepares them exactly as the training pipeline does: a JPEG is decoded at the
-same reduced DCT scale, and every image is shrunk by the same area average
-(`imgpipe.engine.pipeline.resize_uint8`), so the model sees the pixels it was trained
-on (EXIF rotation is the exception: serving does not read EXIF).
+prepares them exactly as the training reader (`imgpipe.data.images.load_image`)
+does: EXIF orientation applied, alpha composited on white, a JPEG decoded at
+the same reduced DCT scale, and every image shrunk by the same area average
+(`imgpipe.engine.pipeline.resize_uint8`), so the model sees the pixels it was
+trained on.
+
+Every image's header is read first (`imgpipe.engine.image_header`), and only
+those that pass are decoded: an empty file, a file that is not an image, a
+truncated one or one over the pixel budget is refused before a byte of it is
+decoded. A graph cannot catch an op's error, but a tf.data pipeline can drop
+the elements whose decode failed (`ignore_errors`), so the decodes run as a
+small dataset inside the signature and a corrupt image costs only its own
+answer. Each image gets a status code (`image_header.OK` or a reason), and
+`status_strings` turns them into the `status` output every signature returns.
 
 Example:
-    >>> images, sizes = decode_batch(tf.constant([png_bytes]), [64, 64])
+    >>> batch = decode_batch(tf.constant([png_bytes, b"junk"]), [64, 64], max_pixels=25_000_000)
+    >>> batch.status.numpy().tolist()
+    [0, 2]
 """
+
+import collections
 
 import tensorflow as tf
 
-from imgpipe.engine.pipeline import decode_jpeg_for_size, resize_uint8
+from imgpipe.engine import image_header
+from imgpipe.engine.image_header import GIF, JPEG, OK, read_header, status_reasons
+from imgpipe.engine.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8
+
+DecodedBatch = collections.namedtuple("DecodedBatch", ["images", "sizes", "status"])
+DecodedBatch.__doc__ = """Decoded images: `images` (uint8 or float32 [B, H, W, 3]; zeros where refused),
+`sizes` (int32 [B, 2] upright original height and width; 0 where refused), `status` (int32 [B] codes)."""
+
+_HEADER_SPEC = {key: tf.TensorSpec([], tf.int32)
+                for key in ("status", "format", "height", "width", "complete", "orientation", "end")}
 
 
-def decode_one(image_bytes):
-    """Encoded bytes -> uint8 [H, W, 3]; grey becomes RGB, alpha is dropped."""
-    image = tf.io.decode_image(image_bytes, channels=3, expand_animations=False, dtype=tf.uint8)
-    image.set_shape([None, None, 3])
-    return image
+def status_strings(status, max_pixels):
+    """int32 status codes -> the `status` output's strings ("ok", "truncated", "over max_pixels N", ...)."""
+    return tf.gather(tf.constant(status_reasons(max_pixels)), status)
+
+
+def with_status(answers, status, max_pixels, neutral=None):
+    """A signature's answers with a `status` output, and a neutral answer wherever an image was refused.
+
+    Args:
+        answers: {output: tensor [B, ...]} computed for the whole batch (refused images were zeros).
+        status: int32 [B] codes from `decode_batch`.
+        neutral: {output: value} for refused images; default 0, or "" for strings.
+    """
+    neutral = neutral or {}
+    answered = tf.equal(status, OK)
+    result = {}
+    for key, value in answers.items():
+        fill = neutral.get(key, "" if value.dtype == tf.string else 0)
+        where = tf.reshape(answered, tf.concat([tf.shape(answered), tf.ones([tf.rank(value) - 1], tf.int32)], 0))
+        result[key] = tf.where(where, value, tf.cast(fill, value.dtype) if value.dtype != tf.string else fill)
+    result["status"] = status_strings(status, max_pixels)
+    return result
+
+
+def decode_batch(image_bytes, size, max_pixels):
+    """A batch of encoded images -> `DecodedBatch` with float32 images at `size`, as training prepares them."""
+    batch = decode_checked(image_bytes, max_pixels, size)
+    return batch._replace(images=tf.cast(batch.images, tf.float32))
+
+
+def decode_checked(image_bytes, max_pixels, size=None):
+    """Validates, decodes and orients a batch of encoded images; refused or undecodable ones stay zero.
+
+    Args:
+        image_bytes: string [B] of encoded files.
+        max_pixels: images whose header announces more pixels are not decoded.
+        size: [height, width] to resize to (a JPEG decoded at the DCT scale training
+            uses for it), or None to keep each image's own size (padded with zeros
+            to the largest of the batch).
+
+    Returns:
+        `DecodedBatch` with uint8 images.
+    """
+    headers = tf.map_fn(lambda one: read_header(one, max_pixels), image_bytes, fn_output_signature=_HEADER_SPEC)
+    count = tf.shape(image_bytes)[0]
+    index = tf.range(count)
+
+    def decode(position, encoded, header):
+        image = _decode_upright(encoded, header, size)
+        return position, image, tf.shape(image)[:2]
+
+    passed = tf.data.Dataset.from_tensor_slices((index, image_bytes, headers)).filter(
+        lambda position, encoded, header: tf.equal(header["status"], OK))
+    decoded = passed.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
+    # One placeholder past the batch's end, so the batch below is never empty; it is dropped afterwards.
+    placeholder_shape = [1, 1, 3] if size is None else list(size) + [3]
+    placeholder = tf.data.Dataset.from_tensors((count, tf.zeros(placeholder_shape, tf.uint8), tf.zeros([2], tf.int32)))
+    shapes = ([], [None, None, 3] if size is None else list(size) + [3], [2])
+    positions, images, decoded_sizes = decoded.concatenate(placeholder).padded_batch(
+        tf.cast(count + 1, tf.int64), padded_shapes=shapes).get_single_element()
+
+    where = positions[:, None]
+    image_shape = tf.concat([[count + 1], tf.shape(images)[1:]], axis=0)
+    images = tf.scatter_nd(where, images, image_shape)[:count]
+    done = tf.scatter_nd(where, tf.ones_like(positions), [count + 1])[:count] > 0
+    failed = tf.where(tf.equal(headers["complete"], 1), image_header.CORRUPT, image_header.TRUNCATED)
+    status = tf.where(tf.equal(headers["status"], OK) & ~done, failed, headers["status"])
+    upright = tf.where((headers["orientation"] >= 5)[:, None], tf.stack([headers["width"], headers["height"]], axis=1),
+                       tf.stack([headers["height"], headers["width"]], axis=1))
+    sizes = tf.where(tf.equal(status, OK)[:, None], upright, 0)
+    if size is not None:
+        images.set_shape([None] + list(size) + [3])
+    return DecodedBatch(images, sizes, status)
+
+
+def _decode_upright(encoded, header, size):
+    """One image that passed its header check -> uint8 [H, W, 3] upright (and at `size` if given)."""
+    sideways = header["orientation"] >= 5
+    upright_height = tf.where(sideways, header["width"], header["height"])
+    upright_width = tf.where(sideways, header["height"], header["width"])
+
+    def jpeg():
+        if size is None:
+            return tf.io.decode_jpeg(encoded, channels=3, dct_method="INTEGER_ACCURATE")
+        # The scale Pillow's `draft` picks in training, from the upright size.
+        shrink = tf.minimum(upright_height // size[0], upright_width // size[1])
+        return decode_jpeg_scaled(encoded, tf.reduce_sum(tf.cast(shrink >= tf.constant(DCT_SCALES[1:]), tf.int32)))
+
+    def other():
+        first_frame = tf.cond(tf.equal(header["format"], GIF),
+                              lambda: tf.strings.substr(encoded, 0, header["end"]) + b";", lambda: encoded)
+        return _to_rgb(tf.io.decode_image(first_frame, channels=0, expand_animations=False, dtype=tf.uint8))
+
+    image = tf.cond(tf.equal(header["format"], JPEG), jpeg, other)
+    image = orient(image, header["orientation"])
+    return image if size is None else resize_uint8(image, size)
+
+
+def _to_rgb(image):
+    """uint8 [H, W, 1 to 4] -> [H, W, 3] as `imgpipe.data.images.to_rgb`: grey spread, alpha composited on white."""
+    channels = tf.shape(image)[-1]
+    colour = tf.cond(channels >= 3, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3]))
+    has_alpha = tf.equal(channels, 2) | tf.equal(channels, 4)
+    opaque = lambda: tf.fill(tf.shape(image[..., :1]), tf.constant(255, tf.uint8))  # noqa: E731
+    alpha = tf.cond(has_alpha, lambda: image[..., -1:], opaque)
+    alpha = tf.cast(alpha, tf.int32)
+    # Pillow's alpha_composite over opaque white, in its integer arithmetic (7 extra bits, rounded /255).
+    scaled = (tf.cast(colour, tf.int32) * alpha + 255 * (255 - alpha) + 128) * 128
+    shift = tf.bitwise.right_shift
+    return tf.cast(shift(shift(scaled, 8) + scaled, 15), tf.uint8)
+
+
+def orient(image, orientation):
+    """Turns an image [H, W, C] stored with EXIF `orientation` (1 to 8) upright, as Pillow's `exif_transpose`."""
+    transposed = lambda: tf.transpose(image, [1, 0, 2])  # noqa: E731
+    return tf.switch_case(orientation - 1, [
+        lambda: image,
+        lambda: tf.reverse(image, [1]),
+        lambda: tf.reverse(image, [0, 1]),
+        lambda: tf.reverse(image, [0]),
+        transposed,
+        lambda: tf.reverse(transposed(), [1]),
+        lambda: tf.reverse(transposed(), [0, 1]),
+        lambda: tf.reverse(transposed(), [0]),
+    ])
 
 
 def resize_float(image, size):
@@ -32,56 +175,32 @@ def resize_float(image, size):
     return tf.clip_by_value(tf.round(resized), 0.0, 255.0)
 
 
-def decode_for_model(image_bytes, size):
-    """One encoded image -> (uint8 [size, 3], int32 [2] original height and width), as training prepares it.
-
-    A JPEG is decoded at the largest DCT scale (1/2, 1/4, 1/8) that keeps it at
-    least `size`, as `imgpipe.data.images.plain_jpeg_scale` chooses for training.
-    """
-    def jpeg():
-        return decode_jpeg_for_size(image_bytes, size), tf.io.extract_jpeg_shape(image_bytes)[:2]
-
-    def other():
-        image = decode_one(image_bytes)
-        return image, tf.shape(image)[:2]
-
-    image, original = tf.cond(tf.io.is_jpeg(image_bytes), jpeg, other)
-    image.set_shape([None, None, 3])
-    return resize_uint8(image, size), original
-
-
-def decode_batch(image_bytes, size):
-    """A batch of encoded images -> (float32 [B, H, W, 3] at `size`, int32 [B, 2] original heights/widths)."""
-
-    def decode(single):
-        image, original = decode_for_model(single, size)
-        return tf.cast(image, tf.float32), original
-
-    return tf.map_fn(
-        decode,
-        image_bytes,
-        fn_output_signature=(tf.TensorSpec(list(size) + [3], tf.float32), tf.TensorSpec([2], tf.int32)),
-    )
-
-
-def images_at_original_size(image_bytes, transform):
+def images_at_original_size(image_bytes, transform, max_pixels):
     """Runs `transform` (uint8 [H, W, 3] -> float 0..255 [H, W, 3]) on each encoded image at its own size.
 
     Returns the answer of image-producing signatures: `image_png` (PNG bytes at
-    each image's size), `image` (float, padded with zeros to the largest image
-    of the batch), `height` and `width`.
+    each image's size; empty where refused), `image` (float, padded with zeros
+    to the largest image of the batch), `height`, `width` (0 where refused) and `status`.
     """
-    sizes = tf.map_fn(lambda one: tf.shape(decode_one(one))[:2], image_bytes,
-                      fn_output_signature=tf.TensorSpec([2], tf.int32))
-    largest = tf.reduce_max(sizes, axis=0)
+    batch = decode_checked(image_bytes, max_pixels)
+    largest = tf.reduce_max(tf.concat([batch.sizes, [[1, 1]]], axis=0), axis=0)
 
-    def one(encoded):
-        image = decode_one(encoded)
-        result = tf.clip_by_value(transform(image), 0.0, 255.0)
-        png = tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
-        padding = [[0, largest[0] - tf.shape(image)[0]], [0, largest[1] - tf.shape(image)[1]], [0, 0]]
-        return png, tf.pad(result, padding)
+    def one(args):
+        padded, original, status = args
 
-    png, images = tf.map_fn(one, image_bytes, fn_output_signature=(
+        def answer():
+            image = padded[:original[0], :original[1]]
+            result = tf.clip_by_value(transform(image), 0.0, 255.0)
+            png = tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
+            padding = [[0, largest[0] - original[0]], [0, largest[1] - original[1]], [0, 0]]
+            return png, tf.pad(result, padding)
+
+        def refused():
+            return tf.constant(b""), tf.zeros(tf.concat([largest, [3]], axis=0), tf.float32)
+
+        return tf.cond(tf.equal(status, OK), answer, refused)
+
+    png, images = tf.map_fn(one, (batch.images, batch.sizes, batch.status), fn_output_signature=(
         tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.float32)))
-    return {"image_png": png, "image": images, "height": sizes[:, 0], "width": sizes[:, 1]}
+    return {"image_png": png, "image": images, "height": batch.sizes[:, 0], "width": batch.sizes[:, 1],
+            "status": status_strings(batch.status, max_pixels)}

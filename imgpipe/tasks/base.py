@@ -144,7 +144,21 @@ class Task:
         """Pictures of a scoring (a confusion matrix) written into `folder`."""
 
     def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
-        """One result dict per file, in the user's terms (class names, boxes, masks); images go to `out_dir`."""
+        """One result dict per file, in the user's terms (class names, boxes, masks); images go to `out_dir`.
+
+        A file the export refused gets {"file", "status"} with its reason.
+        """
+        from imgpipe.engine.client import answer_status, run_signature
+
+        results = []
+        for path, answer in zip(paths, run_signature(loaded, paths)):
+            status = answer_status(answer)
+            results.append(self.predict_answer(path, answer, metadata, top_k, out_dir) if status == "ok"
+                           else {"file": path, "status": status})
+        return results
+
+    def predict_answer(self, path, answer, metadata, top_k, out_dir):
+        """One file's result in the user's terms, from its `serving_default` answer (see `predict_export`)."""
         raise NotImplementedError
 
     def make_archive(self, model, serve_image_bytes, serve_images):

@@ -64,7 +64,7 @@ def test_bytes_in_names_out_and_parity_with_the_in_memory_model(trained):
     assert answer["probabilities"].shape == (3, 3)
     assert answer["top_k_names"].shape == (3, 3)
 
-    images, sizes = decode_batch(encoded, [16, 20])
+    images, sizes, _ = decode_batch(encoded, [16, 20], 25_000_000)
     assert sizes.numpy().tolist() == [[30, 40], [16, 20], [64, 33]]
     expected = result.model(images, training=False).numpy()
     np.testing.assert_allclose(answer["probabilities"].numpy(), expected, atol=1e-5)

@@ -150,6 +150,6 @@ def test_the_serving_signature_prepares_pixels_exactly_as_training_does(tmp_path
     trained_on, _ = make_dataset(ImageSet.from_files([path], np.zeros(1, np.int32)), image_size, 1, training=False,
                                  cache="none")
     training_pixels = next(iter(trained_on))[0].numpy()
-    served, original = decode_batch(tf.constant([path.read_bytes()]), image_size)
+    served, original, _ = decode_batch(tf.constant([path.read_bytes()]), image_size, 25_000_000)
     assert original.numpy().tolist() == [list(size)]
     np.testing.assert_array_equal(served.numpy(), training_pixels)

@@ -23,9 +23,8 @@ from imgpipe.data.sources import LabelledFiles
 from imgpipe.data.tfds import read_tfds
 from imgpipe.errors import DataError
 from imgpipe.understand.explain.visualise import write_grad_cam_grid
-from imgpipe.engine.client import run_signature
 from imgpipe.models import MODELS
-from imgpipe.engine.serving import decode_batch, resize_float
+from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
 
 TOP5_MIN_CLASSES = 5
@@ -210,6 +209,7 @@ class ClassificationTask(Task):
         size = list(data.image_size)
         class_names = tf.constant(data.class_names)
         top_k = min(recipe.options.top_k, data.num_classes)
+        max_pixels = recipe.export.max_pixels
 
         def answer(probabilities):
             top = tf.math.top_k(probabilities, k=top_k)
@@ -223,8 +223,8 @@ class ClassificationTask(Task):
             }
 
         def serve_image_bytes(image_bytes):
-            images, _ = decode_batch(image_bytes, size)
-            return answer(model(images, training=False))
+            batch = decode_batch(image_bytes, size, max_pixels)
+            return with_status(answer(model(batch.images, training=False)), batch.status, max_pixels)
 
         def serve_images(images):
             resized = resize_float(images, size)
@@ -243,13 +243,9 @@ class ClassificationTask(Task):
         paths, labels, _, _, skipped = scan_class_folders(root, max_pixels, metadata["class_names"])
         return LabelledFiles(paths, [int(label) for label in labels], skipped)
 
-    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
+    def predict_answer(self, path, answer, metadata, top_k, out_dir):
         class_names = metadata["class_names"]
-        top_k = min(top_k or 1, len(class_names))
-        results = []
-        for path, answer in zip(paths, run_signature(loaded, paths)):
-            row = answer["probabilities"]
-            best = np.argsort(-row)[:top_k]
-            results.append({"file": path, "predictions": [
-                {"class_name": class_names[i], "score": round(float(row[i]), 4)} for i in best]})
-        return results
+        row = answer["probabilities"]
+        best = np.argsort(-row)[:min(top_k or 1, len(class_names))]
+        return {"file": path, "predictions": [
+            {"class_name": class_names[i], "score": round(float(row[i]), 4)} for i in best]}

@@ -230,7 +230,8 @@ class ColorizeTask(Task):
             return colorized(probabilities, rgb_to_lab(tf.cast(images, tf.float32))[..., :1], temperature)
 
         def serve_image_bytes(image_bytes):
-            return images_at_original_size(image_bytes, lambda image: colour_at_original_size(image[None])[0])
+            return images_at_original_size(image_bytes, lambda image: colour_at_original_size(image[None])[0],
+                                           recipe.export.max_pixels)
 
         def serve_images(images):
             return {"image": colour_at_original_size(images)}

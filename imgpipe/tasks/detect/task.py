@@ -25,11 +25,10 @@ from imgpipe.data.detection import DetectionLabels, clean_split, read_annotation
 from imgpipe.data.images import load_image
 from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
-from imgpipe.engine.client import run_signature
 from imgpipe.engine.scoring import first_images, model_answers
 from imgpipe.models import MODELS
 from imgpipe.models.centernet import CenterNetLoss, decode_detections
-from imgpipe.engine.serving import decode_batch, resize_float
+from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
 
 PREDICTION_SAMPLES = 8
@@ -178,6 +177,7 @@ class DetectionTask(Task):
         class_names = tf.constant(list(data.class_names) + [""])
         num_classes = data.num_classes
         settings = recipe.options
+        max_pixels = recipe.export.max_pixels
 
         def answer(images, original_sizes):
             boxes, scores, classes, counts = decode_detections(
@@ -194,8 +194,9 @@ class DetectionTask(Task):
                     "num_detections": counts}
 
         def serve_image_bytes(image_bytes):
-            images, sizes = decode_batch(image_bytes, size)
-            return answer(images, sizes)
+            batch = decode_batch(image_bytes, size, max_pixels)
+            return with_status(answer(batch.images, batch.sizes), batch.status, max_pixels,
+                               neutral={"class_ids": -1})
 
         def serve_images(images):
             sizes = tf.tile(tf.shape(images)[1:3][None], [tf.shape(images)[0], 1])
@@ -219,18 +220,15 @@ class DetectionTask(Task):
                              [(a.boxes, np.array([index_of[names[c]] for c in a.classes], np.int64))
                               for a in annotations], skipped)
 
-    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
-        """Boxes per file, and each image drawn with its boxes into `out_dir` (default runs/predict/<name>)."""
+    def predict_answer(self, path, answer, metadata, top_k, out_dir):
+        """Boxes of a file, and the image drawn with its boxes into `out_dir` (default runs/predict/<name>)."""
         out_dir = pathlib.Path(out_dir) if out_dir is not None else pathlib.Path("runs") / "predict" / metadata["name"]
-        results = []
-        for path, answer in zip(paths, run_signature(loaded, paths)):
-            count = int(answer["num_detections"])
-            objects = [{"class_name": answer["class_names"][i].decode(), "score": round(float(answer["scores"][i]), 4),
-                        "box": [round(float(v), 1) for v in answer["boxes"][i]]} for i in range(count)]
-            target = out_dir / (pathlib.Path(path).stem + "_boxes.png")
-            target.parent.mkdir(parents=True, exist_ok=True)
-            drawn = plots.draw_boxes(load_image(path), [o["box"] for o in objects],
-                                      [f"{o['class_name']} {o['score']:.2f}" for o in objects], (230, 40, 40))
-            plots.save_image(drawn, target)
-            results.append({"file": path, "objects": objects, "drawn": str(target)})
-        return results
+        count = int(answer["num_detections"])
+        objects = [{"class_name": answer["class_names"][i].decode(), "score": round(float(answer["scores"][i]), 4),
+                    "box": [round(float(v), 1) for v in answer["boxes"][i]]} for i in range(count)]
+        target = out_dir / (pathlib.Path(path).stem + "_boxes.png")
+        target.parent.mkdir(parents=True, exist_ok=True)
+        drawn = plots.draw_boxes(load_image(path), [o["box"] for o in objects],
+                                  [f"{o['class_name']} {o['score']:.2f}" for o in objects], (230, 40, 40))
+        plots.save_image(drawn, target)
+        return {"file": path, "objects": objects, "drawn": str(target)}

@@ -23,10 +23,9 @@ from imgpipe.data.masks import (MaskEncoding, count_mask_values, list_pairs, loa
                                  read_mask_folders)
 from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
-from imgpipe.engine.client import run_signature
 from imgpipe.engine.scoring import first_images
 from imgpipe.models import MODELS
-from imgpipe.engine.serving import decode_batch, resize_float
+from imgpipe.engine.serving import decode_batch, resize_float, status_strings
 from imgpipe.tasks.base import Task
 
 PREDICTION_SAMPLES = 6
@@ -278,19 +277,28 @@ class SegmentationTask(Task):
     def export_archive(self, model, data, recipe):
         size = list(data.image_size)
         num_classes = data.num_classes
+        max_pixels = recipe.export.max_pixels
 
         def masks_at(probabilities, sizes):
             height, width = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
 
             def one(args):
                 probs, original = args
-                full = tf.image.resize(probs, original, method="bilinear")
-                mask = tf.argmax(full, axis=-1, output_type=tf.int32)
-                fractions = tf.math.bincount(mask, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
-                fractions /= tf.cast(tf.size(mask), tf.float32)
-                png = tf.io.encode_png(tf.cast(mask[..., None], tf.uint8 if num_classes <= 256 else tf.uint16))
-                padded = tf.pad(mask, [[0, height - original[0]], [0, width - original[1]]], constant_values=-1)
-                return padded, png, fractions
+
+                def answer():
+                    full = tf.image.resize(probs, original, method="bilinear")
+                    mask = tf.argmax(full, axis=-1, output_type=tf.int32)
+                    fractions = tf.math.bincount(mask, minlength=num_classes, maxlength=num_classes,
+                                                 dtype=tf.float32)
+                    fractions /= tf.cast(tf.size(mask), tf.float32)
+                    png = tf.io.encode_png(tf.cast(mask[..., None], tf.uint8 if num_classes <= 256 else tf.uint16))
+                    padded = tf.pad(mask, [[0, height - original[0]], [0, width - original[1]]], constant_values=-1)
+                    return padded, png, fractions
+
+                def refused():  # an image serving_default did not decode (its size is 0 x 0): an empty mask
+                    return tf.fill([height, width], -1), tf.constant(b""), tf.zeros([num_classes], tf.float32)
+
+                return tf.cond(tf.reduce_all(original > 0), answer, refused)
 
             mask, png, fractions = tf.map_fn(
                 one, (probabilities, sizes),
@@ -300,8 +308,9 @@ class SegmentationTask(Task):
                     "class_fraction": fractions}
 
         def serve_image_bytes(image_bytes):
-            images, sizes = decode_batch(image_bytes, size)
-            return masks_at(model(images, training=False), sizes)
+            batch = decode_batch(image_bytes, size, max_pixels)
+            answer = masks_at(model(batch.images, training=False), batch.sizes)
+            return {**answer, "status": status_strings(batch.status, max_pixels)}
 
         def serve_images(images):
             probabilities = model(resize_float(images, size), training=False)
@@ -321,18 +330,14 @@ class SegmentationTask(Task):
         return LabelledFiles([image for image, _ in pairs],
                              [encoding.encode(read_mask_array(mask_path)) for _, mask_path in pairs])
 
-    def predict_export(self, loaded, metadata, paths, top_k, out_dir=None):
-        class_names = metadata["class_names"]
-        results = []
-        for path, answer in zip(paths, run_signature(loaded, paths)):
-            result = {"file": path, "height": int(answer["height"]), "width": int(answer["width"]),
-                      "class_fraction": {name: round(float(f), 4)
-                                         for name, f in zip(class_names, answer["class_fraction"]) if f}}
-            if out_dir is not None:
-                target = pathlib.Path(out_dir) / (pathlib.Path(path).stem + "_mask.png")
-                target.parent.mkdir(parents=True, exist_ok=True)
-                target.write_bytes(answer["mask_png"])
-                result["mask_png"] = str(target)
-            results.append(result)
-        return results
+    def predict_answer(self, path, answer, metadata, top_k, out_dir):
+        result = {"file": path, "height": int(answer["height"]), "width": int(answer["width"]),
+                  "class_fraction": {name: round(float(f), 4)
+                                     for name, f in zip(metadata["class_names"], answer["class_fraction"]) if f}}
+        if out_dir is not None:
+            target = pathlib.Path(out_dir) / (pathlib.Path(path).stem + "_mask.png")
+            target.parent.mkdir(parents=True, exist_ok=True)
+            target.write_bytes(answer["mask_png"])
+            result["mask_png"] = str(target)
+        return result
 

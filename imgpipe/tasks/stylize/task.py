@@ -222,7 +222,8 @@ class StylizeTask(Task):
         max_side = recipe.options.max_side
 
         def serve_image_bytes(image_bytes):
-            return images_at_original_size(image_bytes, lambda image: styled(transformer, image[None], max_side)[0])
+            return images_at_original_size(image_bytes, lambda image: styled(transformer, image[None], max_side)[0],
+                                           recipe.export.max_pixels)
 
         def serve_images(images):
             return {"image": styled(transformer, images, max_side)}

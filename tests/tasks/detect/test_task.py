@@ -154,7 +154,7 @@ def test_export_answers_in_original_pixels_and_matches_the_in_memory_model(detec
     answer = loaded.signatures["serving_default"](image_bytes=tf.constant([encoded(base), encoded(big)]))
     assert answer["boxes"].shape[:2] == (2, 7) and answer["num_detections"].numpy().max() <= 7
 
-    images, _ = decode_batch(tf.constant([encoded(base), encoded(big)]), [64, 64])
+    images = decode_batch(tf.constant([encoded(base), encoded(big)]), [64, 64], 25_000_000).images
     boxes, scores, classes, counts = decode_detections(result.model(images, training=False), 3, max_detections=7,
                                                        min_score=0.0)
     np.testing.assert_array_equal(answer["num_detections"].numpy(), counts.numpy())

@@ -89,7 +89,7 @@ def test_export_answers_with_masks_at_the_original_resolution(segment_run):
 
     from imgpipe.engine.serving import decode_batch
 
-    images, _ = decode_batch(tf.constant(payloads[:1]), [32, 32])
+    images = decode_batch(tf.constant(payloads[:1]), [32, 32], 25_000_000).images
     in_memory = tf.image.resize(result.model(images, training=False), (40, 56), method="bilinear")
     np.testing.assert_array_equal(answer["mask"].numpy()[0], np.argmax(in_memory.numpy()[0], axis=-1))
 
