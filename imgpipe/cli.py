@@ -220,11 +220,13 @@ def stylize(image, style, out, steps, size, loss_network, loss_weights):
 @click.option("--export-dir", type=click.Path(file_okay=False), help="Export root (default: the recipe's).")
 @click.option("--name", help="Model name (default: the recipe's).")
 @click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
-def export(run_dir, export_dir, name, weights):
+@click.option("--max-pixels", type=int, help="Served pixel budget: larger images get status `over max_pixels N` "
+              "(default: the recipe's export.max_pixels).")
+def export(run_dir, export_dir, name, weights, max_pixels):
     """Export a run's checkpoint as the next SavedModel version."""
     from imgpipe.engine.run_folder import export_run
 
-    click.echo(f"export: {export_run(run_dir, export_dir, name, weights)}")
+    click.echo(f"export: {export_run(run_dir, export_dir, name, weights, max_pixels)}")
 
 
 @main.command()

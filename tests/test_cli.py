@@ -101,12 +101,17 @@ def test_predict_prints_names_and_scores(cli, exported, module_class_folder):
     assert code == 0 and out.startswith(f"{images[0]}: ")
 
 
-def test_predict_names_an_unreadable_file(cli, exported, tmp_path):
+def test_predict_names_each_refused_file_with_its_reason_and_answers_the_rest(cli, exported, tmp_path,
+                                                                               module_class_folder):
     export_path, _ = exported
     bad = tmp_path / "bad.jpg"
     bad.write_text("not an image")
-    code, _, err = cli("predict", export_path, bad)
-    assert code == 2 and "bad.jpg" in err and "Traceback" not in err
+    good = sorted((module_class_folder / "red").iterdir())[0]
+    code, out, err = cli("predict", export_path, good, bad)
+    assert code == 2 and "Traceback" not in err
+    assert out.splitlines()[1] == f"{bad}: not answered (not an image)"
+    assert out.splitlines()[0].startswith(f"{good}: ") and "not answered" not in out.splitlines()[0]
+    assert f"refused 1 of 2 files (first: {bad}: not an image)" in err
 
 
 @pytest.mark.parametrize(

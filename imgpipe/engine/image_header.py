@@ -12,8 +12,8 @@ orientation tag; and, for GIF, where the first frame ends (TensorFlow's GIF
 decoder decodes every frame, so a served graph should cut the file after the
 first one, which is all training uses).
 
-The serving signatures (`imgpipe.engine.serving`) do not use it yet; wiring
-it in, with a per-image `status`, is the next step of serving hardening.
+The serving signatures (`imgpipe.engine.serving`) read every image's header
+before decoding any, and answer a per-image `status` from it.
 
 Example:
     >>> header = read_header(tf.constant(png_bytes))
@@ -36,6 +36,7 @@ def status_reasons(max_pixels):
     return ["ok", "empty", "not an image", "truncated", f"over max_pixels {max_pixels}", "corrupt"]
 
 
+@tf.autograph.experimental.do_not_convert
 def read_header(image_bytes, max_pixels=None):
     """One encoded image (scalar string) -> dict of int32/int64 scalars describing it, nothing decoded.
 
@@ -65,31 +66,38 @@ def read_header(image_bytes, max_pixels=None):
 
 
 class _Reader:
-    """Fixed-width integers at byte offsets of the (zero-padded) data; offsets past the end read zeros."""
+    """Fixed-width integers at byte offsets of the (zero-padded) data; offsets past the end read zeros.
+
+    Each read is one gather of all its bytes and one weighted sum: the header
+    parse is traced into every exported signature, so its op count is the
+    export's tracing time and the served model's first-call time.
+    """
 
     def __init__(self, data, length):
         self.data = data
         self.length = length
+        self.last = length + _PADDING - 1
+
+    def _bytes(self, offset, width):
+        """int32 [..., width]: the `width` bytes from `offset` (a scalar or a vector of offsets)."""
+        positions = tf.expand_dims(offset, -1) + tf.range(width)
+        return tf.gather(self.data, tf.clip_by_value(positions, 0, self.last))
 
     def byte(self, offset):
         """The byte at `offset` (a scalar or a vector of offsets) as int32."""
-        return tf.gather(self.data, tf.clip_by_value(offset, 0, self.length + _PADDING - 1))
+        return tf.gather(self.data, tf.clip_by_value(offset, 0, self.last))
 
     def bytes_equal(self, offset, expected):
-        indices = tf.clip_by_value(offset + tf.range(len(expected)), 0, self.length + _PADDING - 1)
-        return tf.reduce_all(tf.equal(tf.gather(self.data, indices), tf.constant(list(expected), tf.int32)))
+        return tf.reduce_all(tf.equal(self._bytes(offset, len(expected)), tf.constant(list(expected), tf.int32)))
 
     def big_endian(self, offset, width):
-        value = tf.constant(0, tf.int32)
-        for index in range(width):
-            value = value * 256 + self.byte(offset + index)
-        return value
+        # int32 arithmetic wraps, so 4 bytes from 0x80 up read negative, as in the byte-by-byte sum.
+        weights = tf.constant([256 ** power for power in reversed(range(width))], tf.int64)
+        return tf.cast(tf.reduce_sum(tf.cast(self._bytes(offset, width), tf.int64) * weights, -1), tf.int32)
 
     def little_endian(self, offset, width):
-        value = tf.constant(0, tf.int32)
-        for index in reversed(range(width)):
-            value = value * 256 + self.byte(offset + index)
-        return value
+        weights = tf.constant([256 ** power for power in range(width)], tf.int64)
+        return tf.cast(tf.reduce_sum(tf.cast(self._bytes(offset, width), tf.int64) * weights, -1), tf.int32)
 
     def fits(self, end):
         """True when the data holds `end` bytes."""

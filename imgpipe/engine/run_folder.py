@@ -31,10 +31,17 @@ def write_run_classes(run_dir, data, task):
     (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps(record))
 
 
-def export_run(run_dir, export_dir=None, name=None, weights="best"):
-    """Rebuilds the run's model, loads its `best` or `last` weights and exports it."""
-    run = load_run(run_dir, weights, **{key: value for key, value in
-                                        (("export.root", export_dir), ("export.name", name)) if value is not None})
+def export_run(run_dir, export_dir=None, name=None, weights="best", max_pixels=None):
+    """Rebuilds the run's model, loads its `best` or `last` weights and exports it.
+
+    `max_pixels` replaces the recipe's `export.max_pixels`, the served pixel budget.
+
+    Example:
+        >>> export_run("runs/classify/classify", max_pixels=50_000_000)
+        PosixPath('saved_models/classify/2')
+    """
+    updates = (("export.root", export_dir), ("export.name", name), ("export.max_pixels", max_pixels))
+    run = load_run(run_dir, weights, **{key: value for key, value in updates if value is not None})
     return write_export(run.task.export_archive(run.model, run.data, run.recipe), run.recipe.export.root,
                         run.recipe.name, export_metadata(run.task, run.data, run.recipe), run.recipe.to_yaml())
 

@@ -24,6 +24,7 @@ Example:
 """
 
 import collections
+import functools
 
 import tensorflow as tf
 
@@ -35,6 +36,15 @@ DecodedBatch = collections.namedtuple("DecodedBatch", ["images", "sizes", "statu
 DecodedBatch.__doc__ = """Decoded images: `images` (uint8 or float32 [B, H, W, 3]; zeros where refused),
 `sizes` (int32 [B, 2] upright original height and width; 0 where refused), `status` (int32 [B] codes)."""
 
+def _dataset_options():
+    """No tf.data graph rewrites: they would run at every request for a pipeline of a few elements."""
+    options = tf.data.Options()
+    options.experimental_optimization.apply_default_optimizations = False
+    options.autotune.enabled = False
+    return options
+
+
+_DATASET_OPTIONS = _dataset_options()
 _HEADER_SPEC = {key: tf.TensorSpec([], tf.int32)
                 for key in ("status", "format", "height", "width", "complete", "orientation", "end")}
 
@@ -72,6 +82,11 @@ def decode_batch(image_bytes, size, max_pixels):
 def decode_checked(image_bytes, max_pixels, size=None):
     """Validates, decodes and orients a batch of encoded images; refused or undecodable ones stay zero.
 
+    It runs as one graph function, traced once per process for each `size` and
+    shared by every signature that calls it (the header walks are a few hundred
+    ops; tracing them for every export, or running them op by op when called
+    eagerly, would take seconds).
+
     Args:
         image_bytes: string [B] of encoded files.
         max_pixels: images whose header announces more pixels are not decoded.
@@ -82,6 +97,23 @@ def decode_checked(image_bytes, max_pixels, size=None):
     Returns:
         `DecodedBatch` with uint8 images.
     """
+    graph = _decode_checked_graph(None if size is None else tuple(int(side) for side in size))
+    images, sizes, status = graph(tf.convert_to_tensor(image_bytes, tf.string), tf.constant(max_pixels, tf.int64))
+    return DecodedBatch(images, sizes, status)
+
+
+@functools.lru_cache(maxsize=None)
+def _decode_checked_graph(size):
+    """`_decode_checked` at one `size` as a graph function of any batch and pixel budget."""
+
+    @tf.function(input_signature=[tf.TensorSpec([None], tf.string), tf.TensorSpec([], tf.int64)])
+    def decode(image_bytes, max_pixels):
+        return tuple(_decode_checked(image_bytes, max_pixels, None if size is None else list(size)))
+
+    return decode
+
+
+def _decode_checked(image_bytes, max_pixels, size):
     headers = tf.map_fn(lambda one: read_header(one, max_pixels), image_bytes, fn_output_signature=_HEADER_SPEC)
     count = tf.shape(image_bytes)[0]
     index = tf.range(count)
@@ -98,7 +130,7 @@ def decode_checked(image_bytes, max_pixels, size=None):
     placeholder = tf.data.Dataset.from_tensors((count, tf.zeros(placeholder_shape, tf.uint8), tf.zeros([2], tf.int32)))
     shapes = ([], [None, None, 3] if size is None else list(size) + [3], [2])
     positions, images, decoded_sizes = decoded.concatenate(placeholder).padded_batch(
-        tf.cast(count + 1, tf.int64), padded_shapes=shapes).get_single_element()
+        tf.cast(count + 1, tf.int64), padded_shapes=shapes).with_options(_DATASET_OPTIONS).get_single_element()
 
     where = positions[:, None]
     image_shape = tf.concat([[count + 1], tf.shape(images)[1:]], axis=0)
@@ -141,14 +173,16 @@ def _to_rgb(image):
     """uint8 [H, W, 1 to 4] -> [H, W, 3] as `imgpipe.data.images.to_rgb`: grey spread, alpha composited on white."""
     channels = tf.shape(image)[-1]
     colour = tf.cond(channels >= 3, lambda: image[..., :3], lambda: tf.tile(image[..., :1], [1, 1, 3]))
-    has_alpha = tf.equal(channels, 2) | tf.equal(channels, 4)
-    opaque = lambda: tf.fill(tf.shape(image[..., :1]), tf.constant(255, tf.uint8))  # noqa: E731
-    alpha = tf.cond(has_alpha, lambda: image[..., -1:], opaque)
-    alpha = tf.cast(alpha, tf.int32)
-    # Pillow's alpha_composite over opaque white, in its integer arithmetic (7 extra bits, rounded /255).
-    scaled = (tf.cast(colour, tf.int32) * alpha + 255 * (255 - alpha) + 128) * 128
-    shift = tf.bitwise.right_shift
-    return tf.cast(shift(shift(scaled, 8) + scaled, 15), tf.uint8)
+
+    def on_white():
+        # Pillow's alpha_composite over opaque white, in its integer arithmetic (7 extra bits, rounded /255).
+        alpha = tf.cast(image[..., -1:], tf.int32)
+        scaled = (tf.cast(colour, tf.int32) * alpha + 255 * (255 - alpha) + 128) * 128
+        shift = tf.bitwise.right_shift
+        return tf.cast(shift(shift(scaled, 8) + scaled, 15), tf.uint8)
+
+    # Only an image with alpha pays for the int32 arithmetic (12 bytes a pixel while it runs).
+    return tf.cond(tf.equal(channels, 2) | tf.equal(channels, 4), on_white, lambda: colour)
 
 
 def orient(image, orientation):

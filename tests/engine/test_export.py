@@ -266,3 +266,66 @@ def test_saved_model_cli_describes_both_signatures(trained):
     assert "signature_def['serving_default']" in shown.stdout
     assert "signature_def['serve_images']" in shown.stdout
     assert "image_bytes" in shown.stdout and "class_name" in shown.stdout
+
+
+def test_a_real_400_megapixel_png_is_refused_by_its_header_and_answers_a_status(trained):
+    """20000 x 20000 grey, every row there (389 KB compressed, 1.2 GB as RGB): never decoded."""
+    from tests.engine.test_serving import grey_png
+
+    result, _ = trained
+    huge = grey_png(20000, 20000)
+    assert len(huge) < 1_000_000
+    _, _, loaded = load_export(result.export_path)
+    answer = loaded.signatures["serving_default"](image_bytes=tf.constant([huge, encode(np.full((16, 20, 3), 90,
+                                                                                                np.uint8))]))
+    assert answer["status"].numpy().tolist() == [b"over max_pixels 25000000", b"ok"]
+    assert answer["class_name"].numpy()[0] == b"" and answer["class_name"].numpy()[1] != b""
+    assert not answer["probabilities"].numpy()[0].any()
+
+
+def test_one_corrupt_image_in_32_costs_only_its_own_answer(trained):
+    from tests.engine.test_serving import broken_crc
+
+    result, _ = trained
+    _, _, loaded = load_export(result.export_path)
+    serve = loaded.signatures["serving_default"]
+    rng = np.random.default_rng(5)
+    payloads = [encode(rng.integers(0, 256, (18, 22, 3), dtype=np.uint8)) for _ in range(32)]
+    payloads[13] = broken_crc(payloads[13])
+    together = serve(image_bytes=tf.constant(payloads))
+    statuses = together["status"].numpy().tolist()
+    assert statuses == [b"ok"] * 13 + [b"corrupt"] + [b"ok"] * 18
+    for index in (0, 12, 14, 31):
+        alone = serve(image_bytes=tf.constant([payloads[index]]))
+        np.testing.assert_allclose(together["probabilities"].numpy()[index], alone["probabilities"].numpy()[0],
+                                   atol=1e-6)
+        assert together["class_name"].numpy()[index] == alone["class_name"].numpy()[0]
+
+
+def test_a_photo_stored_sideways_is_answered_as_its_upright_pixels(trained):
+    result, _ = trained
+    _, _, loaded = load_export(result.export_path)
+    serve = loaded.signatures["serving_default"]
+    upright = np.kron(np.random.default_rng(8).integers(0, 256, (4, 5, 3)), np.ones((8, 8, 1))).astype(np.uint8)
+    exif = Image.Exif()
+    exif[0x0112] = 6  # stored turned 90 degrees anticlockwise; shown turned back clockwise
+    stored = Image.fromarray(upright).transpose(Image.Transpose.ROTATE_90)
+    buffer = io.BytesIO()
+    stored.save(buffer, "PNG", exif=exif.tobytes())
+    sideways, plain = serve(image_bytes=tf.constant([buffer.getvalue()])), serve(image_bytes=tf.constant([encode(upright)]))
+    np.testing.assert_allclose(sideways["probabilities"].numpy(), plain["probabilities"].numpy(), atol=1e-6)
+    ignoring_exif = serve(image_bytes=tf.constant([encode(np.asarray(stored))]))
+    assert not np.allclose(ignoring_exif["probabilities"].numpy(), plain["probabilities"].numpy(), atol=1e-6)
+
+
+def test_reexport_with_a_smaller_pixel_budget_refuses_what_the_first_export_answered(trained, tmp_path, cli):
+    result, _ = trained
+    code, out, err = cli("export", result.run_dir, "--export-dir", tmp_path / "models", "--max-pixels", "319")
+    assert code == 0, err
+    _, metadata, loaded = load_export(tmp_path / "models" / "classify")
+    assert metadata["max_pixels"] == 319
+    picture = tf.constant([encode(np.full((16, 20, 3), 90, np.uint8)), encode(np.full((16, 19, 3), 90, np.uint8))])
+    assert loaded.signatures["serving_default"](image_bytes=picture)["status"].numpy().tolist() == [
+        b"over max_pixels 319", b"ok"]
+    code, _, err = cli("export", result.run_dir, "--export-dir", tmp_path / "models", "--max-pixels", "0")
+    assert code == 2 and "max_pixels" in err and "Traceback" not in err

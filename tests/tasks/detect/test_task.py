@@ -168,6 +168,19 @@ def test_export_answers_in_original_pixels_and_matches_the_in_memory_model(detec
     assert [n.decode() for n in names] == [metadata["class_names"][c] for c in classes.numpy()[0][: int(counts[0])]]
 
 
+def test_a_refused_image_finds_no_objects_and_the_other_gets_its_own_answer(detect_run):
+    result, root = detect_run
+    serve = load_export(result.export_path)[2].signatures["serving_default"]
+    good = encoded(np.asarray(Image.open(root / "data" / "images" / "shapes_0000.png").convert("RGB")))
+    alone = serve(image_bytes=tf.constant([good]))
+    mixed = serve(image_bytes=tf.constant([good[:40], good]))
+    assert mixed["status"].numpy().tolist() == [b"truncated", b"ok"]
+    assert int(mixed["num_detections"][0]) == 0 and set(mixed["class_names"].numpy()[0]) == {b""}
+    assert not mixed["boxes"].numpy()[0].any() and set(mixed["class_ids"].numpy()[0]) == {-1}
+    for key in ("boxes", "scores", "num_detections"):
+        np.testing.assert_allclose(mixed[key].numpy()[1], alone[key].numpy()[0], atol=1e-5)
+
+
 def test_cli_evaluate_and_predict_draw_boxes(cli, detect_run, tmp_path):
     result, root = detect_run
     code, out, err = cli("evaluate", result.export_path, "--data", root / "data", "--json",

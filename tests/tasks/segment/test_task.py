@@ -94,6 +94,21 @@ def test_export_answers_with_masks_at_the_original_resolution(segment_run):
     np.testing.assert_array_equal(answer["mask"].numpy()[0], np.argmax(in_memory.numpy()[0], axis=-1))
 
 
+def test_a_refused_image_gets_an_empty_mask_and_the_other_its_own(segment_run):
+    result, _ = segment_run
+    serve = load_export(result.export_path)[2].signatures["serving_default"]
+    buffer = io.BytesIO()
+    Image.fromarray(np.random.default_rng(4).integers(0, 256, (30, 26, 3), dtype=np.uint8)).save(buffer, "PNG")
+    alone = serve(image_bytes=tf.constant([buffer.getvalue()]))
+    mixed = serve(image_bytes=tf.constant([b"", buffer.getvalue()]))
+    assert mixed["status"].numpy().tolist() == [b"empty", b"ok"]
+    assert mixed["mask_png"].numpy()[0] == b"" and np.all(mixed["mask"].numpy()[0] == -1)
+    assert (int(mixed["height"][0]), int(mixed["width"][0])) == (0, 0)
+    assert not mixed["class_fraction"].numpy()[0].any()
+    np.testing.assert_array_equal(mixed["mask"].numpy()[1], alone["mask"].numpy()[0])
+    assert mixed["mask_png"].numpy()[1] == alone["mask_png"].numpy()[0]
+
+
 def test_cli_evaluate_and_predict_masks(cli, segment_run, tmp_path):
     result, root = segment_run
     code, out, err = cli("evaluate", result.export_path, "--data", root / "data", "--json",
