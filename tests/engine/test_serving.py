@@ -138,3 +138,17 @@ def test_with_status_answers_the_neutral_value_for_refused_images():
     assert result["class_name"].numpy().tolist() == [b"cat", b"", b"cat"]
     assert result["class_ids"].numpy().tolist() == [[1, 2], [-1, -1], [5, 6]]
     assert result["status"].numpy().tolist() == [b"ok", b"over max_pixels 100", b"ok"]
+
+
+def assert_a_refused_image_gets_no_picture_and_the_other_its_own(export_path):
+    """For the exports that answer pictures at each image's size (stylize, colorize)."""
+    from imgpipe.engine.export import load_export
+
+    serve = load_export(export_path)[2].signatures["serving_default"]
+    picture = encoded(Image.fromarray(RNG.integers(0, 256, (22, 31, 3), dtype=np.uint8)), "PNG")
+    alone = serve(image_bytes=tf.constant([picture]))
+    mixed = serve(image_bytes=tf.constant([b"<html>not found</html>", picture]))
+    assert mixed["status"].numpy().tolist() == [b"not an image", b"ok"]
+    assert mixed["image_png"].numpy()[0] == b"" and not mixed["image"].numpy()[0].any()
+    assert mixed["height"].numpy().tolist() == [0, 22] and mixed["width"].numpy().tolist() == [0, 31]
+    np.testing.assert_allclose(mixed["image"].numpy()[1], alone["image"].numpy()[0], atol=1e-4)

@@ -11,6 +11,7 @@ from imgpipe.models.lab import ab_bins, rgb_to_lab
 from imgpipe.data.demo import make_landscapes_folder
 from imgpipe.engine.export import load_export
 from imgpipe.tasks.colorize.task import colorized
+from tests.engine.test_serving import assert_a_refused_image_gets_no_picture_and_the_other_its_own
 
 
 @pytest.fixture(scope="module")
@@ -73,15 +74,7 @@ def test_export_answers_png_at_the_original_size_and_matches_the_model(colorize_
 
 
 def test_a_refused_image_gets_no_picture_and_the_other_its_own(colorize_run):
-    result = colorize_run[0]
-    serve = load_export(result.export_path)[2].signatures["serving_default"]
-    picture = np.random.default_rng(2).integers(0, 256, (22, 31, 3), dtype=np.uint8)
-    alone = serve(image_bytes=tf.constant([png_bytes(picture)]))
-    mixed = serve(image_bytes=tf.constant([b"<html>not found</html>", png_bytes(picture)]))
-    assert mixed["status"].numpy().tolist() == [b"not an image", b"ok"]
-    assert mixed["image_png"].numpy()[0] == b"" and not mixed["image"].numpy()[0].any()
-    assert mixed["height"].numpy().tolist() == [0, 22] and mixed["width"].numpy().tolist() == [0, 31]
-    np.testing.assert_allclose(mixed["image"].numpy()[1], alone["image"].numpy()[0], atol=1e-4)
+    assert_a_refused_image_gets_no_picture_and_the_other_its_own(colorize_run[0].export_path)
 
 
 def test_cli_evaluate_and_predict(cli, colorize_run, tmp_path):

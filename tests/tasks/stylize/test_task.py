@@ -10,6 +10,7 @@ import imgpipe
 from imgpipe.data.demo import make_scenes_folder, make_style_pattern
 from imgpipe.engine.export import load_export
 from imgpipe.tasks.stylize.task import styled
+from tests.engine.test_serving import assert_a_refused_image_gets_no_picture_and_the_other_its_own
 
 
 @pytest.fixture(scope="module")
@@ -68,15 +69,7 @@ def test_export_takes_bytes_and_answers_png_at_the_original_size(stylize_run):
 
 
 def test_a_refused_image_gets_no_picture_and_the_other_its_own(stylize_run):
-    result = stylize_run[0]
-    serve = load_export(result.export_path)[2].signatures["serving_default"]
-    picture = np.random.default_rng(2).integers(0, 256, (22, 31, 3), dtype=np.uint8)
-    alone = serve(image_bytes=tf.constant([png_bytes(picture)]))
-    mixed = serve(image_bytes=tf.constant([b"<html>not found</html>", png_bytes(picture)]))
-    assert mixed["status"].numpy().tolist() == [b"not an image", b"ok"]
-    assert mixed["image_png"].numpy()[0] == b"" and not mixed["image"].numpy()[0].any()
-    assert mixed["height"].numpy().tolist() == [0, 22] and mixed["width"].numpy().tolist() == [0, 31]
-    np.testing.assert_allclose(mixed["image"].numpy()[1], alone["image"].numpy()[0], atol=1e-4)
+    assert_a_refused_image_gets_no_picture_and_the_other_its_own(stylize_run[0].export_path)
 
 
 def test_cli_predict_writes_the_styled_file(cli, stylize_run, stylize_data, tmp_path):
