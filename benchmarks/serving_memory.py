@@ -62,14 +62,13 @@ def cases(folder):
         image.save(buffer, format)
         written[name] = buffer.getvalue()
     written["PNG grey 20000x20000"] = grey_png(20000, 20000)
-    written["small PNG (warm-up)"] = b""
+    buffer = io.BytesIO()
+    Image.fromarray(photo[:64, :64]).save(buffer, "PNG")
+    written["small PNG (warm-up)"] = buffer.getvalue()
     paths = {}
     for index, (name, data) in enumerate(written.items()):
         paths[name] = pathlib.Path(folder, f"case_{index}.bin")
         paths[name].write_bytes(data)
-    buffer = io.BytesIO()
-    Image.fromarray(photo[:64, :64]).save(buffer, "PNG")
-    paths["small PNG (warm-up)"].write_bytes(buffer.getvalue())
     return paths
 
 

