@@ -33,8 +33,10 @@ from imgpipe.engine.image_header import GIF, JPEG, OK, read_header, status_reaso
 from imgpipe.engine.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8
 
 DecodedBatch = collections.namedtuple("DecodedBatch", ["images", "sizes", "status"])
-DecodedBatch.__doc__ = """Decoded images: `images` (uint8 or float32 [B, H, W, 3]; zeros where refused),
-`sizes` (int32 [B, 2] upright original height and width; 0 where refused), `status` (int32 [B] codes)."""
+DecodedBatch.__doc__ = """Decoded images: `images` (uint8 or float32 [B, H, W, 3] at a size; at each image's
+own size, uint8 [B, N] with each image's H * W * 3 pixels first), zeros where refused; `sizes` (int32 [B, 2]
+upright original height and width; 0 where refused); `status` (int32 [B] codes)."""
+
 
 def _dataset_options():
     """No tf.data graph rewrites or autotuning for a pipeline of one batch that is built at every request.
@@ -94,8 +96,10 @@ def decode_checked(image_bytes, max_pixels, size=None):
         image_bytes: string [B] of encoded files.
         max_pixels: images whose header announces more pixels are not decoded.
         size: [height, width] to resize to (a JPEG decoded at the DCT scale training
-            uses for it), or None to keep each image's own size (padded with zeros
-            to the largest of the batch).
+            uses for it), or None to keep each image's own size: each image is then
+            flattened and padded to the batch's largest pixel count, which the pixel
+            budget bounds (padding to the largest height and the largest width would
+            not be: a 1 x 8000 and an 8000 x 1 image would take 64 million pixels each).
 
     Returns:
         `DecodedBatch` with uint8 images.
@@ -123,26 +127,31 @@ def _decode_checked(image_bytes, max_pixels, size):
 
     def decode(position, encoded, header):
         image = _decode_upright(encoded, header, size)
-        return position, image, tf.shape(image)[:2]
+        return position, image if size is not None else tf.reshape(image, [-1]), tf.shape(image)[:2]
 
     passed = tf.data.Dataset.from_tensor_slices((index, image_bytes, headers)).filter(
         lambda position, encoded, header: tf.equal(header["status"], OK))
     decoded = passed.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
-    # One placeholder past the batch's end, so the batch below is never empty; it is dropped afterwards.
-    placeholder_shape = [1, 1, 3] if size is None else list(size) + [3]
-    placeholder = tf.data.Dataset.from_tensors((count, tf.zeros(placeholder_shape, tf.uint8), tf.zeros([2], tf.int32)))
-    shapes = ([], [None, None, 3] if size is None else list(size) + [3], [2])
+    # One placeholder past the batch's end, so the batch below is never empty (and at each image's own size
+    # never zero bytes long: scatter_nd refuses an empty output); it is dropped afterwards.
+    image_shape = [None] if size is None else list(size) + [3]
+    placeholder = tf.data.Dataset.from_tensors((count, tf.zeros([3] if size is None else image_shape, tf.uint8),
+                                                tf.zeros([2], tf.int32)))
+    shapes = ([], image_shape, [2])
     positions, images, decoded_sizes = decoded.concatenate(placeholder).padded_batch(
         tf.cast(count + 1, tf.int64), padded_shapes=shapes).with_options(_DATASET_OPTIONS).get_single_element()
 
     where = positions[:, None]
-    image_shape = tf.concat([[count + 1], tf.shape(images)[1:]], axis=0)
-    images = tf.scatter_nd(where, images, image_shape)[:count]
+    images = tf.scatter_nd(where, images, tf.concat([[count + 1], tf.shape(images)[1:]], axis=0))[:count]
     done = tf.scatter_nd(where, tf.ones_like(positions), [count + 1])[:count] > 0
     failed = tf.where(tf.equal(headers["complete"], 1), image_header.CORRUPT, image_header.TRUNCATED)
     status = tf.where(tf.equal(headers["status"], OK) & ~done, failed, headers["status"])
-    upright = tf.where((headers["orientation"] >= 5)[:, None], tf.stack([headers["width"], headers["height"]], axis=1),
-                       tf.stack([headers["height"], headers["width"]], axis=1))
+    if size is None:  # each image's decoded size, by which its pixels are read back
+        upright = tf.scatter_nd(where, decoded_sizes, [count + 1, 2])[:count]
+    else:
+        upright = tf.where((headers["orientation"] >= 5)[:, None],
+                           tf.stack([headers["width"], headers["height"]], axis=1),
+                           tf.stack([headers["height"], headers["width"]], axis=1))
     sizes = tf.where(tf.equal(status, OK)[:, None], upright, 0)
     if size is not None:
         images.set_shape([None] + list(size) + [3])
@@ -216,28 +225,26 @@ def images_at_original_size(image_bytes, transform, max_pixels):
     """Runs `transform` (uint8 [H, W, 3] -> float 0..255 [H, W, 3]) on each encoded image at its own size.
 
     Returns the answer of image-producing signatures: `image_png` (PNG bytes at
-    each image's size; empty where refused), `image` (float, padded with zeros
-    to the largest image of the batch), `height`, `width` (0 where refused) and `status`.
+    each image's size; empty where refused), `height`, `width` (0 where refused)
+    and `status`. The images are transformed one after the other, so a request
+    holds its decoded pixels (at most 3 bytes a pixel of the pixel budget per
+    image) and one image's transform at a time. Floats padded to the batch's
+    largest height and width are not an answer: no budget bounds them.
     """
     batch = decode_checked(image_bytes, max_pixels)
-    largest = tf.reduce_max(tf.concat([batch.sizes, [[1, 1]]], axis=0), axis=0)
 
     def one(args):
-        padded, original, status = args
+        packed, original, status = args
 
         def answer():
-            image = padded[:original[0], :original[1]]
+            pixels = tf.cast(original[0], tf.int64) * tf.cast(original[1], tf.int64) * 3
+            image = tf.reshape(packed[:pixels], tf.concat([original, [3]], axis=0))
             result = tf.clip_by_value(transform(image), 0.0, 255.0)
-            png = tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
-            padding = [[0, largest[0] - original[0]], [0, largest[1] - original[1]], [0, 0]]
-            return png, tf.pad(result, padding)
+            return tf.io.encode_png(tf.cast(tf.round(result), tf.uint8))
 
-        def refused():
-            return tf.constant(b""), tf.zeros(tf.concat([largest, [3]], axis=0), tf.float32)
+        return tf.cond(tf.equal(status, OK), answer, lambda: tf.constant(b""))
 
-        return tf.cond(tf.equal(status, OK), answer, refused)
-
-    png, images = tf.map_fn(one, (batch.images, batch.sizes, batch.status), fn_output_signature=(
-        tf.TensorSpec([], tf.string), tf.TensorSpec([None, None, 3], tf.float32)))
-    return {"image_png": png, "image": images, "height": batch.sizes[:, 0], "width": batch.sizes[:, 1],
+    png = tf.map_fn(one, (batch.images, batch.sizes, batch.status), fn_output_signature=tf.TensorSpec([], tf.string),
+                    parallel_iterations=1)
+    return {"image_png": png, "height": batch.sizes[:, 0], "width": batch.sizes[:, 1],
             "status": status_strings(batch.status, max_pixels)}

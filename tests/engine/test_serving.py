@@ -2,7 +2,12 @@
 status instead of a crash for every image it cannot answer."""
 
 import io
+import json
+import os
+import pickle
 import struct
+import subprocess
+import sys
 import zlib
 
 import numpy as np
@@ -55,6 +60,12 @@ for _orientation in range(1, 9):
         lambda o=_orientation: encoded(Image.fromarray(BASE), "WEBP", o, lossless=True))
 
 
+def own_size_image(batch, index):
+    """Image `index` of a `decode_checked` batch at each image's own size (flattened, padded) as [H, W, 3]."""
+    height, width = batch.sizes[index].numpy()
+    return batch.images[index].numpy()[:height * width * 3].reshape(height, width, 3)
+
+
 def test_every_format_orientation_and_alpha_gives_the_training_readers_pixels():
     """At each image's own size (what stylize and colorize serve), in one mixed batch."""
     names = list(CASES)
@@ -65,7 +76,7 @@ def test_every_format_orientation_and_alpha_gives_the_training_readers_pixels():
         height, width = batch.sizes[index].numpy()
         assert int(batch.status[index]) == 0, name
         assert (height, width) == expected.shape[:2], name
-        np.testing.assert_array_equal(batch.images[index].numpy()[:height, :width], expected, err_msg=name)
+        np.testing.assert_array_equal(own_size_image(batch, index), expected, err_msg=name)
 
 
 @pytest.mark.parametrize("orientation", range(1, 9))
@@ -115,8 +126,8 @@ def test_each_refused_image_gets_its_reason_and_the_others_their_pixels():
     assert batch.sizes.numpy().tolist() == [[100, 70], [0, 0], [0, 0], [0, 0], [0, 0], [0, 0], [70, 100]]
     for index in (1, 2, 3, 4, 5):
         assert not batch.images[index].numpy().any()
-    np.testing.assert_array_equal(batch.images[0].numpy()[:100, :70], decode_bytes(good))
-    np.testing.assert_array_equal(batch.images[6].numpy()[:70, :100], decode_bytes(png))
+    np.testing.assert_array_equal(own_size_image(batch, 0), decode_bytes(good))
+    np.testing.assert_array_equal(own_size_image(batch, 6), decode_bytes(png))
 
 
 def test_a_forged_size_is_refused_before_decoding_even_when_the_data_is_tiny():
@@ -149,6 +160,37 @@ def assert_a_refused_image_gets_no_picture_and_the_other_its_own(export_path):
     alone = serve(image_bytes=tf.constant([picture]))
     mixed = serve(image_bytes=tf.constant([b"<html>not found</html>", picture]))
     assert mixed["status"].numpy().tolist() == [b"not an image", b"ok"]
-    assert mixed["image_png"].numpy()[0] == b"" and not mixed["image"].numpy()[0].any()
+    assert mixed["image_png"].numpy()[0] == b""
     assert mixed["height"].numpy().tolist() == [0, 22] and mixed["width"].numpy().tolist() == [0, 31]
-    np.testing.assert_allclose(mixed["image"].numpy()[1], alone["image"].numpy()[0], atol=1e-4)
+    assert mixed["image_png"].numpy()[1] == alone["image_png"].numpy()[0]
+
+
+_THIN_PAIR_CHILD = """
+import json, pickle, resource, sys
+import tensorflow as tf
+from imgpipe.engine.serving import images_at_original_size
+
+warm_up, pair = pickle.loads(open(sys.argv[1], "rb").read())
+serve = tf.function(lambda image_bytes: images_at_original_size(
+    image_bytes, lambda image: tf.cast(image, tf.float32), 25_000_000))
+serve(tf.constant(warm_up))
+before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+answer = serve(tf.constant(pair))
+after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+print(json.dumps({"growth_mib": (after - before) / 1024, "status": [s.decode() for s in answer["status"].numpy()],
+                  "shapes": [list(tf.io.decode_png(png).shape) for png in answer["image_png"].numpy()]}))
+"""
+
+
+@pytest.mark.slow
+def test_a_long_thin_pair_at_the_original_size_costs_its_own_pixels_not_their_bounding_box(tmp_path):
+    """1 x 8000 and 8000 x 1 in one request: padding both to 8000 x 8000 took 3.9 GB; their own pixels are 48 KB."""
+    cases = tmp_path / "cases.pkl"
+    cases.write_bytes(pickle.dumps(([grey_png(8, 1), grey_png(1, 8)], [grey_png(8000, 1), grey_png(1, 8000)])))
+    child = subprocess.run([sys.executable, "-c", _THIN_PAIR_CHILD, str(cases)], capture_output=True, text=True,
+                           timeout=300, env={**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"})
+    assert child.returncode == 0, child.stderr[-2000:]
+    report = json.loads(child.stdout.splitlines()[-1])
+    assert report["status"] == ["ok", "ok"]
+    assert report["shapes"] == [[1, 8000, 3], [8000, 1, 3]]
+    assert report["growth_mib"] < 100, report

@@ -74,16 +74,17 @@ def colour_metrics(results, originals):
 
 
 def colour_at_truth_size(answer, truth):
-    """A served or model answer's image cut to its truth's size (served images are padded to their batch's largest).
+    """A model answer's image, or a served answer's PNG decoded (what a client gets), checked against its truth's size.
 
-    A served answer also says its image's size; one that differs from the
-    truth's is an image the model saw without its EXIF rotation.
+    A served answer's size differing from the truth's is an image the model saw without its EXIF rotation.
     """
+    if "image_png" not in answer:
+        return answer["image"]
     height, width = truth.shape[:2]
-    if "height" in answer and (int(answer["height"]), int(answer["width"])) != (height, width):
+    if (int(answer["height"]), int(answer["width"])) != (height, width):
         raise DataError(f"an image was decoded at {int(answer['width'])}x{int(answer['height'])} by the model but is "
                         f"{width}x{height} upright (EXIF rotation); rotate the file to evaluate it")
-    return answer["image"][:height, :width]
+    return tf.io.decode_png(answer["image_png"], channels=3).numpy().astype(np.float32)
 
 
 def same_size_groups(results, originals):
