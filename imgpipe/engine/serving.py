@@ -29,7 +29,7 @@ import functools
 import tensorflow as tf
 
 from imgpipe.engine import image_header
-from imgpipe.engine.image_header import GIF, JPEG, OK, read_header, status_reasons
+from imgpipe.engine.image_header import GIF, JPEG, OK, read_headers, status_reasons
 from imgpipe.engine.pipeline import DCT_SCALES, decode_jpeg_scaled, resize_uint8
 
 DecodedBatch = collections.namedtuple("DecodedBatch", ["images", "sizes", "status"])
@@ -50,8 +50,6 @@ def _dataset_options():
 
 
 _DATASET_OPTIONS = _dataset_options()
-_HEADER_SPEC = {key: tf.TensorSpec([], tf.int32)
-                for key in ("status", "format", "height", "width", "complete", "orientation", "end")}
 
 
 def status_strings(status, max_pixels):
@@ -121,7 +119,7 @@ def _decode_checked_graph(size):
 
 
 def _decode_checked(image_bytes, max_pixels, size):
-    headers = tf.map_fn(lambda one: read_header(one, max_pixels), image_bytes, fn_output_signature=_HEADER_SPEC)
+    headers = read_headers(image_bytes, max_pixels)
     count = tf.shape(image_bytes)[0]
     index = tf.range(count)
 
@@ -129,17 +127,21 @@ def _decode_checked(image_bytes, max_pixels, size):
         image = _decode_upright(encoded, header, size)
         return position, image if size is not None else tf.reshape(image, [-1]), tf.shape(image)[:2]
 
-    passed = tf.data.Dataset.from_tensor_slices((index, image_bytes, headers)).filter(
-        lambda position, encoded, header: tf.equal(header["status"], OK))
-    decoded = passed.map(decode, num_parallel_calls=tf.data.AUTOTUNE).ignore_errors()
     # One placeholder past the batch's end, so the batch below is never empty (and at each image's own size
     # never zero bytes long: scatter_nd refuses an empty output); it is dropped afterwards.
     image_shape = [None] if size is None else list(size) + [3]
     placeholder = tf.data.Dataset.from_tensors((count, tf.zeros([3] if size is None else image_shape, tf.uint8),
                                                 tf.zeros([2], tf.int32)))
-    shapes = ([], image_shape, [2])
-    positions, images, decoded_sizes = decoded.concatenate(placeholder).padded_batch(
-        tf.cast(count + 1, tf.int64), padded_shapes=shapes).with_options(_DATASET_OPTIONS).get_single_element()
+
+    def decoded(parallel_calls):
+        passed = tf.data.Dataset.from_tensor_slices((index, image_bytes, headers)).filter(
+            lambda position, encoded, header: tf.equal(header["status"], OK))
+        answered = passed.map(decode, num_parallel_calls=parallel_calls).ignore_errors().concatenate(placeholder)
+        return answered.padded_batch(tf.cast(count + 1, tf.int64), padded_shapes=([], image_shape, [2])).with_options(
+            _DATASET_OPTIONS).get_single_element()
+
+    # A parallel map starts its threads at every request: 1.3 ms, a third of a one-image request's decode.
+    positions, images, decoded_sizes = tf.cond(count > 1, lambda: decoded(tf.data.AUTOTUNE), lambda: decoded(None))
 
     where = positions[:, None]
     images = tf.scatter_nd(where, images, tf.concat([[count + 1], tf.shape(images)[1:]], axis=0))[:count]

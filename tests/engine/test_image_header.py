@@ -57,3 +57,14 @@ def test_a_gif_is_cut_after_its_first_frame():
     assert end < len(data) - 1
     first = Image.open(io.BytesIO(data[:end] + b";"))
     assert first.n_frames == 1 and first.convert("RGB").getpixel((0, 0)) == (255, 0, 0)
+
+
+def test_each_image_of_a_batch_is_read_as_if_it_were_alone():
+    """A read past one image's end sees zeros, never the next image's bytes."""
+    jpeg, png = encoded("JPEG"), encoded("PNG", orientation=6)
+    images = [jpeg[:60], png, png[:30], b"", jpeg[:-2], encoded("GIF"), encoded("WEBP")[:20], encoded("BMP")]
+    together = image_header.read_headers(tf.constant(images))
+    for index, data in enumerate(images):
+        alone = image_header.read_headers(tf.constant([data]))
+        assert {key: int(value[index]) for key, value in together.items()} == {
+            key: int(value[0]) for key, value in alone.items()}, index
