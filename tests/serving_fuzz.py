@@ -189,8 +189,8 @@ def _decode_all(cases):
             answered = reason == "ok"
             if answered != (sizes[index].min() > 0) or (not answered and images[index].any()):
                 problems.append(f"{label}: {reason} with size {sizes[index].tolist()}")
-            if answered != bool(at_size["image_png"][index]):
-                problems.append(f"{label}: {reason} but PNG of {len(at_size['image_png'][index])} bytes")
+            if answered != bool(at_size["image_png_bytes"][index]):
+                problems.append(f"{label}: {reason} but PNG of {len(at_size['image_png_bytes'][index])} bytes")
     counts = {reason: statuses.count(reason) for reason in sorted(set(statuses))}
     peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
     return {"statuses": statuses, "counts": counts, "peak_rss_mib": peak, "problems": problems}

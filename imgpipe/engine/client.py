@@ -55,8 +55,17 @@ def run_signature(loaded, paths, batch_size=BATCH_SIZE):
         except tf.errors.InvalidArgumentError as error:
             raise DataError(f"{paths[start]}..: the model could not decode this batch "
                             f"({str(error).splitlines()[0][:200]})") from None
-        answers += per_image({key: value.numpy() for key, value in answer.items()})
+        answers += per_image(current_names({key: value.numpy() for key, value in answer.items()}))
     return answers
+
+
+# Outputs renamed since: binary outputs end in `_bytes`, so TF Serving's REST API sends them base64-encoded.
+RENAMED_OUTPUTS = {"image_png": "image_png_bytes", "mask_png": "mask_png_bytes"}
+
+
+def current_names(answer):
+    """An answer of an older export with today's output names."""
+    return {RENAMED_OUTPUTS.get(key, key): value for key, value in answer.items()}
 
 
 def per_image(batched):
@@ -74,7 +83,7 @@ OUTPUT_SUFFIXES = (".png", ".jpg", ".jpeg", ".webp", ".bmp", ".tif", ".tiff")
 
 
 def write_produced_images(loaded, paths, out, label):
-    """For tasks that answer with images: writes each file's `image_png` answer, one request per file.
+    """For tasks that answer with images: writes each file's `image_png_bytes` answer, one request per file.
 
     `out` is a folder (files become `<stem>_<label>.png`) or, for a single input, an image file.
     A file the export refused gets {"file", "status"} and nothing written.
@@ -90,14 +99,14 @@ def write_produced_images(loaded, paths, out, label):
     serve = loaded.signatures["serving_default"]
     results = []
     for path in paths:
-        answer = per_image({key: value.numpy() for key, value in
-                            serve(image_bytes=tf.constant([read_image_bytes(path)])).items()})[0]
+        answer = per_image(current_names({key: value.numpy() for key, value in
+                                          serve(image_bytes=tf.constant([read_image_bytes(path)])).items()}))[0]
         if answer_status(answer) != "ok":
             results.append({"file": str(path), "status": answer_status(answer)})
             continue
         target = out if to_file else out / f"{pathlib.Path(path).stem}_{label}.png"
         target.parent.mkdir(parents=True, exist_ok=True)
-        png = answer["image_png"]
+        png = answer["image_png_bytes"]
         if target.suffix.lower() == ".png":
             target.write_bytes(png)
         else:

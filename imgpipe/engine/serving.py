@@ -226,7 +226,7 @@ def resize_float(image, size):
 def images_at_original_size(image_bytes, transform, max_pixels):
     """Runs `transform` (uint8 [H, W, 3] -> float 0..255 [H, W, 3]) on each encoded image at its own size.
 
-    Returns the answer of image-producing signatures: `image_png` (PNG bytes at
+    Returns the answer of image-producing signatures: `image_png_bytes` (PNG bytes at
     each image's size; empty where refused), `height`, `width` (0 where refused)
     and `status`. The images are transformed one after the other, so a request
     holds its decoded pixels (at most 3 bytes a pixel of the pixel budget per
@@ -248,5 +248,5 @@ def images_at_original_size(image_bytes, transform, max_pixels):
 
     png = tf.map_fn(one, (batch.images, batch.sizes, batch.status), fn_output_signature=tf.TensorSpec([], tf.string),
                     parallel_iterations=1)
-    return {"image_png": png, "height": batch.sizes[:, 0], "width": batch.sizes[:, 1],
+    return {"image_png_bytes": png, "height": batch.sizes[:, 0], "width": batch.sizes[:, 1],
             "status": status_strings(batch.status, max_pixels)}

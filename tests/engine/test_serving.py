@@ -160,9 +160,9 @@ def assert_a_refused_image_gets_no_picture_and_the_other_its_own(export_path):
     alone = serve(image_bytes=tf.constant([picture]))
     mixed = serve(image_bytes=tf.constant([b"<html>not found</html>", picture]))
     assert mixed["status"].numpy().tolist() == [b"not an image", b"ok"]
-    assert mixed["image_png"].numpy()[0] == b""
+    assert mixed["image_png_bytes"].numpy()[0] == b""
     assert mixed["height"].numpy().tolist() == [0, 22] and mixed["width"].numpy().tolist() == [0, 31]
-    assert mixed["image_png"].numpy()[1] == alone["image_png"].numpy()[0]
+    assert mixed["image_png_bytes"].numpy()[1] == alone["image_png_bytes"].numpy()[0]
 
 
 _THIN_PAIR_CHILD = """
@@ -178,7 +178,7 @@ before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 answer = serve(tf.constant(pair))
 after = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
 print(json.dumps({"growth_mib": (after - before) / 1024, "status": [s.decode() for s in answer["status"].numpy()],
-                  "shapes": [list(tf.io.decode_png(png).shape) for png in answer["image_png"].numpy()]}))
+                  "shapes": [list(tf.io.decode_png(png).shape) for png in answer["image_png_bytes"].numpy()]}))
 """
 
 

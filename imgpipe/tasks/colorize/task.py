@@ -78,13 +78,13 @@ def colour_at_truth_size(answer, truth):
 
     A served answer's size differing from the truth's is an image the model saw without its EXIF rotation.
     """
-    if "image_png" not in answer:
+    if "image_png_bytes" not in answer:
         return answer["image"]
     height, width = truth.shape[:2]
     if (int(answer["height"]), int(answer["width"])) != (height, width):
         raise DataError(f"an image was decoded at {int(answer['width'])}x{int(answer['height'])} by the model but is "
                         f"{width}x{height} upright (EXIF rotation); rotate the file to evaluate it")
-    return tf.io.decode_png(answer["image_png"], channels=3).numpy().astype(np.float32)
+    return tf.io.decode_png(answer["image_png_bytes"], channels=3).numpy().astype(np.float32)
 
 
 def same_size_groups(results, originals):

@@ -11,12 +11,14 @@ Example:
     >>> result.metrics["val_mean_iou"]
 """
 
+import io
 import pathlib
 
 import keras
 import numpy as np
 import tensorflow as tf
 from keras import ops
+from PIL import Image
 
 from imgpipe.engine import plots
 from imgpipe.data.masks import (MaskEncoding, count_mask_values, list_pairs, load_mask, read_mask_array,
@@ -135,15 +137,16 @@ def iou_report(matrix, class_names):
 
 
 def predicted_mask(answer, shape):
-    """An answer's mask at its truth's `shape`: served masks are padded to the largest image of their batch.
+    """A model answer's mask, or a served answer's PNG decoded (what a client gets), checked against its truth's `shape`.
 
-    A served answer also says its image's size; one that differs from the
-    truth's is an image the model saw rotated (EXIF) against its mask.
+    A served answer's size differing from the truth's is an image the model saw rotated (EXIF) against its mask.
     """
-    if "height" in answer and (int(answer["height"]), int(answer["width"])) != tuple(shape):
+    if "mask_png_bytes" not in answer:
+        return answer["mask"]
+    if (int(answer["height"]), int(answer["width"])) != tuple(shape):
         raise DataError(f"a mask is {shape[1]}x{shape[0]} but the model saw {int(answer['width'])}x"
                         f"{int(answer['height'])} (an EXIF-rotated image?)")
-    return answer["mask"][:shape[0], :shape[1]]
+    return np.asarray(Image.open(io.BytesIO(answer["mask_png_bytes"])), dtype=np.int32)
 
 
 def pixel_class_counts(mask_paths, encoding, size):
@@ -279,44 +282,44 @@ class SegmentationTask(Task):
         num_classes = data.num_classes
         max_pixels = recipe.export.max_pixels
 
-        def masks_at(probabilities, sizes):
-            height, width = tf.reduce_max(sizes[:, 0]), tf.reduce_max(sizes[:, 1])
+        def mask_at(probabilities, size):
+            """One image's mask at its own `size` and its class fractions."""
+            mask = tf.argmax(tf.image.resize(probabilities, size, method="bilinear"), axis=-1, output_type=tf.int32)
+            fractions = tf.math.bincount(mask, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
+            return mask, fractions / tf.cast(tf.size(mask), tf.float32)
 
+        png_dtype = tf.uint8 if num_classes <= 256 else tf.uint16
+
+        def mask_pngs_at(probabilities, sizes):
+            """PNG masks at each image's own size, one image at a time: a mask padded to the batch's largest
+            height and width is not an answer (no budget bounds it), nor are several full-size resizes at once."""
             def one(args):
                 probs, original = args
 
                 def answer():
-                    full = tf.image.resize(probs, original, method="bilinear")
-                    mask = tf.argmax(full, axis=-1, output_type=tf.int32)
-                    fractions = tf.math.bincount(mask, minlength=num_classes, maxlength=num_classes,
-                                                 dtype=tf.float32)
-                    fractions /= tf.cast(tf.size(mask), tf.float32)
-                    png = tf.io.encode_png(tf.cast(mask[..., None], tf.uint8 if num_classes <= 256 else tf.uint16))
-                    padded = tf.pad(mask, [[0, height - original[0]], [0, width - original[1]]], constant_values=-1)
-                    return padded, png, fractions
+                    mask, fractions = mask_at(probs, original)
+                    return tf.io.encode_png(tf.cast(mask[..., None], png_dtype)), fractions
 
-                def refused():  # an image serving_default did not decode (its size is 0 x 0): an empty mask
-                    return tf.fill([height, width], -1), tf.constant(b""), tf.zeros([num_classes], tf.float32)
+                def refused():  # an image serving_default did not decode (its size is 0 x 0): no mask
+                    return tf.constant(b""), tf.zeros([num_classes], tf.float32)
 
                 return tf.cond(tf.reduce_all(original > 0), answer, refused)
 
-            mask, png, fractions = tf.map_fn(
-                one, (probabilities, sizes),
-                fn_output_signature=(tf.TensorSpec([None, None], tf.int32), tf.TensorSpec([], tf.string),
-                                     tf.TensorSpec([num_classes], tf.float32)))
-            return {"mask": mask, "mask_png": png, "height": sizes[:, 0], "width": sizes[:, 1],
-                    "class_fraction": fractions}
+            png, fractions = tf.map_fn(one, (probabilities, sizes), parallel_iterations=1, fn_output_signature=(
+                tf.TensorSpec([], tf.string), tf.TensorSpec([num_classes], tf.float32)))
+            return {"mask_png_bytes": png, "height": sizes[:, 0], "width": sizes[:, 1], "class_fraction": fractions}
 
         def serve_image_bytes(image_bytes):
             batch = decode_batch(image_bytes, size, max_pixels)
-            answer = masks_at(model(batch.images, training=False), batch.sizes)
+            answer = mask_pngs_at(model(batch.images, training=False), batch.sizes)
             return {**answer, "status": status_strings(batch.status, max_pixels)}
 
         def serve_images(images):
             probabilities = model(resize_float(images, size), training=False)
-            sizes = tf.tile(tf.shape(images)[1:3][None], [tf.shape(images)[0], 1])
-            answer = masks_at(probabilities, sizes)
-            return {"mask": answer["mask"], "class_fraction": answer["class_fraction"]}
+            mask, fractions = tf.map_fn(lambda probs: mask_at(probs, tf.shape(images)[1:3]), probabilities,
+                                        fn_output_signature=(tf.TensorSpec([None, None], tf.int32),
+                                                             tf.TensorSpec([num_classes], tf.float32)))
+            return {"mask": mask, "class_fraction": fractions}
 
         return self.make_archive(model, serve_image_bytes, serve_images)
 
@@ -337,7 +340,7 @@ class SegmentationTask(Task):
         if out_dir is not None:
             target = pathlib.Path(out_dir) / (pathlib.Path(path).stem + "_mask.png")
             target.parent.mkdir(parents=True, exist_ok=True)
-            target.write_bytes(answer["mask_png"])
+            target.write_bytes(answer["mask_png_bytes"])
             result["mask_png"] = str(target)
         return result
 

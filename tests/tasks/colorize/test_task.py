@@ -60,7 +60,7 @@ def test_export_answers_png_at_the_original_size_and_matches_the_model(colorize_
     big = np.asarray(Image.fromarray(photo).resize((90, 70)))
     answer = loaded.signatures["serving_default"](image_bytes=tf.constant([png_bytes(photo, "L"), png_bytes(big)]))
     assert answer["height"].numpy().tolist() == [40, 70] and answer["width"].numpy().tolist() == [40, 90]
-    decoded = np.asarray(Image.open(io.BytesIO(answer["image_png"].numpy()[1])))
+    decoded = np.asarray(Image.open(io.BytesIO(answer["image_png_bytes"].numpy()[1])))
     assert decoded.shape == (70, 90, 3)
 
     from imgpipe.engine.serving import resize_float

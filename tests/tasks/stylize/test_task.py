@@ -57,8 +57,8 @@ def test_export_takes_bytes_and_answers_png_at_the_original_size(stylize_run):
     large = rng.integers(0, 256, (70, 45, 3), dtype=np.uint8)  # above max_side: styled at 48, resized back
     answer = loaded.signatures["serving_default"](image_bytes=tf.constant([png_bytes(small), png_bytes(large)]))
     assert answer["height"].numpy().tolist() == [21, 70] and answer["width"].numpy().tolist() == [30, 45]
-    assert set(answer) == {"image_png", "height", "width", "status"}
-    decoded = [np.asarray(Image.open(io.BytesIO(p))) for p in answer["image_png"].numpy()]
+    assert set(answer) == {"image_png_bytes", "height", "width", "status"}
+    decoded = [np.asarray(Image.open(io.BytesIO(p))) for p in answer["image_png_bytes"].numpy()]
     assert decoded[0].shape == (21, 30, 3) and decoded[1].shape == (70, 45, 3)
 
     in_memory = styled(result.model.transformer, small[None], 48).numpy()[0]
