@@ -65,7 +65,10 @@ def read_headers(image_bytes, max_pixels=None):
     fields = _unknown(reader)
     for code, read in ((JPEG, _jpeg), (PNG, _png), (GIF, _gif), (BMP, _bmp), (WEBP, _webp)):
         mine = tf.equal(format, code)
-        fields = tuple(tf.where(mine, value, previous) for value, previous in zip(read(reader, mine), fields))
+        # Only the formats a batch holds are read (a one-JPEG request skips the other four).
+        found = tf.cond(tf.reduce_any(mine), lambda read=read, mine=mine: read(reader, mine),
+                        lambda fields=fields: fields)
+        fields = tuple(tf.where(mine, value, previous) for value, previous in zip(found, fields))
     header = dict(zip(("format", "height", "width", "complete", "exif", "end", "status"), fields))
     header["orientation"] = _orientation(reader, header.pop("exif"))
     pixels = tf.cast(header["height"], tf.int64) * tf.cast(header["width"], tf.int64)
