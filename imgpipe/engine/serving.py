@@ -121,7 +121,9 @@ def _decode_checked_graph(size):
 def _decode_checked(image_bytes, max_pixels, size):
     headers = read_headers(image_bytes, max_pixels)
     count = tf.shape(image_bytes)[0]
-    index = tf.range(count)
+    # Only the images whose header passed go into the dataset, with what their decode needs.
+    passed = tf.where(tf.equal(headers["status"], OK))[:, 0]
+    needed = {key: tf.gather(headers[key], passed) for key in ("format", "height", "width", "orientation", "end")}
 
     def decode(position, encoded, header):
         image = _decode_upright(encoded, header, size)
@@ -134,14 +136,14 @@ def _decode_checked(image_bytes, max_pixels, size):
                                                 tf.zeros([2], tf.int32)))
 
     def decoded(parallel_calls):
-        passed = tf.data.Dataset.from_tensor_slices((index, image_bytes, headers)).filter(
-            lambda position, encoded, header: tf.equal(header["status"], OK))
-        answered = passed.map(decode, num_parallel_calls=parallel_calls).ignore_errors().concatenate(placeholder)
+        images = tf.data.Dataset.from_tensor_slices((tf.cast(passed, tf.int32), tf.gather(image_bytes, passed), needed))
+        answered = images.map(decode, num_parallel_calls=parallel_calls).ignore_errors().concatenate(placeholder)
         return answered.padded_batch(tf.cast(count + 1, tf.int64), padded_shapes=([], image_shape, [2])).with_options(
             _DATASET_OPTIONS).get_single_element()
 
     # A parallel map starts its threads at every request: 1.3 ms, a third of a one-image request's decode.
-    positions, images, decoded_sizes = tf.cond(count > 1, lambda: decoded(tf.data.AUTOTUNE), lambda: decoded(None))
+    positions, images, decoded_sizes = tf.cond(tf.size(passed) > 1, lambda: decoded(tf.data.AUTOTUNE),
+                                               lambda: decoded(None))
 
     where = positions[:, None]
     images = tf.scatter_nd(where, images, tf.concat([[count + 1], tf.shape(images)[1:]], axis=0))[:count]
