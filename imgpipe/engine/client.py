@@ -36,9 +36,9 @@ def answer_status(answer):
 def run_signature(loaded, paths, batch_size=BATCH_SIZE):
     """Sends files through `serving_default` in batches; returns one {output: np.ndarray} per file.
 
-    Per file, because answers at the image's own size (masks, images) are
-    padded to the largest image of their batch, and batches differ. A file the
-    export refused has its reason in `status` (see `answer_status`).
+    Per file, because that is how callers use them (and an older export padded
+    answers at the image's own size to the largest image of their batch). A
+    file the export refused has its reason in `status` (see `answer_status`).
 
     Example:
         >>> run_signature(loaded, ["cat.jpg", "dog.png"])[1]["class_name"]

@@ -109,7 +109,7 @@ class _Reader:
         offset = tf.convert_to_tensor(offset, tf.int32)
         return tf.broadcast_to(offset, tf.shape(self.length)) if offset.shape.rank == 0 else offset
 
-    def _bytes(self, offset, width):
+    def bytes_at(self, offset, width):
         """int32 [B, ..., width]: the `width` bytes from `offset`."""
         return self._gather(tf.expand_dims(self._batched(offset), -1) + tf.range(width))
 
@@ -118,16 +118,16 @@ class _Reader:
         return self._gather(self._batched(offset))
 
     def bytes_equal(self, offset, expected):
-        return tf.reduce_all(tf.equal(self._bytes(offset, len(expected)), tf.constant(list(expected), tf.int32)), -1)
+        return tf.reduce_all(tf.equal(self.bytes_at(offset, len(expected)), tf.constant(list(expected), tf.int32)), -1)
 
     def big_endian(self, offset, width):
         # int32 arithmetic wraps, so 4 bytes from 0x80 up read negative, as in the byte-by-byte sum.
         weights = tf.constant([256 ** power for power in reversed(range(width))], tf.int64)
-        return tf.cast(tf.reduce_sum(tf.cast(self._bytes(offset, width), tf.int64) * weights, -1), tf.int32)
+        return tf.cast(tf.reduce_sum(tf.cast(self.bytes_at(offset, width), tf.int64) * weights, -1), tf.int32)
 
     def little_endian(self, offset, width):
         weights = tf.constant([256 ** power for power in range(width)], tf.int64)
-        return tf.cast(tf.reduce_sum(tf.cast(self._bytes(offset, width), tf.int64) * weights, -1), tf.int32)
+        return tf.cast(tf.reduce_sum(tf.cast(self.bytes_at(offset, width), tf.int64) * weights, -1), tf.int32)
 
     def fits(self, end):
         """True where the data holds `end` bytes."""
@@ -179,7 +179,7 @@ def _jpeg(reader, mine):
         return (count < _MAX_MARKERS) & tf.logical_not(found_scan | broken)
 
     def step(position, count, height, width, exif, found_scan, broken):
-        read = reader._bytes(position, 10)  # FF, marker, length (2), precision, height (2), width (2), ...
+        read = reader.bytes_at(position, 10)  # FF, marker, length (2), precision, height (2), width (2), ...
         marker = read[:, 1]
         fill = tf.equal(marker, 0xFF)
         standalone = tf.equal(marker, 0x01) | ((marker >= 0xD0) & (marker <= 0xD7))

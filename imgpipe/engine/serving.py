@@ -121,7 +121,7 @@ def _decode_checked_graph(size):
 def _decode_checked(image_bytes, max_pixels, size):
     headers = read_headers(image_bytes, max_pixels)
     count = tf.shape(image_bytes)[0]
-    # Only the images whose header passed go into the dataset, with what their decode needs.
+    # Only the images whose header passed go into the dataset: a graph gather costs less than a filter function.
     passed = tf.where(tf.equal(headers["status"], OK))[:, 0]
     needed = {key: tf.gather(headers[key], passed) for key in ("format", "height", "width", "orientation", "end")}
 

@@ -94,8 +94,7 @@ class Task:
         """The task's metrics (flat, unprefixed keys) of per-image `answers` against per-image `truths`.
 
         Args:
-            answers: list of one dict per image, as `answers` or the export's signatures give them
-                (an answer padded to a batch's largest image is cut to its truth's size here).
+            answers: list of one dict per image, as `answers` or the export's signatures give them.
             truths: list of what each answer is compared with (`truth`, or `evaluation_files`).
             metadata: the export metadata.
         """
