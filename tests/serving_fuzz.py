@@ -113,7 +113,7 @@ def _mutate(data, rng):
         width = 4 if data[:2] != b"\xff\xd8" else 2
         data[offset:offset + width] = bytes(width) if rng.random() < 0.5 else b"\xff" * width
     elif kind == "wrong_magic":
-        data[int(rng.integers(0, 4))] ^= int(rng.integers(1, 256))
+        data[int(rng.integers(0, min(4, len(data))))] ^= int(rng.integers(1, 256))  # a file may be shorter
     elif kind == "splice":
         start, length = int(rng.integers(0, len(data))), int(rng.integers(1, 64))
         data = data[:start] + data[start:start + length] * int(rng.integers(0, 4)) + data[start + length:]

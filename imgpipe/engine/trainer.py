@@ -208,18 +208,31 @@ class Trainer:
         backbone = _find_backbone(model)
         warmup = min(self.settings.warmup_epochs, epochs - 1) if backbone is not None and pretrained else 0
         warmup_done = self.checkpoint_dir / "warmup_done.weights.h5"
+        # Keras deletes its backup when fit ends, so without this a run killed in its evaluation, robustness
+        # card or export would train again from epoch 0 on --resume. Not in a multi-worker run: every worker
+        # must take the same path, and only the chief writes.
+        trained = self.checkpoint_dir / f"trained_{epochs}_epochs.weights.h5"  # not for a resume to more epochs
         started = time.perf_counter()
-        if warmup and self.resume and warmup_done.exists():
-            model.load_weights(warmup_done)
-        elif warmup:
-            set_trainable(backbone, False)
-            self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
-                            self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps)
-            model.save_weights(warmup_done)
-            set_trainable(backbone, True)  # its batch norm stays frozen (inference mode) while fine-tuning
-        self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs, self.peak_learning_rate,
-                        steps_per_epoch, monitor, class_weight, callbacks, fixed_steps,
-                        slow_backbone=backbone if warmup else None)
+        if self.resume and trained.exists() and not is_multi_worker(self.strategy):
+            log.info("resume: training had finished; its final weights come from %s", trained)
+            model.load_weights(trained)
+            with self.strategy.scope():  # evaluation needs the loss and metrics; the optimizer is never used
+                model.compile(optimizer=keras.optimizers.AdamW(), **compile_settings)
+        else:
+            if warmup and self.resume and warmup_done.exists():
+                model.load_weights(warmup_done)
+            elif warmup:
+                set_trainable(backbone, False)
+                self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
+                                self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
+                                fixed_steps)
+                save_weights_atomically(model, warmup_done)
+                set_trainable(backbone, True)  # its batch norm stays frozen (inference mode) while fine-tuning
+            self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
+                            self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps,
+                            slow_backbone=backbone if warmup else None)
+            if not is_multi_worker(self.strategy):
+                save_weights_atomically(model, trained)
         history = read_history(self.run_dir / "history.csv")
         return {
             "history": history,
@@ -282,6 +295,14 @@ class Trainer:
                 )
             )
         return callbacks
+
+
+def save_weights_atomically(model, path):
+    """`model.save_weights(path)` written beside it and renamed: a kill mid-write leaves no half file at `path`."""
+    path = pathlib.Path(path)
+    partial = path.with_name(f".partial.{path.name}")
+    model.save_weights(partial)
+    os.replace(partial, path)
 
 
 class ResilientBackupAndRestore(keras.callbacks.BackupAndRestore):

@@ -1,5 +1,5 @@
 """`imgpipe run` killed with SIGKILL in its export, then finished with `--resume`: every requested epoch
-once, a complete export, no half-written version, data untouched. One moment only (each costs about 50 s
+once (none trained again), a complete export, no half-written version, data untouched. One moment only (each costs about 50 s
 of CI); `test_faults.py` kills mid-epoch, and `benchmarks/kill_training.py` kills at 50 random moments
 (every phase)."""
 
@@ -23,3 +23,4 @@ def test_a_run_killed_while_exporting_resumes_to_a_whole_run(photos, tmp_path):
     assert case.kill_when(case.exporting) == "export"
     assert case.finish() == "resumed"
     assert case.problems(before) == []
+    assert case.retrained_epochs() == []  # training had finished: --resume goes straight to the export
