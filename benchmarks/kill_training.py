@@ -17,7 +17,7 @@ What it measures
     export staging folders left behind, and the wall time.
 
 How to run (from the repository root)
-    .venv/bin/python benchmarks/kill_training.py                  # 50 kills, about 30 minutes on 2 cores
+    .venv/bin/python benchmarks/kill_training.py                  # 50 kills, about 21 minutes on 2 cores
     .venv/bin/python benchmarks/kill_training.py --kills 5 --seed 1
 """
 
