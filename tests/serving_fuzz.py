@@ -160,8 +160,6 @@ def decode_in_child(cases, timeout):
 
 def _decode_all(cases):
     """In the child: every case through the resized path and the original-size path; checks every answer."""
-    import resource
-
     import tensorflow as tf
 
     from imgpipe.engine.serving import decode_checked, images_at_original_size, status_strings
@@ -192,8 +190,16 @@ def _decode_all(cases):
             if answered != bool(at_size["image_png_bytes"][index]):
                 problems.append(f"{label}: {reason} but PNG of {len(at_size['image_png_bytes'][index])} bytes")
     counts = {reason: statuses.count(reason) for reason in sorted(set(statuses))}
-    peak = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024
-    return {"statuses": statuses, "counts": counts, "peak_rss_mib": peak, "problems": problems}
+    return {"statuses": statuses, "counts": counts, "peak_rss_mib": peak_rss_mib(), "problems": problems}
+
+
+def peak_rss_mib():
+    """This process's own peak RSS (VmHWM). Not `ru_maxrss`: Linux carries that across exec, so a child
+    started from a 3 GB pytest worker reports the worker's 3 GB."""
+    for line in pathlib.Path("/proc/self/status").read_text().splitlines():
+        if line.startswith("VmHWM:"):
+            return int(line.split()[1]) / 1024
+    raise RuntimeError("no VmHWM in /proc/self/status")
 
 
 if __name__ == "__main__":
