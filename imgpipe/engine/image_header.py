@@ -44,11 +44,6 @@ def status_reasons(max_pixels):
     return ["ok", "empty", "not an image", "truncated", f"over max_pixels {max_pixels}", "corrupt"]
 
 
-def read_header(image_bytes, max_pixels=None):
-    """One encoded image (scalar string) -> dict of int32 scalars describing it (see `read_headers`)."""
-    return {key: value[0] for key, value in read_headers(tf.reshape(image_bytes, [1]), max_pixels).items()}
-
-
 @tf.autograph.experimental.do_not_convert
 def read_headers(image_bytes, max_pixels=None):
     """A batch of encoded images (string [B]) -> dict of int32 [B] describing each, nothing decoded.

@@ -231,9 +231,10 @@ def images_at_original_size(image_bytes, transform, max_pixels):
     Returns the answer of image-producing signatures: `image_png_bytes` (PNG bytes at
     each image's size; empty where refused), `height`, `width` (0 where refused)
     and `status`. The images are transformed one after the other, so a request
-    holds its decoded pixels (at most 3 bytes a pixel of the pixel budget per
-    image) and one image's transform at a time. Floats padded to the batch's
-    largest height and width are not an answer: no budget bounds them.
+    holds its decoded pixels (3 bytes a pixel, each image padded to the
+    largest one's pixel count, twice while `decode_checked` puts them in order)
+    and one image's transform at a time. Floats padded to the batch's largest
+    height and width are not an answer: no budget bounds them.
     """
     batch = decode_checked(image_bytes, max_pixels)
 

@@ -21,7 +21,7 @@ def encoded(format, orientation=None, size=(50, 30), **options):
 
 
 def header(data, max_pixels=None):
-    return {key: int(value) for key, value in image_header.read_header(tf.constant(data), max_pixels).items()}
+    return {key: int(value[0]) for key, value in image_header.read_headers(tf.constant([data]), max_pixels).items()}
 
 
 @pytest.mark.parametrize("format, options", [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}),

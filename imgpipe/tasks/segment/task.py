@@ -282,11 +282,12 @@ class SegmentationTask(Task):
         num_classes = data.num_classes
         max_pixels = recipe.export.max_pixels
 
-        def mask_at(probabilities, size):
-            """One image's mask at its own `size` and its class fractions."""
-            mask = tf.argmax(tf.image.resize(probabilities, size, method="bilinear"), axis=-1, output_type=tf.int32)
-            fractions = tf.math.bincount(mask, minlength=num_classes, maxlength=num_classes, dtype=tf.float32)
-            return mask, fractions / tf.cast(tf.size(mask), tf.float32)
+        def masks_at(probabilities, size):
+            """Masks [B, H, W] at `size` (the model's probabilities resized, then argmax) and class fractions [B, C]."""
+            masks = tf.argmax(tf.image.resize(probabilities, size, method="bilinear"), axis=-1, output_type=tf.int32)
+            flat = tf.reshape(masks, [tf.shape(masks)[0], -1])
+            counts = tf.math.bincount(flat, minlength=num_classes, maxlength=num_classes, dtype=tf.float32, axis=-1)
+            return masks, counts / tf.cast(tf.shape(flat)[1], tf.float32)
 
         png_dtype = tf.uint8 if num_classes <= 256 else tf.uint16
 
@@ -297,8 +298,8 @@ class SegmentationTask(Task):
                 probs, original = args
 
                 def answer():
-                    mask, fractions = mask_at(probs, original)
-                    return tf.io.encode_png(tf.cast(mask[..., None], png_dtype)), fractions
+                    masks, fractions = masks_at(probs[None], original)
+                    return tf.io.encode_png(tf.cast(masks[0, ..., None], png_dtype)), fractions[0]
 
                 def refused():  # an image serving_default did not decode (its size is 0 x 0): no mask
                     return tf.constant(b""), tf.zeros([num_classes], tf.float32)
@@ -316,10 +317,8 @@ class SegmentationTask(Task):
 
         def serve_images(images):
             probabilities = model(resize_float(images, size), training=False)
-            mask, fractions = tf.map_fn(lambda probs: mask_at(probs, tf.shape(images)[1:3]), probabilities,
-                                        fn_output_signature=(tf.TensorSpec([None, None], tf.int32),
-                                                             tf.TensorSpec([num_classes], tf.float32)))
-            return {"mask": mask, "class_fraction": fractions}
+            masks, fractions = masks_at(probabilities, tf.shape(images)[1:3])
+            return {"mask": masks, "class_fraction": fractions}
 
         return self.make_archive(model, serve_image_bytes, serve_images)
 
