@@ -54,6 +54,19 @@ def styled(transformer, images, max_side):
     return tf.clip_by_value(result, 0.0, 255.0)
 
 
+def structure_ssim(result, content):
+    """SSIM of the grey result against the grey content (0..255 float [H, W, 3] each): does the photo survive?
+
+    The loss network scores the style, and a network optimised against it can
+    satisfy it with pictures that keep nothing of the photo; plain structure,
+    computed without any network, says whether the content is still there
+    (1.0 for the unstyled photo, near 0 for a flat or unrelated picture).
+    """
+    grey = tf.image.rgb_to_grayscale(tf.stack([result, content]))
+    side = min(int(grey.shape[1]), int(grey.shape[2]))
+    return float(tf.image.ssim(grey[0], grey[1], 255.0, filter_size=min(11, side)))
+
+
 def _loss_terms_key(network, weights, seed, style_path, image_size):
     """What the loss network and the style's Gram matrices depend on (`StylizeTask._loss_terms` keeps one)."""
     return network, weights, int(seed), str(style_path), tuple(image_size)
@@ -155,15 +168,22 @@ class StylizeTask(Task):
         return np.asarray(image, np.float32)
 
     def score(self, answers, truths, metadata):
-        """Content and style loss of the results, and the style loss of the unstyled photos (`_identity`)."""
+        """Content and style loss of the results, the style loss of the unstyled photos (`_identity`), and
+        the results' structure SSIM against their photos (`structure_ssim`), which no loss network computes,
+        beside the SSIM a flat picture of each photo's mean colour gets (`structure_ssim_flat`): smooth
+        regions make even that one score above 0 (0.17 to 0.30 on raccoon photos at 128 px)."""
         features, grams = self._loss_terms(metadata)
-        totals = {"content_loss": [], "style_loss": [], "style_loss_identity": []}
+        totals = {"content_loss": [], "style_loss": [], "style_loss_identity": [], "structure_ssim": [],
+                  "structure_ssim_flat": []}
         for answer, content in zip(answers, truths):
             image, result = tf.constant(content[None]), tf.constant(answer["image"][None])
             content_term, style_term, _ = perceptual_terms(features, result, content_targets(features, image), grams)
             totals["content_loss"].append(float(content_term[0]))
             totals["style_loss"].append(float(style_term[0]))
             totals["style_loss_identity"].append(float(identity_style_loss(features, image, grams)[0]))
+            totals["structure_ssim"].append(structure_ssim(tf.constant(answer["image"]), tf.constant(content)))
+            flat = tf.fill(tf.shape(content), float(np.mean(content)))
+            totals["structure_ssim_flat"].append(structure_ssim(flat, tf.constant(content)))
         return {key: float(np.mean(values)) for key, values in totals.items()}
 
     def _loss_terms(self, metadata):

@@ -9,7 +9,7 @@ from PIL import Image
 import imgpipe
 from imgpipe.data.demo import make_scenes_folder, make_style_pattern
 from imgpipe.engine.export import load_export
-from imgpipe.tasks.stylize.task import styled
+from imgpipe.tasks.stylize.task import structure_ssim, styled
 from tests.engine.test_serving import assert_a_refused_image_gets_no_picture_and_the_other_its_own
 
 
@@ -34,12 +34,24 @@ def test_run_reports_losses_against_the_identity_baseline_and_speed(stylize_run)
     result, _ = stylize_run
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert {"val_content_loss", "val_style_loss", "val_tv_loss", "val_style_loss_identity",
-            "val_content_loss_identity", "ms_per_image_256"} <= set(metrics)
+            "val_content_loss_identity", "ms_per_image_256", "val_structure_ssim"} <= set(metrics)
     assert metrics["val_content_loss_identity"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["val_style_loss_identity"] > 0 and metrics["ms_per_image_256"] > 0
     for name in ("curves.png", "samples.png", "augment_preview.png"):
         assert (result.run_dir / name).is_file()
     assert "style_loss" in (result.run_dir / "history.csv").read_text().splitlines()[0]
+
+
+def test_structure_ssim_keeps_a_recoloured_picture_and_rejects_a_flat_mirrored_or_foreign_one(stylize_data):
+    root, style = stylize_data
+    content = np.asarray(Image.open(style).convert("RGB"), np.float32)  # textured all over, as photos are
+    other = np.asarray(Image.open(sorted((root / "photos").rglob("*.png"))[1]).convert("RGB").resize((48, 48)),
+                       np.float32)
+    tinted = np.clip(content * [1.3, 0.8, 0.5] + [0, 40, 90], 0, 255)  # colours change, edges stay
+    assert structure_ssim(content, content) == pytest.approx(1.0)
+    assert structure_ssim(tinted, content) > 0.8
+    for unrelated in (np.full_like(content, content.mean()), content[:, ::-1], other):
+        assert structure_ssim(unrelated, content) < 0.1
 
 
 def png_bytes(pixels):
