@@ -7,6 +7,11 @@
        flip and rotation augmentation (tensorflow.org/tutorials/images/transfer_learning)
     -> validation accuracy (final and best) and wall time, per seed, then median and range
 
+    --case digits: the small-image check of `model.name: auto`. scikit-learn's 8x8 digits
+    (benchmarks/quality_classify.py's split) with the weights folder set, once as a user types
+    it (auto keeps the from-scratch small_cnn below 96 px) and once forcing `--model mobilenet_v2`
+    (the pretrained backbone at the same auto size): whether the threshold keeps the better model.
+
 Both read the same folder and the same ImageNet MobileNetV2 weights file. The
 crops of one photo all land on one side of the split, so the validation
 figure is not inflated by near-identical crops; the raccoon set itself holds
@@ -15,6 +20,7 @@ straddle it.
 
 Usage:
     .venv/bin/python benchmarks/transfer.py [--seeds 1337 1338 1339] [--only imgpipe|tutorial]
+    .venv/bin/python benchmarks/transfer.py --case digits [--seeds 1337]   # needs scikit-learn
 """
 
 import argparse
@@ -89,18 +95,19 @@ def _background_patch(image_size, boxes, size, rng, attempts=50, smallest=48):
     return None
 
 
-def run_imgpipe(data, seed):
+def run_imgpipe(data, seed, label="imgpipe", extra=()):
     """`imgpipe run classify --data DIR` with the weights folder set, timed from the command's start."""
-    out = WORK / f"imgpipe_{seed}"
-    env = {**os.environ, "IMGPIPE_WEIGHTS_DIR": str(WEIGHTS), "TF_CPP_MIN_LOG_LEVEL": "2"}
+    out = WORK / f"{label}_{seed}"
+    env = {**os.environ, "IMGPIPE_WEIGHTS_DIR": str(WEIGHTS), "IMGPIPE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "imgpipe", "run", "classify", "--data", str(data), "--output", str(out),
-               "--export-dir", str(WORK / "saved_models"), "--set", f"data.seed={seed}", "--set", "train.verbose=2"]
+               "--export-dir", str(WORK / "saved_models"), "--set", f"data.seed={seed}", "--set", "train.verbose=2",
+               *extra]
     started = time.perf_counter()
-    with open(WORK / f"imgpipe_{seed}.log", "w") as log:
+    with open(WORK / f"{label}_{seed}.log", "w") as log:
         status = subprocess.call(command, env=env, stdout=log, stderr=subprocess.STDOUT)
     wall = time.perf_counter() - started
     if status != 0:
-        sys.exit(f"imgpipe failed (exit {status}); see {WORK / f'imgpipe_{seed}.log'}")
+        sys.exit(f"imgpipe failed (exit {status}); see {WORK / f'{label}_{seed}.log'}")
     metrics = json.loads((out / "metrics.json").read_text())
     with open(out / "history.csv") as rows:
         history = [float(row["val_accuracy"]) for row in csv.DictReader(rows)]
@@ -150,19 +157,35 @@ def summary(results):
             statistics.median(walls))
 
 
+def digits_folder(root):
+    """root/{train,val}/<digit>/*.png: benchmarks/quality_classify.py's seeded 80/20 split of the 8x8 digits."""
+    from benchmarks.quality_classify import build_digits
+
+    if not (root / "train").is_dir():
+        build_digits(root)
+    return root
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--case", choices=["raccoon", "digits"], default="raccoon")
     parser.add_argument("--seeds", type=int, nargs="+", default=[1337, 1338, 1339])
-    parser.add_argument("--only", choices=["imgpipe", "tutorial"])
+    parser.add_argument("--only", choices=["imgpipe", "tutorial", "forced_mobilenet_v2"])
     args = parser.parse_args()
     if not (WEIGHTS / "mobilenet_v2_imagenet_notop.weights.h5").is_file():
         sys.exit(f"benchmark needs {WEIGHTS}/mobilenet_v2_imagenet_notop.weights.h5")
     WORK.mkdir(parents=True, exist_ok=True)
-    data = raccoon_crops(WORK / "crops")
-    counts = {split: {c.name: len(list(c.glob("*.jpg"))) for c in (data / split).iterdir()} for split in ("train", "val")}
+    if args.case == "digits":
+        data = digits_folder(WORK / "digits")
+        cases = {"imgpipe": lambda folder, seed: run_imgpipe(folder, seed, "digits_auto"),
+                 "forced_mobilenet_v2": lambda folder, seed: run_imgpipe(folder, seed, "digits_mobilenet_v2",
+                                                                         ("--model", "mobilenet_v2"))}
+    else:
+        data = raccoon_crops(WORK / "crops")
+        cases = {"imgpipe": run_imgpipe, "tutorial": run_tutorial}
+    counts = {split: sum(1 for _ in (data / split).rglob("*.*")) for split in ("train", "val")}
     print(machine_summary())
     print(f"data: {data} {counts}")
-    cases = {"imgpipe": run_imgpipe, "tutorial": run_tutorial}
     results = {}
     for name, run in cases.items():
         if args.only and name != args.only:
@@ -173,13 +196,13 @@ def main():
             results[name].append(result)
             print(f"{name:<9} seed {seed}: final {result['final']:.3f} best {result['best']:.3f} "
                   f"wall {result['wall']:.0f} s ({result['model']}, {result['epochs']} epochs)", flush=True)
-    print(f"\n{'case':<10} {'val accuracy (median [range])':<30} {'wall (median [range])':<24}")
+    print(f"\n{'case':<20} {'val accuracy (median [range])':<30} {'wall (median [range])':<24}")
     rows = {name: summary(found) for name, found in results.items()}
     for name, (accuracy, wall, _, _) in rows.items():
-        print(f"{name:<10} {accuracy:<30} {wall:<24}")
+        print(f"{name:<20} {accuracy:<30} {wall:<24}")
     if len(rows) == 2:
-        print(f"imgpipe / tutorial: accuracy {rows['imgpipe'][2] / rows['tutorial'][2]:.3f}x, "
-              f"wall {rows['imgpipe'][3] / rows['tutorial'][3]:.2f}x")
+        (first, a), (second, b) = rows.items()
+        print(f"{first} / {second}: accuracy {a[2] / b[2]:.3f}x, wall {a[3] / b[3]:.2f}x")
 
 
 if __name__ == "__main__":
