@@ -132,6 +132,10 @@ class TrainSettings:
     warmup_epochs: int = setting(
         2, "with pretrained weights: epochs with a frozen backbone before fine-tuning", min=0
     )
+    fine_tune_fraction: float = setting(
+        1.0, "with pretrained weights: the share of the backbone's layers, counted from the top, that fine-tune "
+        "after the warm-up; 1 is all (Keras' guide), 0.35 about TensorFlow's tutorial (MobileNetV2 from layer 100 "
+        "of 154 on), 0 keeps the backbone frozen", min=0.0, max=1.0)
     patience: int = setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
     class_weight: str = setting(
         "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",

@@ -7,8 +7,9 @@ rate, early stopping that restores the best weights, and a backup every epoch
 so that `--resume` continues an interrupted run to the same total epochs.
 
 With pretrained weights the backbone is first frozen for `train.warmup_epochs`
-while the new head learns, then everything is fine-tuned: the backbone at a
-tenth of the learning rate, the layers built on it at the full rate
+while the new head learns, then everything is fine-tuned (or only the top
+`train.fine_tune_fraction` of the backbone's layers): the backbone at a tenth of
+the learning rate, the layers built on it at the full rate
 (`imgpipe.engine.backbone_rate`). Each phase has its own backup, so a run can
 be resumed in either.
 
@@ -227,7 +228,8 @@ class Trainer:
                                 self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
                                 fixed_steps)
                 save_weights_atomically(model, warmup_done)
-                set_trainable(backbone, True)  # its batch norm stays frozen (inference mode) while fine-tuning
+            if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while fine-tuning
+                set_trainable(backbone, True, self.settings.fine_tune_fraction)
             self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
                             self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps,
                             slow_backbone=backbone if warmup else None)

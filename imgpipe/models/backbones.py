@@ -69,7 +69,7 @@ def tapped_backbone(backbone, input_shape, weights, taps, name="backbone"):
     return tapped
 
 
-def set_trainable(backbone, trainable):
+def set_trainable(backbone, trainable, top_fraction=1.0):
     """Freezes or unfreezes a pretrained backbone; its batch norm layers stay frozen either way.
 
     Frozen, a Keras 3 `BatchNormalization` runs in inference mode, so the
@@ -79,10 +79,20 @@ def set_trainable(backbone, trainable):
     given when the functional graph was built (seen on a plain layer too), and
     a few hundred images then overwrite the statistics.
 
+    With `top_fraction` below 1, only that share of the backbone's layers,
+    counted from its output, is unfrozen (TensorFlow's transfer-learning
+    tutorial fine-tunes MobileNetV2 from layer 100 of 154 on): the early, generic
+    layers keep their ImageNet weights, and no gradient is computed for them.
+
     Example:
         >>> set_trainable(model.get_layer("backbone"), True)
+        >>> set_trainable(model.get_layer("backbone"), True, top_fraction=0.35)
     """
     backbone.trainable = trainable
+    layers = list(getattr(backbone, "layers", []))
+    frozen_below = round(len(layers) * (1.0 - top_fraction)) if trainable else 0
+    for layer in layers[:frozen_below]:
+        layer.trainable = False
     for layer in _sublayers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False

@@ -263,6 +263,42 @@ def test_pretrained_backbone_warm_up_then_fine_tune(class_folder, fast_recipe_ar
     assert fine_tune["backbone_factor"] == 0.1 and fine_tune["slows_the_backbone"]
 
 
+class LayerWeights(keras.callbacks.Callback):
+    """Each backbone layer's weights when the last fit began and when it ended."""
+
+    def on_train_begin(self, logs=None):
+        self.before = {layer.name: layer.get_weights() for layer in self.model.get_layer("backbone").layers}
+
+    def on_train_end(self, logs=None):
+        self.after = {layer.name: layer.get_weights() for layer in self.model.get_layer("backbone").layers}
+
+    def moved(self):
+        """Names of the backbone layers whose weights changed in the last fit, in layer order."""
+        return [name for name, before in self.before.items()
+                if any(not np.array_equal(b, a) for b, a in zip(before, self.after[name]))]
+
+
+@pytest.mark.slow
+def test_fine_tune_fraction_unfreezes_only_the_top_of_the_backbone(class_folder, fast_recipe_args, tmp_path,
+                                                                   monkeypatch):
+    backbone, weights_file = backbone_weights_file(tmp_path)
+    layers = [layer.name for layer in backbone.layers]
+    weighted = [layer.name for layer in backbone.layers
+                if layer.weights and not isinstance(layer, keras.layers.BatchNormalization)]
+    recorder = LayerWeights()
+    with_callback(monkeypatch, recorder)
+    args = fast_recipe_args + ["data.image_size=32", "train.epochs=2", "train.warmup_epochs=1", "train.patience=0",
+                               "train.devices=1", "export.enabled=false", "model.name=mobilenet_v3_small",
+                               f"model.weights={weights_file}", "train.fine_tune_fraction=0.5"]
+    imgpipe.run("classify", args, data=class_folder)
+    cut = round(len(layers) * 0.5)
+    moved = recorder.moved()
+    assert moved, "nothing fine-tuned"
+    assert all(layers.index(name) >= cut for name in moved), [n for n in moved if layers.index(n) < cut]
+    # Every weighted layer above the cut, batch norm aside, fine-tuned.
+    assert set(moved) == {name for name in weighted if layers.index(name) >= cut}
+
+
 @pytest.mark.slow
 def test_a_run_stopped_while_fine_tuning_resumes_there_without_warming_up_again(class_folder, fast_recipe_args,
                                                                                 tmp_path, monkeypatch):
