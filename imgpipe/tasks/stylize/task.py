@@ -99,6 +99,7 @@ class StylizeTask(Task):
         data = self.read_examples(recipe)
         data.state = dataclasses.replace(data.state,
                                          loss_weights=self._loss_weights(recipe, demo=recipe.data.path is None))
+        log.info("loss network: %s, weights %s", recipe.options.loss_network, data.state.loss_weights)
         return data
 
     def read_examples(self, recipe):
@@ -203,7 +204,9 @@ class StylizeTask(Task):
         samples = [(content, answer["image"]) for content, answer in list(zip(truths, answers))[:SAMPLES]]
         self.plot_samples(samples, data, pathlib.Path(run_dir) / "samples.png")
         return {"val_content_loss_identity": 0.0,  # an unstyled image has its own content exactly
-                "ms_per_image_256": self.milliseconds_per_image(model.transformer)}
+                "ms_per_image_256": self.milliseconds_per_image(model.transformer),
+                # `weights` in metrics.json is the style network's (none: it trains from scratch).
+                "loss_network_weights": data.state.loss_weights}
 
     @staticmethod
     def milliseconds_per_image(transformer, side=TIMING_SIDE, runs=TIMING_RUNS):

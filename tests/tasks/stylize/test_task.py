@@ -37,6 +37,7 @@ def test_run_reports_losses_against_the_identity_baseline_and_speed(stylize_run)
             "val_content_loss_identity", "ms_per_image_256", "val_structure_ssim"} <= set(metrics)
     assert metrics["val_content_loss_identity"] == pytest.approx(0.0, abs=1e-6)
     assert metrics["val_style_loss_identity"] > 0 and metrics["ms_per_image_256"] > 0
+    assert metrics["loss_network_weights"] == "random"  # what the loss network used, not the style network's
     for name in ("curves.png", "samples.png", "augment_preview.png"):
         assert (result.run_dir / name).is_file()
     assert "style_loss" in (result.run_dir / "history.csv").read_text().splitlines()[0]
