@@ -15,6 +15,7 @@ import logging
 import numpy as np
 
 from imgpipe.engine.client import answer_status, per_image
+from imgpipe.engine.inference import compiled_forward
 from imgpipe.errors import DataError
 
 log = logging.getLogger(__name__)
@@ -22,9 +23,9 @@ log = logging.getLogger(__name__)
 
 def model_answers(task, model, dataset, metadata):
     """The model's per-image answers on a batched (images, targets) dataset, and each image's truth."""
-    answers, truths = [], []
+    answers, truths, forward = [], [], compiled_forward(model)
     for images, targets in dataset:
-        answers += per_image(task.answers(model, images, metadata))
+        answers += per_image(task.answers(forward, images, metadata))
         truths += [task.truth(image, target) for image, target in
                    zip(np.asarray(images).round().astype(np.uint8), np.asarray(targets))]
     return answers, truths

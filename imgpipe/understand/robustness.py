@@ -33,6 +33,7 @@ from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.data.sources import ImageSet
 from imgpipe.engine.client import per_image
 from imgpipe.engine.export import export_metadata
+from imgpipe.engine.inference import compiled_forward
 from imgpipe.errors import DataError
 from imgpipe.understand.perturb import FAMILIES, LEVELS, MEANING, Perturbation, image_seeds, severity_parameters
 from imgpipe.engine.pipeline import FileDecoder, make_dataset
@@ -106,8 +107,9 @@ def run_card(task, model, data, recipe, decoder, run_dir):
     metadata = export_metadata(task, data, recipe)
     images, targets = validation_examples(data.val, data.image_size, recipe.evaluate.robustness_images,
                                           decoder, recipe.data.max_pixels)
+    forward = compiled_forward(model)
     return write_card(_task_card(task, metadata, images, targets, recipe.data.seed,
-                                 lambda batch: task.answers(model, batch, metadata)), run_dir)
+                                 lambda batch: task.answers(forward, batch, metadata)), run_dir)
 
 
 def export_card(export, data_path, report_dir, max_images=None):
