@@ -15,7 +15,7 @@ from imgpipe.engine.use_export import evaluate, predict
 __all__ = ["evaluate", "predict", "run"]
 
 
-def run(recipe="classify", overrides=(), resume=False, **shortcuts):
+def run(recipe="classify", overrides=(), resume=False, started=None, **shortcuts):
     """Trains, evaluates and exports the model a recipe describes, ending with the robustness card.
 
     Args:
@@ -23,6 +23,8 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
         overrides: `key=value` strings, as `--set` takes them.
         resume: continue the interrupted run in `output` (or the latest run of
             this task and name) from its last completed epoch.
+        started: `time.time()` that history.csv's `wall_seconds` count from (default: this call;
+            the CLI passes its process's start).
         **shortcuts: data, epochs, batch_size, image_size, model, weights,
             output, export_dir, name, style, loss_weights.
 
@@ -34,4 +36,4 @@ def run(recipe="classify", overrides=(), resume=False, **shortcuts):
     """
     from imgpipe.understand.robustness import card_after_training
 
-    return runner.run(recipe, overrides, resume, reports=(card_after_training,), **shortcuts)
+    return runner.run(recipe, overrides, resume, reports=(card_after_training,), started=started, **shortcuts)

@@ -73,11 +73,12 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weigh
         resume, no_export, no_robustness, style, loss_weights, overrides):
     """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
     from imgpipe.api import run as run_recipe
+    from imgpipe.engine.wall_clock import process_start_time
 
     overrides = list(overrides) + (["export.enabled=false"] if no_export else []) + \
         (["evaluate.robustness=false"] if no_robustness else [])
-    result = run_recipe(recipe, overrides, resume=resume, data=data, epochs=epochs, batch_size=batch_size,
-                        image_size=_image_size(image_size), model=model_name, weights=weights,
+    result = run_recipe(recipe, overrides, resume=resume, started=process_start_time(), data=data, epochs=epochs,
+                        batch_size=batch_size, image_size=_image_size(image_size), model=model_name, weights=weights,
                         weights_dir=weights_dir, output=output,
                         export_dir=export_dir, name=name, style=style, loss_weights=loss_weights)
     click.echo("\nvalidation metrics:")
@@ -88,6 +89,9 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weigh
         click.echo(f"model:         {result.metrics['model']} ({result.metrics['model_choice']})")
         click.echo(f"weights:       {result.metrics['weights']['path'] or 'none, from scratch'}")
     click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)")
+    if result.metrics.get("best_epoch_wall_seconds") is not None:
+        click.echo(f"best epoch:    {result.metrics['best_epoch']}, "
+                   f"{result.metrics['best_epoch_wall_seconds']:.1f} s after the command started")
     click.echo(f"run directory: {result.run_dir}")
     if result.export_path:
         click.echo(f"export:        {result.export_path}")

@@ -21,7 +21,8 @@ def plot_curves(history, path, fine_tune_from=0):
 
     `fine_tune_from` > 0: the first epoch after a frozen-backbone warm-up, marked by a dashed line.
     """
-    names = [key for key in history if key not in ("epoch", "learning_rate") and not key.startswith("val_")]
+    not_metrics = ("epoch", "learning_rate", "wall_seconds")
+    names = [key for key in history if key not in not_metrics and not key.startswith("val_")]
     if not names:
         return None
     epochs = np.asarray(history.get("epoch", range(len(history[names[0]])))) + 1

@@ -18,6 +18,7 @@ import json
 import logging
 import pathlib
 import shutil
+import time
 
 import numpy as np
 import yaml
@@ -98,7 +99,7 @@ def resolve_recipe(recipe="classify", overrides=(), **shortcuts):
     return recipe
 
 
-def run(recipe="classify", overrides=(), resume=False, reports=(), **shortcuts):
+def run(recipe="classify", overrides=(), resume=False, reports=(), started=None, **shortcuts):
     """Trains, evaluates and exports the model a recipe describes.
 
     Args:
@@ -108,6 +109,8 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), **shortcuts):
             this task and name) from its last completed epoch.
         reports: fns(task, model, data, recipe, decoder, run_dir) run on the trained
             model before export (`imgpipe.run` passes the robustness card).
+        started: `time.time()` history.csv's `wall_seconds` count from (the CLI passes its
+            process's start; default: this call).
         **shortcuts: data, epochs, batch_size, image_size, model, weights,
             output, export_dir, name.
 
@@ -117,6 +120,7 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), **shortcuts):
     Example:
         >>> result = run("classify", data="./images", epochs=5)
     """
+    started = time.time() if started is None else started
     recipe = resolve_recipe(recipe, overrides, **shortcuts)
     cluster = cluster_from_environment()
     run_dir = worker_run_dir(_run_directory(recipe, resume, cluster), cluster)
@@ -128,7 +132,7 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), **shortcuts):
     if recipe.export.enabled:
         require_writable(recipe.export.root, "--export-dir")
     with output_guard(run_dir, "--output", then="continue with --resume"):
-        return _train_and_export(recipe, run_dir, resume, cluster, reports)
+        return _train_and_export(recipe, run_dir, resume, cluster, reports, started)
 
 
 @dataclasses.dataclass
@@ -155,8 +159,8 @@ class _Datasets:
     fixed_steps: object = None
 
 
-def _train_and_export(recipe, run_dir, resume, cluster=None, reports=()):
-    run = _prepare(recipe, run_dir, resume, cluster)
+def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started=None):
+    run = _prepare(recipe, run_dir, resume, cluster, started)
     datasets = _datasets(run, cluster)
     _write_preview(run)
     with dtype_policy(run.trainer.policy):
@@ -174,7 +178,7 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=()):
     return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
 
 
-def _prepare(recipe, run_dir, resume, cluster):
+def _prepare(recipe, run_dir, resume, cluster, started=None):
     """Reads the data, records the resolved recipe and the task's state in the run folder, sets up training."""
     task = TASKS.get(recipe.task, key="task")()
     data = task.read_data(recipe)
@@ -186,7 +190,8 @@ def _prepare(recipe, run_dir, resume, cluster):
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     write_run_classes(run_dir, data, task)
     log.info("run directory: %s", run_dir)
-    trainer = Trainer(recipe, run_dir, resume=resume, backup_from=worker_roles.backup_source(cluster, run_dir))
+    trainer = Trainer(recipe, run_dir, resume=resume, backup_from=worker_roles.backup_source(cluster, run_dir),
+                      started=started)
     log.info(environment_summary(trainer))
     decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
                           task.target_signature(data))
@@ -218,7 +223,7 @@ def _fit(run, datasets):
     with run.trainer.strategy.scope():
         model = task.build_model(recipe, data)
     outcome = run.trainer.fit(model, task.compile_settings(recipe, data), datasets.fit_train, datasets.fit_val,
-                              datasets.steps_per_epoch, monitor=task.monitor,
+                              datasets.steps_per_epoch, monitor=task.monitor, monitor_ceiling=task.monitor_ceiling,
                               class_weight=task.class_weight(recipe, data),
                               callbacks=task.callbacks(recipe, data, datasets.val), fixed_steps=datasets.fixed_steps,
                               pretrained=run.model_choice.weights.path is not None)
@@ -247,7 +252,8 @@ def _export(run, model):
 
 def _training_record(outcome):
     return {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"],
-            "warmup_epochs": outcome["warmup_epochs"]}
+            "warmup_epochs": outcome["warmup_epochs"], "best_epoch": outcome.get("best_epoch"),
+            "best_epoch_wall_seconds": outcome.get("best_epoch_wall_seconds")}
 
 
 def _record(run, metrics, outcome, export_path):

@@ -36,9 +36,11 @@ import tensorflow as tf
 
 from imgpipe.engine.backbone_rate import BackboneRateAdamW
 from imgpipe.engine.distributed.cluster import cluster_from_environment
+from imgpipe.engine.early_stopping import CeilingEarlyStopping
 from imgpipe.errors import RecipeError
 from imgpipe.models.backbones import set_trainable
 from imgpipe.engine.distributed.keras_multiworker import AverageMovingStatistics, is_multi_worker, multi_worker_fit
+from imgpipe.engine.wall_clock import WallSecondsLogger, time_to_best
 
 log = logging.getLogger("imgpipe")
 
@@ -155,9 +157,10 @@ class Trainer:
         recipe: the resolved `Recipe` (train section used).
         run_dir: pathlib.Path of the run directory (checkpoints, history.csv).
         resume: bool, continue from the backups in `run_dir`.
+        started: `time.time()` the `wall_seconds` column counts from (default: now).
     """
 
-    def __init__(self, recipe, run_dir, resume=False, backup_from=None):
+    def __init__(self, recipe, run_dir, resume=False, backup_from=None, started=None):
         self.settings = recipe.train
         self.run_dir = pathlib.Path(run_dir)
         self.resume = resume
@@ -167,6 +170,7 @@ class Trainer:
         # A worker other than the chief restores from the chief's backups and writes none, so that
         # after a restart every worker resumes at the same epoch with the same weights.
         self.backup_from = pathlib.Path(backup_from) if backup_from else None
+        self.started = time.time() if started is None else started
 
     @property
     def replicas(self):
@@ -184,7 +188,7 @@ class Trainer:
         return self.settings.batch_size * self.replicas
 
     def fit(self, model, compile_settings, train_ds, val_ds, steps_per_epoch, monitor=("val_loss", "min"),
-            class_weight=None, callbacks=(), fixed_steps=None, pretrained=True):
+            class_weight=None, callbacks=(), fixed_steps=None, pretrained=True, monitor_ceiling=None):
         """Compiles and fits `model` (built under `self.strategy.scope()`), in one or two phases.
 
         Args:
@@ -199,10 +203,12 @@ class Trainer:
                 (multi-worker training, where every worker must take the same number of steps).
             pretrained: the backbone starts from pretrained weights; only then is it frozen for the
                 warm-up (a randomly initialised backbone frozen would only hold the head back).
+            monitor_ceiling: the best value `monitor` can take; a phase stops at the epoch reaching it.
 
         Returns:
             dict with `history` (metric -> list, all epochs of this run including
-            resumed ones), `epochs_run` and `train_seconds`.
+            resumed ones), `epochs_run`, `train_seconds`, and `best_epoch` with its
+            `best_epoch_wall_seconds` (`imgpipe.engine.wall_clock.time_to_best`).
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
         epochs = self.settings.epochs
@@ -226,13 +232,13 @@ class Trainer:
                 set_trainable(backbone, False)
                 self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
                                 self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
-                                fixed_steps)
+                                fixed_steps, monitor_ceiling=monitor_ceiling)
                 save_weights_atomically(model, warmup_done)
             if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while fine-tuning
                 set_trainable(backbone, True, self.settings.fine_tune_fraction)
             self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
                             self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps,
-                            slow_backbone=backbone if warmup else None)
+                            slow_backbone=backbone if warmup else None, monitor_ceiling=monitor_ceiling)
             if not is_multi_worker(self.strategy):
                 save_weights_atomically(model, trained)
         history = read_history(self.run_dir / "history.csv")
@@ -241,10 +247,12 @@ class Trainer:
             "epochs_run": len(history.get("epoch", [])),
             "train_seconds": round(time.perf_counter() - started, 2),
             "warmup_epochs": warmup,
+            **time_to_best(history, monitor),
         }
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
-                   steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None):
+                   steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None,
+                   monitor_ceiling=None):
         """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at FINE_TUNE_LR_FACTOR."""
         with self.strategy.scope():
             schedule = learning_rate_schedule(peak, steps_per_epoch * (last_epoch - first_epoch))
@@ -262,17 +270,18 @@ class Trainer:
                 initial_epoch=first_epoch,
                 steps_per_epoch=fixed_steps[0] if fixed_steps else None,
                 validation_steps=fixed_steps[1] if fixed_steps else None,
-                callbacks=self._callbacks(phase, monitor, task_callbacks),
+                callbacks=self._callbacks(phase, monitor, task_callbacks, monitor_ceiling),
                 class_weight=class_weight,
                 shuffle=False,  # the pipeline shuffles, seeded
                 verbose=self.settings.verbose,
             )
 
-    def _callbacks(self, phase, monitor, task_callbacks=()):
+    def _callbacks(self, phase, monitor, task_callbacks=(), monitor_ceiling=None):
         metric, mode = monitor
         history_csv = self.run_dir / "history.csv"
         callbacks = ([AverageMovingStatistics(self.strategy)] if is_multi_worker(self.strategy) else []) + \
             list(task_callbacks) + [
+            WallSecondsLogger(self.started),  # before the CSVLogger, which writes the column
             # Optimizer state and epoch counter, every epoch; two copies so a
             # kill during the write still leaves a loadable one.
             ResilientBackupAndRestore(str(self.checkpoint_dir / f"backup_{phase}"), double_checkpoint=True)
@@ -292,9 +301,8 @@ class Trainer:
         ]
         if self.settings.patience:
             callbacks.append(
-                keras.callbacks.EarlyStopping(
-                    monitor=metric, mode=mode, patience=self.settings.patience, restore_best_weights=True
-                )
+                CeilingEarlyStopping(monitor=metric, mode=mode, patience=self.settings.patience,
+                                     restore_best_weights=True, ceiling=monitor_ceiling)
             )
         return callbacks
 

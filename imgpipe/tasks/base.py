@@ -17,12 +17,15 @@ class Task:
         name: recipe name of the task (`classify`).
         target_kind: how augmentation treats the target ('label', 'mask').
         monitor: (metric, 'min' | 'max') for early stopping and the best checkpoint.
+        monitor_ceiling: the best value `monitor` can take (1.0 for an accuracy), where training stops
+            at once since no later epoch can improve on it; None where there is none (a loss).
         main_metric: the metric printed first and compared across runs.
     """
 
     name = None
     target_kind = "label"
     monitor = ("val_loss", "min")
+    monitor_ceiling = None
     main_metric = "val_loss"
     # What `imgpipe explain` weighs: "class" (the predicted or named class), "region"
     # (the pixels of a class), or None when Grad-CAM does not apply to the task.

@@ -1,5 +1,8 @@
 import csv
 import json
+import subprocess
+import sys
+import time
 
 import keras
 import numpy as np
@@ -400,11 +403,19 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(class
     assert ClassificationTask.monitor == ("val_accuracy", "max")
     script = ScriptedValidationScore("val_accuracy", [0.5, 0.9, 0.6, 0.7, 0.95, 1.0])  # best at 1, then two worse
     monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, *args: [script])
+    called = time.time()
     result = imgpipe.run("classify", fast_recipe_args + ["train.epochs=6", "train.patience=2",
-                                                         "export.enabled=false"], data=class_folder)
+                                                         "export.enabled=false"], data=class_folder,
+                         started=called - 1000)  # as if the command had started 1000 s earlier
+    returned = time.time()
+    history = read_history(result.run_dir / "history.csv")
     assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1, 2, 3]
-    assert read_history(result.run_dir / "history.csv")["val_accuracy"] == [0.5, 0.9, 0.6, 0.7]
+    assert history["val_accuracy"] == [0.5, 0.9, 0.6, 0.7]
     assert result.metrics["epochs_run"] == 4
+    # wall_seconds: at each epoch's end, counted from `started`; the best epoch's time is the one of epoch 2.
+    wall = history["wall_seconds"]
+    assert 1000 < wall[0] < wall[1] < wall[2] < wall[3] <= returned - called + 1000
+    assert result.metrics["best_epoch"] == 2 and result.metrics["best_epoch_wall_seconds"] == wall[1]
     assert not all(np.array_equal(a, b) for a, b in zip(script.weights[1], script.weights[3]))
     for final, best in zip(result.model.get_weights(), script.weights[1]):
         np.testing.assert_array_equal(final, best)
@@ -412,3 +423,25 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(class
     checkpoint.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")
     for saved, best in zip(checkpoint.get_weights(), script.weights[1]):
         np.testing.assert_array_equal(saved, best)
+
+
+def test_the_cli_clock_starts_with_the_process_not_with_the_call():
+    script = ("import time; time.sleep(1.5); from imgpipe.engine.wall_clock import process_start_time; "
+              "print(time.time() - process_start_time())")
+    elapsed = float(subprocess.run([sys.executable, "-c", script], capture_output=True, text=True,
+                                   check=True).stdout)
+    assert 1.5 <= elapsed < 10
+
+
+def test_training_stops_at_the_epoch_that_reaches_a_perfect_score(class_folder, fast_recipe_args, monkeypatch):
+    from imgpipe.tasks.classify.task import ClassificationTask
+
+    assert ClassificationTask.monitor_ceiling == 1.0
+    script = ScriptedValidationScore("val_accuracy", [0.5, 1.0, 0.9, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, *args: [script])
+    result = imgpipe.run("classify", fast_recipe_args + ["train.epochs=6", "train.patience=10",
+                                                         "export.enabled=false"], data=class_folder)
+    assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1]  # patience alone would run all 6
+    assert result.metrics["best_epoch"] == 2
+    for final, best in zip(result.model.get_weights(), script.weights[1]):
+        np.testing.assert_array_equal(final, best)

@@ -124,6 +124,7 @@ class ClassificationTask(Task):
     name = "classify"
     target_kind = "label"
     monitor = ("val_accuracy", "max")
+    monitor_ceiling = 1.0
     main_metric = "val_accuracy"
     explain_target = "class"
     pretrained_model = "mobilenet_v2"

@@ -170,6 +170,7 @@ class SegmentationTask(Task):
     name = "segment"
     target_kind = "mask"
     monitor = ("val_mean_iou", "max")
+    monitor_ceiling = 1.0
     main_metric = "val_mean_iou"
     state_class = MaskEncoding
     explain_target = "region"

@@ -1,0 +1,38 @@
+"""Early stopping that also stops when the monitored metric reaches the best value it can take.
+
+Keras' `EarlyStopping` waits `patience` epochs for an improvement. Once the
+validation accuracy (or mean IoU) is 1.0 no later epoch can beat it, and with
+`restore_best_weights` the model it returns is that epoch's whatever follows:
+the waiting epochs are paid for and thrown away. The built-in demo reached 1.0
+at epoch 12 and trained on to epoch 22 (85 s, issue 20). Stopping at the
+ceiling returns the same weights sooner.
+
+Example:
+    >>> stop = CeilingEarlyStopping(monitor="val_accuracy", mode="max", patience=10, ceiling=1.0,
+    ...                             restore_best_weights=True)
+"""
+
+import keras
+
+
+class CeilingEarlyStopping(keras.callbacks.EarlyStopping):
+    """`keras.callbacks.EarlyStopping`, plus: stop at the end of the epoch whose `monitor` reaches `ceiling`.
+
+    Args:
+        ceiling: the best value the monitored metric can take (1.0 for an accuracy), or None for none.
+        **kwargs: as `keras.callbacks.EarlyStopping` takes them.
+    """
+
+    def __init__(self, ceiling=None, **kwargs):
+        super().__init__(**kwargs)
+        self.ceiling = ceiling
+
+    def on_epoch_end(self, epoch, logs=None):
+        super().on_epoch_end(epoch, logs)
+        current = self.get_monitor_value(logs)
+        if self.ceiling is None or current is None or epoch < self.start_from_epoch:
+            return
+        reached = current >= self.ceiling if self.mode == "max" else current <= self.ceiling
+        if reached:
+            self.stopped_epoch = epoch
+            self.model.stop_training = True
