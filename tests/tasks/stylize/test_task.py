@@ -22,11 +22,19 @@ def stylize_data(tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def stylize_run(stylize_data):
+    """One short run for the whole file; it records each loss network it builds in `result.loss_networks_built`."""
+    from imgpipe.tasks.stylize import task as stylize_task
+
     root, style = stylize_data
-    result = imgpipe.run("stylize", ["train.epochs=2", "train.batch_size=4", "train.verbose=0", "data.image_size=32",
-                                     f"train.run_dir={root / 'run'}", f"export.root={root / 'models'}",
-                                     "stylize.max_side=48"],
-                         data=root / "photos", style=style, loss_weights="random")
+    built, original = [], stylize_task.loss_network
+    with pytest.MonkeyPatch.context() as patch:
+        patch.setattr(stylize_task, "loss_network", lambda *args, **kwargs: built.append(args) or
+                      original(*args, **kwargs))
+        result = imgpipe.run("stylize", ["train.epochs=2", "train.batch_size=4", "train.verbose=0",
+                                         "data.image_size=32", f"train.run_dir={root / 'run'}",
+                                         f"export.root={root / 'models'}", "stylize.max_side=48"],
+                             data=root / "photos", style=style, loss_weights="random")
+    result.loss_networks_built = built
     return result, root
 
 
@@ -166,17 +174,6 @@ def test_loss_network_weights_come_from_the_one_resolver(tmp_path, monkeypatch):
     assert StylizeTask._loss_weights(recipe, demo=True) == StylizeTask._loss_weights(recipe, demo=False) == expected
 
 
-@pytest.mark.slow
-def test_a_run_builds_one_loss_network_for_training_and_its_final_scores(stylize_data, tmp_path, monkeypatch):
-    from imgpipe.tasks.stylize import task as stylize_task
-
-    built = []
-    original = stylize_task.loss_network
-    monkeypatch.setattr(stylize_task, "loss_network", lambda *args, **kwargs: built.append(args) or
-                        original(*args, **kwargs))
-    root, style = stylize_data
-    result = imgpipe.run("stylize", ["train.epochs=1", "train.batch_size=4", "train.verbose=0", "data.image_size=32",
-                                     f"train.run_dir={tmp_path / 'run'}", "export.enabled=false",
-                                     "evaluate.robustness=false"],
-                         data=root / "photos", style=style, loss_weights="random")
-    assert len(built) == 1 and np.isfinite(result.metrics["val_style_loss_identity"])
+def test_a_run_builds_one_loss_network_for_training_and_its_final_scores(stylize_run):
+    result, _ = stylize_run
+    assert len(result.loss_networks_built) == 1 and np.isfinite(result.metrics["val_style_loss_identity"])
