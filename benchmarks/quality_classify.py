@@ -211,7 +211,7 @@ def load_folder(split_dir, class_names):
     return np.stack(images), np.array(labels)
 
 
-def run_keras_convnet(data_dir, class_names):
+def run_keras_convnet(data_dir, class_names, epochs=KERAS_EPOCHS, callbacks=()):
     """Trains the Keras MNIST convnet example on data_dir/train, scores it on data_dir/val."""
     import keras
     from keras import layers
@@ -234,8 +234,8 @@ def run_keras_convnet(data_dir, class_names):
     ])
     model.compile(loss="categorical_crossentropy", optimizer="adam", metrics=["accuracy"])
     started = time.perf_counter()
-    history = model.fit(x_train, y_train, batch_size=KERAS_BATCH_SIZE, epochs=KERAS_EPOCHS,
-                        validation_data=(x_val, y_val), verbose=2)
+    history = model.fit(x_train, y_train, batch_size=KERAS_BATCH_SIZE, epochs=epochs,
+                        validation_data=(x_val, y_val), callbacks=list(callbacks), verbose=2)
     seconds = time.perf_counter() - started
     _, accuracy = model.evaluate(x_val, y_val, verbose=0)
     return {"val_accuracy": float(accuracy), "train_seconds": round(seconds, 2),
