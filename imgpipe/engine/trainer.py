@@ -37,6 +37,7 @@ import tensorflow as tf
 from imgpipe.engine.backbone_rate import BackboneRateAdamW
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.early_stopping import CeilingEarlyStopping
+from imgpipe.engine.progress_bar import KnownStepsProgbarLogger
 from imgpipe.errors import RecipeError
 from imgpipe.models.backbones import set_trainable
 from imgpipe.engine.distributed.keras_multiworker import AverageMovingStatistics, is_multi_worker, multi_worker_fit
@@ -270,7 +271,8 @@ class Trainer:
                 initial_epoch=first_epoch,
                 steps_per_epoch=fixed_steps[0] if fixed_steps else None,
                 validation_steps=fixed_steps[1] if fixed_steps else None,
-                callbacks=self._callbacks(phase, monitor, task_callbacks, monitor_ceiling),
+                callbacks=self._callbacks(phase, monitor, task_callbacks, monitor_ceiling) +
+                [KnownStepsProgbarLogger(fixed_steps[0] if fixed_steps else steps_per_epoch)],
                 class_weight=class_weight,
                 shuffle=False,  # the pipeline shuffles, seeded
                 verbose=self.settings.verbose,
