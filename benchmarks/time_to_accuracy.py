@@ -218,7 +218,8 @@ def measure(case, runs, weights):
 def rows_for(case, results):
     reference = results["reference"]
     reference_wall = statistics.median(run["wall"] for run in reference)
-    rows = [[case, "reference", "", statistics.median(run["final"] for run in reference), reference_wall, "", ""]]
+    rows = [[case, "reference", "", f"{statistics.median(run['final'] for run in reference):.4f}", reference_wall,
+             "", ""]]
     for side, runs in results.items():
         if side == "reference":
             continue
@@ -227,7 +228,7 @@ def rows_for(case, results):
         to_reference = statistics.median(math.inf if seconds is None else seconds for seconds in crossings)
         wall = statistics.median(run["wall"] for run in runs)
         rows.append([case, side, "never" if math.isinf(to_reference) else round(to_reference, 1),
-                     statistics.median(run["final"] for run in runs), wall,
+                     f"{statistics.median(run['final'] for run in runs):.4f}", wall,
                      "" if math.isinf(to_reference) else round(to_reference / reference_wall, 2),
                      round(wall / reference_wall, 2)])
     return rows
