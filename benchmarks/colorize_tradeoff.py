@@ -26,7 +26,7 @@ import tensorflow as tf
 from imgpipe.engine.run_folder import load_run
 from imgpipe.models.lab import rgb_to_lab
 from imgpipe.tasks.colorize.task import TEMPERATURE, colorized
-from imgpipe.understand.robustness import validation_examples
+from imgpipe.engine.scoring import split_examples
 
 
 def main():
@@ -38,7 +38,7 @@ def main():
     if run.task.name != "colorize":
         sys.exit(f"{args.run_dir}: a {run.task.name} run, not colorize")
     val = run.task.read_examples(run.recipe).val
-    originals, _ = validation_examples(val, run.recipe.data.image_size, val.count)
+    originals, _ = split_examples(val, run.recipe.data.image_size, val.count)
     originals = tf.cast(originals, tf.float32)
     probabilities = tf.concat([run.model(originals[i:i + 8], training=False) for i in range(0, len(originals), 8)], 0)
     lightness = rgb_to_lab(originals)[..., :1]

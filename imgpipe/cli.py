@@ -226,11 +226,30 @@ def stylize(image, style, out, steps, size, loss_network, loss_weights):
 @click.option("--weights", type=click.Choice(["best", "last"]), default="best", show_default=True)
 @click.option("--max-pixels", type=int, help="Served pixel budget: larger images get status `over max_pixels N` "
               "(default: the recipe's export.max_pixels).")
-def export(run_dir, export_dir, name, weights, max_pixels):
-    """Export a run's checkpoint as the next SavedModel version."""
+@click.option("--format", "formats", multiple=True, default=["saved_model"], show_default=True,
+              help="saved_model, litert, onnx, openvino or all (repeatable). Every format but saved_model is "
+              "proven in its own runtime on the run's validation images.")
+@click.option("--quantize", type=click.Choice(["float32", "float16", "int8"]), default="float32", show_default=True,
+              help="LiteRT only: float16 weights, or full-integer int8 calibrated on training images.")
+@click.option("--allow-metric-drop", is_flag=True,
+              help="Keep an int8 file whose metric drops more than export.max_metric_drop.")
+def export(run_dir, export_dir, name, weights, max_pixels, formats, quantize, allow_metric_drop):
+    """Export a run's checkpoint: the next SavedModel version, and/or LiteRT, ONNX, OpenVINO files."""
+    from imgpipe.engine.export.formats import SAVED_MODEL, expand_formats, require_runtime
     from imgpipe.engine.run_folder import export_run
 
-    click.echo(f"export: {export_run(run_dir, export_dir, name, weights, max_pixels)}")
+    names = expand_formats(formats)
+    others = [format_name for format_name in names if format_name != SAVED_MODEL]
+    for format_name in others:  # a missing runtime is found before anything is written
+        require_runtime(format_name)
+    if SAVED_MODEL in names:
+        click.echo(f"export: {export_run(run_dir, export_dir, name, weights, max_pixels)}")
+    if others:
+        from imgpipe.engine.export.deploy import report_table
+        from imgpipe.engine.run_folder import export_run_formats
+
+        folder, report = export_run_formats(run_dir, others, quantize, allow_metric_drop, export_dir, name, weights)
+        click.echo(report_table(report, folder))
 
 
 @main.command()

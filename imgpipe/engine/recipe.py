@@ -150,9 +150,31 @@ class TrainSettings:
     verbose: int = setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
 
 
+def _export_formats(key, value):
+    """A list of format names (`imgpipe.engine.export.formats.ALL_FORMATS`, or all); one name alone is a list."""
+    from imgpipe.engine.export.formats import ALL_FORMATS, expand_formats
+    from imgpipe.errors import ExportError
+
+    names = [value] if isinstance(value, str) else value
+    if not isinstance(names, list) or not names or not all(isinstance(name, str) for name in names):
+        raise RecipeError(f"{key}: expected a list of formats from {', '.join(ALL_FORMATS)} or all, got {value!r}")
+    try:
+        return expand_formats(names)
+    except ExportError as error:
+        raise RecipeError(f"{key}: {str(error).removeprefix('--format ')}") from None
+
+
 @dataclasses.dataclass
 class ExportSettings:
-    enabled: bool = setting(True, "write a SavedModel at the end of the run")
+    enabled: bool = setting(True, "write the export (export.formats) at the end of the run")
+    formats: typing.Any = setting(
+        ["saved_model"], "what the run exports: saved_model (TF Serving), litert, onnx, openvino, or all; every "
+        "format but saved_model is proven in its own runtime (formats/<n>/export_report.json)", check=_export_formats)
+    quantize: str = setting("float32", "LiteRT files: float32, float16 (weights) or int8 (full integer, calibrated "
+                            "on training images)", choices=("float32", "float16", "int8"))
+    max_metric_drop: float = setting(
+        0.01, "an int8 file whose main metric drops more than this (absolute) against the Keras model is refused",
+        min=0.0)
     root: str = setting("saved_models", "export root: <root>/<name>/<version>/")
     name: typing.Optional[str] = setting(None, "model name; defaults to the task name")
     max_pixels: int = setting(

@@ -18,7 +18,7 @@ import yaml
 
 from imgpipe.data.sources import ImageSet, TaskData
 from imgpipe.errors import DataError
-from imgpipe.engine.export import export_metadata, write_export
+from imgpipe.engine.export.saved_model import export_metadata, write_export
 from imgpipe.engine.recipe import recipe_from_dict
 from imgpipe.engine.registry import TASKS
 
@@ -44,6 +44,36 @@ def export_run(run_dir, export_dir=None, name=None, weights="best", max_pixels=N
     run = load_run(run_dir, weights, **{key: value for key, value in updates if value is not None})
     return write_export(run.task.export_archive(run.model, run.data, run.recipe), run.recipe.export.root,
                         run.recipe.name, export_metadata(run.task, run.data, run.recipe), run.recipe.to_yaml())
+
+
+def export_run_formats(run_dir, names, quantization="float32", allow_metric_drop=False, export_dir=None, name=None,
+                       weights="best"):
+    """Converts a run's checkpoint into LiteRT, ONNX or OpenVINO files, each proven on the run's validation split.
+
+    The proof needs the run's data: it is read again from the recipe's `data.path` and split by its seed, so
+    the validation images are the ones the run held out, and int8 calibrates on its training images.
+
+    Example:
+        >>> folder, report = export_run_formats("runs/classify/classify", ["onnx"])
+        >>> report["files"][0]["max_abs_diff"]
+    """
+    from imgpipe.engine.export.deploy import export_formats
+    from imgpipe.engine.pipeline import FileDecoder
+
+    updates = (("export.root", export_dir), ("export.name", name))
+    run = load_run(run_dir, weights, **{key: value for key, value in updates if value is not None})
+    try:
+        data = run.task.read_data(run.recipe)
+    except DataError as error:
+        raise DataError(f"{error}; the proof of an export runs on the run's own data "
+                        f"({run.recipe.data.path or 'the demo data'})") from None
+    if list(data.class_names) != list(run.data.class_names):
+        raise DataError(f"{run.recipe.data.path}: its classes are now {data.class_names}, the run was trained on "
+                        f"{run.data.class_names}; the proof needs the run's own data")
+    data = dataclasses.replace(data, image_size=run.data.image_size)  # its state: what reads the targets
+    decoder = FileDecoder(data.image_size, run.recipe.data.max_pixels, run.task.load_target(data),
+                          run.task.target_signature(data))
+    return export_formats(run.task, run.model, data, run.recipe, decoder, names, quantization, allow_metric_drop)
 
 
 def restore_state(task, record):

@@ -28,8 +28,10 @@ from imgpipe.engine.augment import Augmenter
 from imgpipe.engine.distributed import worker_roles
 from imgpipe.engine.distributed.cluster import cluster_from_environment, worker_run_dir
 from imgpipe.data.sources import ImageSet
-from imgpipe.errors import DataError, RecipeError
-from imgpipe.engine.export import export_metadata, write_export
+from imgpipe.errors import DataError, ExportError, RecipeError
+from imgpipe.engine.export.deploy import export_formats, report_table
+from imgpipe.engine.export.formats import SAVED_MODEL, require_runtime
+from imgpipe.engine.export.saved_model import export_metadata, write_export
 from imgpipe.engine.model_choice import ModelChoice, choose_model
 from imgpipe.engine.distributed.keras_multiworker import multi_worker_fit
 from imgpipe.models import MODELS
@@ -131,6 +133,9 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), started=None,
     require_writable(run_dir, "--output")
     if recipe.export.enabled:
         require_writable(recipe.export.root, "--export-dir")
+        for name in recipe.export.formats:  # a missing converter is found before training, not after
+            if name != SAVED_MODEL:
+                require_runtime(name)
     with output_guard(run_dir, "--output", then="continue with --resume"):
         return _train_and_export(recipe, run_dir, resume, cluster, reports, started)
 
@@ -242,12 +247,28 @@ def _evaluate(run, model, val_ds, reports):
 
 
 def _export(run, model):
-    """The next SavedModel version of the recipe's model name; returns its folder."""
+    """The next SavedModel version of the recipe's model name, then its other `export.formats`; returns the
+    SavedModel's folder (None when it was not asked for).
+
+    A format that fails or an int8 file that is refused after training costs a warning, not the run: the
+    message says how to export again from the run folder.
+    """
     recipe = run.recipe
+    saved = None
     with output_guard(pathlib.Path(recipe.export.root) / recipe.name, "--export-dir",
                       then=f"export the trained run with `imgpipe export {run.run_dir}`"):
-        return write_export(run.task.export_archive(model, run.data, recipe), recipe.export.root, recipe.name,
-                            export_metadata(run.task, run.data, recipe), recipe.to_yaml())
+        if SAVED_MODEL in recipe.export.formats:
+            saved = write_export(run.task.export_archive(model, run.data, recipe), recipe.export.root, recipe.name,
+                                 export_metadata(run.task, run.data, recipe), recipe.to_yaml())
+        others = [name for name in recipe.export.formats if name != SAVED_MODEL]
+        if others:
+            try:
+                folder, report = export_formats(run.task, model, run.data, recipe, run.decoder, others,
+                                                recipe.export.quantize)
+                log.info(report_table(report, folder))
+            except ExportError as error:
+                log.warning("%s; retry with `imgpipe export %s --format ...`", error, run.run_dir)
+    return saved
 
 
 def _training_record(outcome):

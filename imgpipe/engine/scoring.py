@@ -14,11 +14,16 @@ import logging
 
 import numpy as np
 
+from imgpipe.data.images import DEFAULT_MAX_PIXELS
+from imgpipe.data.sources import ImageSet
 from imgpipe.engine.client import answer_status, per_image
 from imgpipe.engine.inference import compiled_forward
+from imgpipe.engine.pipeline import make_dataset
 from imgpipe.errors import DataError
 
 log = logging.getLogger(__name__)
+
+SPLIT_BATCH_SIZE = 16  # images per decoded batch in split_examples
 
 
 def model_answers(task, model, dataset, metadata):
@@ -74,3 +79,27 @@ def evaluate_files(task, loaded, metadata, folder, max_pixels, report_dir):
     metrics = task.score(answers, truths, metadata)
     task.plot_scores(answers, truths, metadata, report_dir)
     return {**metrics, "images": len(answers), "skipped_files": len(files.skipped), "refused_files": len(refused)}
+
+
+def split_examples(image_set, size, limit, decoder=None, max_pixels=DEFAULT_MAX_PIXELS):
+    """The first `limit` images of a split, decoded and resized as for validation (no augmentation).
+
+    The robustness card perturbs them; the export proof runs each format on them.
+
+    Returns:
+        (uint8 images [N, H, W, 3], targets [N, ...]) at `size`.
+    """
+    count = min(int(limit), image_set.count)
+    if image_set.is_files:
+        subset = ImageSet.from_files(image_set.paths[:count], np.asarray(image_set.targets)[:count])
+    else:
+        subset = ImageSet(dataset=image_set.dataset.take(count), count=count)
+    dataset, _ = make_dataset(subset, size, SPLIT_BATCH_SIZE, training=False, cache="none", decoder=decoder,
+                              max_pixels=max_pixels)
+    images, targets = [], []
+    for image_batch, target_batch in dataset:
+        images.append(np.round(image_batch.numpy()).astype(np.uint8))
+        targets.append(target_batch.numpy())
+    if not images:
+        return np.zeros([0] + list(size) + [3], np.uint8), np.zeros([0])
+    return np.concatenate(images), np.concatenate(targets)

@@ -85,7 +85,7 @@ class Task:
 
         numpy arrays keyed like the export's `serve_images` answers, so `score`
         scores a run's model and a loaded export alike. `metadata` is what the
-        export's imgpipe.json holds (`imgpipe.engine.export.export_metadata`).
+        export's imgpipe.json holds (`imgpipe.engine.export.saved_model.export_metadata`).
         """
         raise NotImplementedError
 
@@ -119,13 +119,29 @@ class Task:
     robustness_skipped = {}
 
     # === Serving ===
+    def serving_functions(self, model, data, recipe):
+        """(serve_image_bytes, serve_images): what the export's two signatures run (see `make_archive`).
+
+        They call `model(images, training=False)` on float32 images at the model's size, so a LiteRT, ONNX or
+        OpenVINO file in its runtime can stand in for the Keras model (`imgpipe.engine.export.format_folder`).
+        """
+        raise NotImplementedError
+
     def export_archive(self, model, data, recipe):
         """A `keras.export.ExportArchive` with the task's serving signatures."""
-        raise NotImplementedError
+        return self.make_archive(model, *self.serving_functions(model, data, recipe))
 
     def export_metadata(self, data, recipe):
         """What travels in assets.extra/imgpipe.json besides the defaults."""
         return {}
+
+    def raw_output_contract(self, metadata):
+        """What the network's raw output means, for the formats that carry only the network (LiteRT, ONNX,
+        OpenVINO): {"meaning": ..., "to_answers": [steps a caller takes]}, written into their contract.json.
+
+        None (the default): the task exports no such format, since its answers need more than its network.
+        """
+        return None
 
     # === Using an export ===
     def evaluation_files(self, folder, metadata, max_pixels):

@@ -29,14 +29,13 @@ import pathlib
 import numpy as np
 
 from imgpipe.engine import plots  # noqa: F401  (selects matplotlib's Agg backend)
-from imgpipe.data.images import DEFAULT_MAX_PIXELS
-from imgpipe.data.sources import ImageSet
 from imgpipe.engine.client import per_image
-from imgpipe.engine.export import export_metadata
+from imgpipe.engine.export.saved_model import export_metadata
 from imgpipe.engine.inference import compiled_forward
+from imgpipe.engine.scoring import split_examples
 from imgpipe.errors import DataError
 from imgpipe.understand.perturb import FAMILIES, LEVELS, MEANING, Perturbation, image_seeds, severity_parameters
-from imgpipe.engine.pipeline import FileDecoder, make_dataset
+from imgpipe.engine.pipeline import FileDecoder
 
 BATCH_SIZE = 16  # images per model call: eager calls on big batches (unet at 128 px) held GBs
 CARD_FILE = "robustness.json"
@@ -105,7 +104,7 @@ def run_card(task, model, data, recipe, decoder, run_dir):
     if task.robustness_metric_name is None:
         return write_card(_not_applicable(task), run_dir)
     metadata = export_metadata(task, data, recipe)
-    images, targets = validation_examples(data.val, data.image_size, recipe.evaluate.robustness_images,
+    images, targets = split_examples(data.val, data.image_size, recipe.evaluate.robustness_images,
                                           decoder, recipe.data.max_pixels)
     forward = compiled_forward(model)
     return write_card(_task_card(task, metadata, images, targets, recipe.data.seed,
@@ -127,7 +126,7 @@ def export_card(export, data_path, report_dir, max_images=None):
     """
     import tensorflow as tf
 
-    from imgpipe.engine.export import export_recipe, load_export
+    from imgpipe.engine.export.saved_model import export_recipe, load_export
     from imgpipe.engine.registry import TASKS
 
     version_dir, metadata, loaded = load_export(export)
@@ -139,7 +138,7 @@ def export_card(export, data_path, report_dir, max_images=None):
     _require_same_labels(task, data, recipe, metadata, data_path)
     decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data),
                           task.target_signature(data))
-    images, targets = validation_examples(data.val, data.image_size, max_images or recipe.evaluate.robustness_images,
+    images, targets = split_examples(data.val, data.image_size, max_images or recipe.evaluate.robustness_images,
                                           decoder, recipe.data.max_pixels)
     serve = loaded.signatures["serve_images"]
 
@@ -147,28 +146,6 @@ def export_card(export, data_path, report_dir, max_images=None):
         return {key: value.numpy() for key, value in serve(images=tf.constant(batch, tf.float32)).items()}
 
     return write_card(_task_card(task, metadata, images, targets, recipe.data.seed, predict), report_dir)
-
-
-def validation_examples(image_set, size, limit, decoder=None, max_pixels=DEFAULT_MAX_PIXELS):
-    """The first `limit` images of a split, decoded and resized as for validation.
-
-    Returns:
-        (uint8 images [N, H, W, 3], targets [N, ...]) at `size`.
-    """
-    count = min(int(limit), image_set.count)
-    if image_set.is_files:
-        subset = ImageSet.from_files(image_set.paths[:count], np.asarray(image_set.targets)[:count])
-    else:
-        subset = ImageSet(dataset=image_set.dataset.take(count), count=count)
-    dataset, _ = make_dataset(subset, size, BATCH_SIZE, training=False, cache="none", decoder=decoder,
-                              max_pixels=max_pixels)
-    images, targets = [], []
-    for image_batch, target_batch in dataset:
-        images.append(np.round(image_batch.numpy()).astype(np.uint8))
-        targets.append(target_batch.numpy())
-    if not images:
-        return np.zeros([0] + list(size) + [3], np.uint8), np.zeros([0])
-    return np.concatenate(images), np.concatenate(targets)
 
 
 def write_card(card, folder):

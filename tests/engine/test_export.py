@@ -12,9 +12,9 @@ import tensorflow as tf
 from PIL import Image
 
 import imgpipe
-from imgpipe.engine import export as export_module
+from imgpipe.engine.export import saved_model as export_module
 from imgpipe.errors import ExportError
-from imgpipe.engine.export import load_export, resolve_export, versions
+from imgpipe.engine.export.saved_model import load_export, resolve_export, versions
 from imgpipe.engine.serving import decode_batch
 
 REPO = pathlib.Path(__file__).resolve().parents[2]
@@ -156,7 +156,7 @@ def test_a_crash_mid_write_leaves_no_version_folder(trained, tmp_path, monkeypat
 
 RACING_EXPORTER = """
 import json, os, pathlib, shutil, sys, time
-from imgpipe.engine.export import write_export
+from imgpipe.engine.export.saved_model import write_export
 
 source, root, index, writers, barrier = sys.argv[1], sys.argv[2], int(sys.argv[3]), int(sys.argv[4]), sys.argv[5]
 mode = sys.argv[6]
@@ -201,7 +201,7 @@ def rename_after_everyone_chose(staging, target):
 
 os.rename = rename_after_everyone_chose
 if mode == "stale":
-    from imgpipe.engine import export
+    from imgpipe.engine.export import saved_model as export
 
     real_versions, listed = export.versions, []
 

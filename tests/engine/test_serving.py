@@ -153,7 +153,7 @@ def test_with_status_answers_the_neutral_value_for_refused_images():
 
 def assert_a_refused_image_gets_no_picture_and_the_other_its_own(export_path):
     """For the exports that answer pictures at each image's size (stylize, colorize)."""
-    from imgpipe.engine.export import load_export
+    from imgpipe.engine.export.saved_model import load_export
 
     serve = load_export(export_path)[2].signatures["serving_default"]
     picture = encoded(Image.fromarray(RNG.integers(0, 256, (22, 31, 3), dtype=np.uint8)), "PNG")

@@ -206,7 +206,7 @@ class ClassificationTask(Task):
     robustness_metric_name = "accuracy"
 
     # === Serving ===
-    def export_archive(self, model, data, recipe):
+    def serving_functions(self, model, data, recipe):
         size = list(data.image_size)
         class_names = tf.constant(data.class_names)
         top_k = min(recipe.options.top_k, data.num_classes)
@@ -231,10 +231,14 @@ class ClassificationTask(Task):
             resized = resize_float(images, size)
             return answer(model(resized, training=False))
 
-        return self.make_archive(model, serve_image_bytes, serve_images)
+        return serve_image_bytes, serve_images
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "top_k": min(recipe.options.top_k, data.num_classes)}
+
+    def raw_output_contract(self, metadata):
+        return {"meaning": "class probabilities [N, C] (softmax), in the order of class_names",
+                "to_answers": ["the class is class_names[argmax]; sort the probabilities for the top k"]}
 
     # === Using an export ===
     def evaluation_files(self, folder, metadata, max_pixels):

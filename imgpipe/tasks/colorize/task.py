@@ -222,7 +222,7 @@ class ColorizeTask(Task):
                                           "not the model"}
 
     # === Serving ===
-    def export_archive(self, model, data, recipe):
+    def serving_functions(self, model, data, recipe):
         size = list(data.image_size)
         temperature = TEMPERATURE[recipe.options.color_loss]
 
@@ -237,7 +237,7 @@ class ColorizeTask(Task):
         def serve_images(images):
             return {"image": colour_at_original_size(images)}
 
-        return self.make_archive(model, serve_image_bytes, serve_images)
+        return serve_image_bytes, serve_images
 
     def export_metadata(self, data, recipe):
         return {"color_loss": recipe.options.color_loss, "temperature": TEMPERATURE[recipe.options.color_loss],

@@ -27,7 +27,7 @@ from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
 from imgpipe.engine.scoring import first_images, model_answers
 from imgpipe.models import MODELS
-from imgpipe.models.centernet import CenterNetLoss, decode_detections
+from imgpipe.models.centernet import NMS_IOU, STRIDE, CenterNetLoss, decode_detections
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
 
@@ -172,7 +172,7 @@ class DetectionTask(Task):
     robustness_metric_name = "map50"
 
     # === Serving ===
-    def export_archive(self, model, data, recipe):
+    def serving_functions(self, model, data, recipe):
         size = list(data.image_size)
         class_names = tf.constant(list(data.class_names) + [""])
         num_classes = data.num_classes
@@ -202,11 +202,27 @@ class DetectionTask(Task):
             sizes = tf.tile(tf.shape(images)[1:3][None], [tf.shape(images)[0], 1])
             return answer(resize_float(images, size), sizes)
 
-        return self.make_archive(model, serve_image_bytes, serve_images)
+        return serve_image_bytes, serve_images
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "box_format": "x_min, y_min, x_max, y_max (pixels)",
                 "score_threshold": recipe.options.score_threshold, "max_detections": recipe.options.max_detections}
+
+    def raw_output_contract(self, metadata):
+        classes = len(metadata["class_names"])
+        return {"meaning": f"CenterNet head [N, H/{STRIDE}, W/{STRIDE}, {classes} + 4]: {classes} class heat-map "
+                           "logits, then log(box width / stride), log(box height / stride), the centre's x and y "
+                           "offsets within its cell",
+                "to_answers": [
+                    "heat = sigmoid(the class logits); a peak is a heat value equal to the 3x3 max-pool of heat",
+                    f"keep the top {2 * metadata['max_detections']} peaks over all cells and classes",
+                    f"centre x = (column + x offset) * {STRIDE}, centre y = (row + y offset) * {STRIDE}; "
+                    f"width = exp(min(log width, 10)) * {STRIDE}, height likewise, in model input pixels",
+                    f"per-class non-maximum suppression at IoU {NMS_IOU}, then keep scores >= "
+                    f"{metadata['score_threshold']}, at most {metadata['max_detections']} boxes",
+                    "scale boxes from the model's input size to the image's size and clip them to it",
+                    "NMS is the caller's: the file holds the network only (LiteRT has no built-in combined "
+                    "NMS and full-integer int8 cannot hold one)"]}
 
     # === Using an export ===
     def evaluation_files(self, folder, metadata, max_pixels):

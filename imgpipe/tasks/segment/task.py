@@ -278,7 +278,7 @@ class SegmentationTask(Task):
     robustness_metric_name = "mean_iou"
 
     # === Serving ===
-    def export_archive(self, model, data, recipe):
+    def serving_functions(self, model, data, recipe):
         size = list(data.image_size)
         num_classes = data.num_classes
         max_pixels = recipe.export.max_pixels
@@ -321,10 +321,17 @@ class SegmentationTask(Task):
             masks, fractions = masks_at(probabilities, tf.shape(images)[1:3])
             return {"mask": masks, "class_fraction": fractions}
 
-        return self.make_archive(model, serve_image_bytes, serve_images)
+        return serve_image_bytes, serve_images
 
     def export_metadata(self, data, recipe):
         return {"class_names": list(data.class_names), "encoding": data.state.to_dict()}
+
+    def raw_output_contract(self, metadata):
+        return {"meaning": "per-pixel class probabilities [N, H, W, C] at the model's input size, in the order "
+                           "of class_names",
+                "to_answers": ["resize the probabilities to the image's own size (bilinear)",
+                               "the mask is the argmax over the last axis: a class index per pixel",
+                               "encoding says which mask values the training masks used for each class"]}
 
     # === Using an export ===
     def evaluation_files(self, folder, metadata, max_pixels):

@@ -9,7 +9,7 @@ from PIL import Image
 import imgpipe
 from imgpipe.models.lab import ab_bins, rgb_to_lab
 from imgpipe.data.demo import make_landscapes_folder
-from imgpipe.engine.export import load_export
+from imgpipe.engine.export.saved_model import load_export
 from imgpipe.tasks.colorize.task import colorized
 from tests.engine.test_serving import assert_a_refused_image_gets_no_picture_and_the_other_its_own
 

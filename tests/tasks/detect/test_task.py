@@ -14,7 +14,7 @@ from imgpipe.engine.augment import Augmenter
 from imgpipe.tasks.detect.coco_eval import coco_map
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.data.demo import make_detection_folder
-from imgpipe.engine.export import load_export
+from imgpipe.engine.export.saved_model import load_export
 from imgpipe.models.centernet import CenterNetLoss, decode_detections, render_targets
 from imgpipe.engine.serving import decode_batch
 
@@ -238,3 +238,22 @@ def test_detection_on_two_logical_devices_follows_one_device_once_seeded(tmp_pat
     # half batch. Measured 5.655 against 5.597 (1 % apart); the unseeded test this replaces allowed 0.2x to 5x.
     assert two["val_loss"] == pytest.approx(one["val_loss"], rel=0.05)
     assert two["val_map50"] == pytest.approx(one["val_map50"], abs=0.1)
+
+
+def test_detection_exports_the_network_with_its_decode_in_the_contract(detect_run, cli):
+    result, root = detect_run
+    code, out, err = cli("export", result.run_dir, "--format", "litert", "--format", "onnx", "--format", "openvino")
+    assert code in (0, None), err
+    folder = root / "models" / "detect" / "formats" / "1"
+    report = json.loads((folder / "export_report.json").read_text())
+    assert report["metric"] == "map50"
+    for entry in report["files"]:
+        assert entry["max_abs_diff"] < 1e-4
+        # The same decode and NMS run on each file's raw output as on the Keras model's.
+        assert entry["metric_format"] == pytest.approx(entry["metric_keras"], abs=1e-6)
+    contract = json.loads((folder / "contract.json").read_text())["files"][1]
+    assert contract["format"] == "onnx"
+    assert contract["output"]["meaning"].startswith("CenterNet head [N, H/4, W/4, 3 + 4]: 3 class heat-map logits")
+    steps = " ".join(contract["output"]["to_answers"])
+    assert "NMS is the caller's" in steps and "at most 7 boxes" in steps and "IoU 0.5" in steps
+    assert contract["task_metadata"]["score_threshold"] == 0.0

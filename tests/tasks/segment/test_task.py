@@ -8,7 +8,7 @@ import tensorflow as tf
 from PIL import Image
 
 import imgpipe
-from imgpipe.engine.export import load_export
+from imgpipe.engine.export.saved_model import load_export
 from imgpipe.tasks.segment.task import (PixelAccuracy, SegmentationLoss, confusion_matrix, iou_report)
 from tests.data.test_masks import make_pairs
 
@@ -162,3 +162,23 @@ def test_explain_shows_the_evidence_for_a_chosen_class_region(segment_run, tmp_p
     assert explained["gradcam"] == tmp_path / "gradcam.png" and explained["gradcam"].stat().st_size > 1000
     (path, name, share), = explained["predictions"]
     assert path == str(image) and name == "class_2" and 0.0 <= share <= 1.0
+
+
+def test_segmentation_exports_to_litert_onnx_and_openvino_each_scoring_like_keras(segment_run, cli):
+    result, root = segment_run
+    code, out, err = cli("export", result.run_dir, "--format", "litert", "--format", "onnx", "--format", "openvino")
+    assert code in (0, None), err
+    folder = root / "models" / "segment" / "formats" / "1"
+    report = json.loads((folder / "export_report.json").read_text())
+    metrics = json.loads((result.run_dir / "metrics.json").read_text())
+    assert report["metric"] == "mean_iou"
+    assert report["keras"]["metric"] == pytest.approx(metrics["val_mean_iou"])
+    assert [entry["format"] for entry in report["files"]] == ["litert", "onnx", "openvino"]
+    for entry in report["files"]:
+        assert entry["max_abs_diff"] < 1e-4
+        assert entry["metric_format"] == pytest.approx(entry["metric_keras"])
+    contract = json.loads((folder / "contract.json").read_text())["files"][0]
+    assert contract["input"]["shape"] == [-1, 32, 32, 3]
+    assert contract["task_metadata"]["encoding"] == json.loads(
+        (result.export_path / "assets.extra" / "imgpipe.json").read_text())["encoding"]
+    assert "argmax over the last axis" in " ".join(contract["output"]["to_answers"])

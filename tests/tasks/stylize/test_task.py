@@ -8,7 +8,7 @@ from PIL import Image
 
 import imgpipe
 from imgpipe.data.demo import make_scenes_folder, make_style_pattern
-from imgpipe.engine.export import load_export
+from imgpipe.engine.export.saved_model import load_export
 from imgpipe.tasks.stylize.task import structure_ssim, styled
 from tests.engine.test_serving import assert_a_refused_image_gets_no_picture_and_the_other_its_own
 

@@ -63,8 +63,8 @@ def write_export(archive, root, name, metadata, recipe_yaml, max_attempts=100):
         extra.mkdir()
         (extra / METADATA_FILE).write_text(json.dumps(metadata, indent=2))
         (extra / RECIPE_FILE).write_text(recipe_yaml)
-        _fsync_tree(staging)
-        return _rename_to_next_version(staging, model_root, max_attempts)
+        fsync_tree(staging)
+        return rename_to_next_version(staging, model_root, max_attempts)
     except OSError as error:
         raise ExportError(f"{model_root}: cannot write the export ({error.strerror or error})") from None
     finally:
@@ -72,7 +72,8 @@ def write_export(archive, root, name, metadata, recipe_yaml, max_attempts=100):
             shutil.rmtree(staging, ignore_errors=True)
 
 
-def _rename_to_next_version(staging, model_root, max_attempts):
+def rename_to_next_version(staging, model_root, max_attempts=100):
+    """Renames the finished folder `staging` to the next free integer under `model_root`; returns it."""
     for _ in range(max_attempts):
         target = model_root / str((versions(model_root) or [0])[-1] + 1)
         try:
@@ -86,7 +87,8 @@ def _rename_to_next_version(staging, model_root, max_attempts):
     raise ExportError(f"{model_root}: could not claim a free version after {max_attempts} attempts")
 
 
-def _fsync_tree(folder):
+def fsync_tree(folder):
+    """Flushes every file under `folder` to disk, so a rename publishes complete files."""
     for root, _, files in os.walk(folder):
         for name in files:
             with open(os.path.join(root, name), "rb") as handle:
