@@ -17,6 +17,10 @@ The runs are short (`--epochs`): the benchmark compares each file with the model
 not the model with the best one could train. Latency is the network alone on float32 input
 at the model's size (no decode), the median of 10 calls, batch 1 and batch 32.
 
+Last, the README's plain onnxruntime snippet (PIL's decode and resize, as the contract describes
+them) is compared with the SavedModel's serving_default on the classify case's validation JPEGs:
+the tolerance a caller who follows the contract gets on real photos.
+
 Usage (from the repository root, with `.[test]` installed):
     .venv/bin/python benchmarks/export_formats.py [--cases classify,segment,detect] [--epochs 5,8,5]
 """
@@ -72,16 +76,53 @@ def run_case(case, epochs):
     reports = [json.loads((folder / "export_report.json").read_text())
                for folder in sorted(set(formats_root.iterdir()) - before, key=lambda path: int(path.name))]
     keras = reports[0]["keras"]
-    rows = [["keras", "float32", "", "", round(keras["metric"], 4), keras["batch_1_ms"], keras["batch_32_ms"]]]
+    rows = [["keras", "float32", "", "", f"{keras['metric']:.4f}", keras["batch_1_ms"], keras["batch_32_ms"]]]
     for report in reports:
         for entry in report["files"]:
             rows.append([entry["format"], entry["quantization"], round(entry["size_bytes"] / 1e6, 2),
-                         f"{entry['max_abs_diff']:.1e}", round(entry["metric_format"], 4), entry["batch_1_ms"],
+                         f"{entry['max_abs_diff']:.1e}", f"{entry['metric_format']:.4f}", entry["batch_1_ms"],
                          entry["batch_32_ms"]])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     title = (f"{case}: {metrics.get('model', '')} {reports[0]['images']} validation images, metric "
              f"{reports[0]['metric']}, {epochs} epochs")
     return title, rows
+
+
+def contract_client(folder, path):
+    """The README's plain onnxruntime snippet (no imgpipe import): class probabilities for one file."""
+    import numpy as np
+    import onnxruntime
+    from PIL import Image, ImageOps
+
+    contract = next(f for f in json.loads((folder / "contract.json").read_text())["files"] if f["format"] == "onnx")
+    height, width = contract["input"]["shape"][1:3]
+    session = onnxruntime.InferenceSession(str(folder / contract["file"]))
+    image = Image.open(path)
+    image.draft("RGB", (width, height))
+    image = ImageOps.exif_transpose(image).convert("RGB")
+    pixels = np.asarray(image.resize((width, height), Image.BILINEAR), np.float32)[None]
+    return session.run(None, {contract["input"]["name"]: pixels})[0][0]
+
+
+def contract_client_agreement(case="classify"):
+    """The README snippet against the SavedModel's serving_default on the case's validation JPEGs."""
+    import numpy as np
+    import tensorflow as tf
+
+    export_root = WORK / "saved_models" / case
+    formats = sorted((export_root / "formats").iterdir(), key=lambda path: int(path.name))
+    folder = next(f for f in formats if (f / "model.onnx").is_file())
+    version = max((p for p in export_root.iterdir() if p.name.isdigit()), key=lambda path: int(path.name))
+    serve = tf.saved_model.load(str(version)).signatures["serving_default"]
+    files = sorted((case_data(case) / "val").rglob("*.jpg"))
+    differences, agree = [], 0
+    for path in files:
+        served = serve(image_bytes=tf.constant([path.read_bytes()]))["probabilities"].numpy()[0]
+        client = contract_client(folder, path)
+        differences.append(float(np.abs(served - client).max()))
+        agree += int(served.argmax() == client.argmax())
+    return [[len(files), f"{max(differences):.4f}", f"{float(np.median(differences)):.4f}",
+             f"{agree}/{len(files)}"]]
 
 
 def main():
@@ -96,6 +137,10 @@ def main():
         title, rows = run_case(case, epochs[case])
         print_table(title, ["format", "quantization", "size MB", "max |diff|", "metric", "ms/img b1",
                             "ms/img b32"], rows)
+    if "classify" in cases:
+        print_table("the README's onnxruntime snippet (PIL decode and resize) against the SavedModel's "
+                    "serving_default, on the classify case's validation JPEGs",
+                    ["JPEGs", "max |prob diff|", "median", "same top-1"], contract_client_agreement())
 
 
 if __name__ == "__main__":

@@ -129,9 +129,13 @@ def check(data, task, style, near_bits, overrides, as_json):
               help="Also the robustness card on the recipe's validation split of --data (robustness.json, .png).")
 @click.option("--json", "as_json", is_flag=True, help="Print JSON.")
 def evaluate(export, data, report_dir, robustness, as_json):
-    """Evaluate an EXPORT (saved_models/<name>/<version>) on a folder."""
+    """Evaluate an EXPORT (saved_models/<name>/<version>, or a .onnx, .tflite or OpenVINO .xml file) on a folder."""
+    from imgpipe.engine.export.format_folder import is_format_file
     from imgpipe.engine.use_export import evaluate as evaluate_export
+    from imgpipe.errors import ExportError
 
+    if robustness and is_format_file(export):
+        raise ExportError(f"{export}: --robustness runs on a SavedModel export (saved_models/<name>/<version>)")
     metrics = evaluate_export(export, data, report_dir)
     if robustness:
         from imgpipe.understand.robustness import describe, export_card

@@ -230,3 +230,19 @@ def test_a_corrupt_file_is_named_with_exit_2(formats_run, cli, tmp_path):
     code, _, err = cli("predict", copy / "model.onnx", next((root / "images").rglob("*.png")))
     assert code == 2
     assert err.startswith(f"error: {copy / 'model.onnx'}: cannot load it (")
+
+
+def test_a_task_without_a_raw_output_contract_exports_only_the_saved_model(formats_run, monkeypatch):
+    from imgpipe.engine.export.deploy import export_formats
+
+    result, _ = formats_run
+    run = load_run(result.run_dir)
+    monkeypatch.setattr(type(run.task), "raw_output_contract", lambda self, metadata: None)
+    with pytest.raises(ExportError, match="classify: exports only saved_model"):
+        export_formats(run.task, run.model, run.data, run.recipe, None, ["onnx"])
+
+
+def test_the_robustness_card_of_a_format_file_is_refused_in_one_line(formats_run, cli):
+    result, root = formats_run
+    code, _, err = cli("evaluate", formats_folder(root) / "model.onnx", "--data", root / "images", "--robustness")
+    assert code == 2 and err.strip().endswith("--robustness runs on a SavedModel export (saved_models/<name>/<version>)")

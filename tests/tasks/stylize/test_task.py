@@ -31,7 +31,7 @@ def stylize_run(stylize_data):
         patch.setattr(stylize_task, "loss_network", lambda *args, **kwargs: built.append(args) or
                       original(*args, **kwargs))
         result = imgpipe.run("stylize", ["train.epochs=2", "train.batch_size=4", "train.verbose=0",
-                                         "data.image_size=32", f"train.run_dir={root / 'run'}",
+                                         "data.image_size=32", f"train.run_dir={root / 'run'}", "evaluate.robustness=false",
                                          f"export.root={root / 'models'}", "stylize.max_side=48"],
                              data=root / "photos", style=style, loss_weights="random")
     result.loss_networks_built = built
