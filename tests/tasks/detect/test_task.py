@@ -257,3 +257,21 @@ def test_detection_exports_the_network_with_its_decode_in_the_contract(detect_ru
     steps = " ".join(contract["output"]["to_answers"])
     assert "NMS is the caller's" in steps and "at most 7 boxes" in steps and "IoU 0.5" in steps
     assert contract["task_metadata"]["score_threshold"] == 0.0
+
+    def answers(export, out_dir):
+        image = root / "data" / "images" / "shapes_0001.png"
+        code, out, err = cli("predict", export, image, "--out", out_dir, "--json")
+        assert code == 0, err
+        objects = json.loads(out)["objects"]
+        code, out, err = cli("evaluate", export, "--data", root / "data", "--json", "--report-dir", out_dir)
+        assert code == 0, err
+        return objects, json.loads(out)["map50"]
+
+    expected_objects, expected_map50 = answers(result.export_path, root / "answers" / "saved_model")
+    assert expected_objects
+    for name in ("model_float32.tflite", "model.onnx", "openvino/model.xml"):
+        objects, map50 = answers(folder / name, root / "answers" / name.replace("/", "_"))
+        assert [o["class_name"] for o in objects] == [o["class_name"] for o in expected_objects]
+        np.testing.assert_allclose([o["box"] for o in objects], [o["box"] for o in expected_objects], atol=0.05)
+        np.testing.assert_allclose([o["score"] for o in objects], [o["score"] for o in expected_objects], atol=1e-4)
+        assert map50 == pytest.approx(expected_map50, abs=1e-6)

@@ -182,3 +182,18 @@ def test_segmentation_exports_to_litert_onnx_and_openvino_each_scoring_like_kera
     assert contract["task_metadata"]["encoding"] == json.loads(
         (result.export_path / "assets.extra" / "imgpipe.json").read_text())["encoding"]
     assert "argmax over the last axis" in " ".join(contract["output"]["to_answers"])
+
+    def answers(export, out_dir):
+        image = root / "data" / "images" / "0.jpg"
+        code, out, err = cli("predict", export, image, "--out", out_dir, "--json")
+        assert code == 0, err
+        mask = np.asarray(Image.open(json.loads(out)["mask_png"]))
+        code, out, err = cli("evaluate", export, "--data", root / "data", "--json", "--report-dir", out_dir)
+        assert code == 0, err
+        return mask, json.loads(out)["mean_iou"]
+
+    expected_mask, expected_iou = answers(result.export_path, root / "answers" / "saved_model")
+    for name in ("model_float32.tflite", "model.onnx", "openvino/model.xml"):
+        mask, iou = answers(folder / name, root / "answers" / name.replace("/", "_"))
+        assert mask.shape == (40, 56) and (mask == expected_mask).mean() > 0.999
+        assert iou == pytest.approx(expected_iou, abs=1e-6)
