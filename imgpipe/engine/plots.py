@@ -1,4 +1,4 @@
-"""Pictures a run leaves behind: learning curves, sample grids, confusion matrices.
+"""Pictures a run leaves behind: learning curves, sample grids, confusion matrices, reliability diagrams.
 
 Curves and matrices with matplotlib (non-interactive Agg backend, so it works on servers and CI);
 image grids with Pillow, which is many times faster for dozens of tiles.
@@ -113,6 +113,36 @@ def plot_confusion_matrix(matrix, class_names, path):
                 colour = "white" if normalised[row, column] > 0.5 else "black"
                 axis.text(column, row, int(matrix[row, column]), ha="center", va="center", fontsize=7, color=colour)
     axis.set_title("confusion matrix (validation)")
+    return _save(figure, path)
+
+
+def plot_reliability(panels, path):
+    """Reliability diagram: per confidence bin, accuracy against confidence, with each bin's image count.
+
+    Args:
+        panels: list of (title, bins) with bins as `imgpipe.understand.calibration.reliability_bins` returns.
+        path: where the PNG goes.
+    """
+    figure, axes = plt.subplots(1, len(panels), figsize=(4.2 * len(panels), 4.2), squeeze=False)
+    for axis, (title, bins) in zip(axes.flat, panels):
+        counts = np.asarray(bins["counts"])
+        width = 1.0 / len(counts)
+        centres = (np.arange(len(counts)) + 0.5) * width
+        filled = counts > 0
+        axis.bar(centres[filled], np.asarray(bins["accuracy"])[filled], width=width * 0.9, color="tab:blue",
+                 label="accuracy in the bin")
+        axis.plot(np.asarray(bins["confidence"])[filled], np.asarray(bins["accuracy"])[filled], "o",
+                  color="tab:orange", markersize=4, label="(mean confidence, accuracy)")
+        axis.plot([0, 1], [0, 1], "--", color="grey", linewidth=1, label="calibrated")
+        for centre, count, height in zip(centres[filled], counts[filled], np.asarray(bins["accuracy"])[filled]):
+            axis.text(centre, min(height + 0.02, 0.97), str(int(count)), ha="center", fontsize=7)
+        axis.set_xlim(0, 1)
+        axis.set_ylim(0, 1.05)
+        axis.set_xlabel("confidence (top score)")
+        axis.set_ylabel("accuracy")
+        axis.set_title(title, fontsize=9)
+        axis.grid(alpha=0.3)
+        axis.legend(loc="upper left", fontsize=7)
     return _save(figure, path)
 
 

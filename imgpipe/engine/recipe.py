@@ -175,6 +175,9 @@ class ExportSettings:
     max_metric_drop: float = setting(
         0.01, "an int8 file whose main metric drops more than this (absolute) against the Keras model is refused",
         min=0.0)
+    calibrated: bool = setting(
+        True, "serve temperature-scaled probabilities when the run fitted a temperature (classification; "
+        "metrics.json's calibration); false: the network's own softmax")
     root: str = setting("saved_models", "export root: <root>/<name>/<version>/")
     name: typing.Optional[str] = setting(None, "model name; defaults to the task name")
     max_pixels: int = setting(

@@ -18,6 +18,7 @@ import yaml
 
 from imgpipe.data.sources import ImageSet, TaskData
 from imgpipe.errors import DataError
+from imgpipe.engine.export.calibrated import run_calibration, served_network
 from imgpipe.engine.export.saved_model import export_metadata, write_export
 from imgpipe.engine.recipe import recipe_from_dict
 from imgpipe.engine.registry import TASKS
@@ -42,8 +43,10 @@ def export_run(run_dir, export_dir=None, name=None, weights="best", max_pixels=N
     """
     updates = (("export.root", export_dir), ("export.name", name), ("export.max_pixels", max_pixels))
     run = load_run(run_dir, weights, **{key: value for key, value in updates if value is not None})
-    return write_export(run.task.export_archive(run.model, run.data, run.recipe), run.recipe.export.root,
-                        run.recipe.name, export_metadata(run.task, run.data, run.recipe), run.recipe.to_yaml())
+    network, entries = served_network(run.model, run_calibration(run_dir), run.recipe)
+    return write_export(run.task.export_archive(network, run.data, run.recipe), run.recipe.export.root,
+                        run.recipe.name, {**export_metadata(run.task, run.data, run.recipe), **entries},
+                        run.recipe.to_yaml())
 
 
 def export_run_formats(run_dir, names, quantization="float32", allow_metric_drop=False, export_dir=None, name=None,
@@ -73,7 +76,9 @@ def export_run_formats(run_dir, names, quantization="float32", allow_metric_drop
     data = dataclasses.replace(data, image_size=run.data.image_size)  # its state: what reads the targets
     decoder = FileDecoder(data.image_size, run.recipe.data.max_pixels, run.task.load_target(data),
                           run.task.target_signature(data))
-    return export_formats(run.task, run.model, data, run.recipe, decoder, names, quantization, allow_metric_drop)
+    network, entries = served_network(run.model, run_calibration(run_dir), run.recipe)
+    return export_formats(run.task, network, data, run.recipe, decoder, names, quantization, allow_metric_drop,
+                          metadata_entries=entries)
 
 
 def restore_state(task, record):

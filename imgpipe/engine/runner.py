@@ -29,6 +29,7 @@ from imgpipe.engine.distributed import worker_roles
 from imgpipe.engine.distributed.cluster import cluster_from_environment, worker_run_dir
 from imgpipe.data.sources import ImageSet
 from imgpipe.errors import DataError, ExportError, RecipeError
+from imgpipe.engine.export.calibrated import served_network
 from imgpipe.engine.export.deploy import export_formats, report_table
 from imgpipe.engine.export.formats import SAVED_MODEL, require_runtime
 from imgpipe.engine.export.saved_model import export_metadata, write_export
@@ -178,7 +179,7 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started
             model = local
         metrics = _evaluate(run, model, datasets.val, reports)
     plots.plot_curves(outcome["history"], run_dir / "curves.png", fine_tune_from=outcome["warmup_epochs"])
-    export_path = _export(run, model) if run.recipe.export.enabled else None
+    export_path = _export(run, model, metrics) if run.recipe.export.enabled else None
     metrics = _record(run, metrics, outcome, export_path)
     return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
 
@@ -246,25 +247,27 @@ def _evaluate(run, model, val_ds, reports):
     return metrics
 
 
-def _export(run, model):
+def _export(run, model, metrics):
     """The next SavedModel version of the recipe's model name, then its other `export.formats`; returns the
-    SavedModel's folder (None when it was not asked for).
+    SavedModel's folder (None when it was not asked for). With a fitted temperature in `metrics`, both hold the
+    calibrated network (`export.calibrated`).
 
     A format that fails or an int8 file that is refused after training costs a warning, not the run: the
     message says how to export again from the run folder.
     """
     recipe = run.recipe
     saved = None
+    network, entries = served_network(model, metrics.get("calibration"), recipe)
     with output_guard(pathlib.Path(recipe.export.root) / recipe.name, "--export-dir",
                       then=f"export the trained run with `imgpipe export {run.run_dir}`"):
         if SAVED_MODEL in recipe.export.formats:
-            saved = write_export(run.task.export_archive(model, run.data, recipe), recipe.export.root, recipe.name,
-                                 export_metadata(run.task, run.data, recipe), recipe.to_yaml())
+            saved = write_export(run.task.export_archive(network, run.data, recipe), recipe.export.root, recipe.name,
+                                 {**export_metadata(run.task, run.data, recipe), **entries}, recipe.to_yaml())
         others = [name for name in recipe.export.formats if name != SAVED_MODEL]
         if others:
             try:
-                folder, report = export_formats(run.task, model, run.data, recipe, run.decoder, others,
-                                                recipe.export.quantize)
+                folder, report = export_formats(run.task, network, run.data, recipe, run.decoder, others,
+                                                recipe.export.quantize, metadata_entries=entries)
                 log.info(report_table(report, folder))
             except ExportError as error:
                 log.warning("%s; retry with `imgpipe export %s --format ...`", error, run.run_dir)

@@ -12,6 +12,7 @@ Example:
     [-1, 224, 224, 3]
 """
 
+from imgpipe.engine.export.calibrated import METADATA_KEY
 from imgpipe.engine.pipeline import DCT_SCALES
 
 RESIZE_RULE = (
@@ -58,8 +59,9 @@ def format_contract(task, metadata, format_name, quantization, file_name, input_
         "jpeg_dct_scales": list(DCT_SCALES),
         "caller_must": caller_steps(metadata["max_pixels"]),
         "output": {"name": output_name, **task.raw_output_contract(metadata)},
+        "temperature_scaling": metadata.get(METADATA_KEY),
         "task_metadata": {key: value for key, value in metadata.items()
-                          if key not in ("task", "class_names", "image_size", "max_pixels")},
+                          if key not in ("task", "class_names", "image_size", "max_pixels", METADATA_KEY)},
         "calibration": ({"images": calibration_images, "split": "train", "method": "full-integer post-training "
                          "quantization; float32 input and output, quantized inside"}
                         if quantization == "int8" else None),

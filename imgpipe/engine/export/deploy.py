@@ -42,7 +42,8 @@ PROOF_IMAGES = 200
 CALIBRATION_IMAGES = 300
 
 
-def export_formats(task, model, data, recipe, decoder, names, quantization="float32", allow_metric_drop=False):
+def export_formats(task, model, data, recipe, decoder, names, quantization="float32", allow_metric_drop=False,
+                   metadata_entries=None):
     """Converts `model` into each format of `names` (not `saved_model`), proves each file, writes the folder.
 
     Args:
@@ -51,6 +52,8 @@ def export_formats(task, model, data, recipe, decoder, names, quantization="floa
         names: format names from `imgpipe.engine.export.formats.FORMATS`.
         quantization: LiteRT's 'float32', 'float16' or 'int8'; the other formats are float32.
         allow_metric_drop: keep an int8 file whose metric drops more than `export.max_metric_drop`.
+        metadata_entries: what imgpipe.json holds besides `export_metadata` (the temperature scaling inside
+            `model`, `imgpipe.engine.export.calibrated`).
 
     Returns:
         (pathlib.Path of the new folder, the report dict written to export_report.json)
@@ -59,7 +62,7 @@ def export_formats(task, model, data, recipe, decoder, names, quantization="floa
         format_files.require_runtime(name)
     if quantization != "float32" and "litert" not in names:
         raise ExportError(f"--quantize {quantization}: only litert files are quantized; add --format litert")
-    metadata = export_metadata(task, data, recipe)
+    metadata = {**export_metadata(task, data, recipe), **(metadata_entries or {})}
     if task.raw_output_contract(metadata) is None:
         raise ExportError(f"{task.name}: exports only {format_files.SAVED_MODEL}; its answers need more than the network "
                           f"that the other formats hold")

@@ -9,6 +9,7 @@ Example:
     >>> result.metrics["val_accuracy"]
 """
 
+import logging
 import pathlib
 
 import keras
@@ -26,8 +27,13 @@ from imgpipe.understand.explain.visualise import write_grad_cam_grid
 from imgpipe.models import MODELS
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
+from imgpipe.understand.calibration import calibrate, calibration_errors
+
+log = logging.getLogger(__name__)
 
 TOP5_MIN_CLASSES = 5
+CALIBRATION_MIN_IMAGES = 20  # below this, half the validation split says too little about a temperature
+CALIBRATION_SEED = 0  # which validation images fit the temperature and which report it
 GRAD_CAM_IMAGES = 8  # validation images in the run folder's gradcam.png
 
 
@@ -86,7 +92,8 @@ def images_across_classes(dataset, count, num_classes):
 
 
 def classification_report(labels, probabilities, class_names):
-    """Accuracy, top-5 accuracy, per-class precision/recall/F1 and the confusion matrix.
+    """Accuracy, top-5 accuracy, calibration errors (ECE, MCE, NLL), per-class precision/recall/F1 and the
+    confusion matrix.
 
     Args:
         labels: int array [N] of true class indices.
@@ -103,6 +110,8 @@ def classification_report(labels, probabilities, class_names):
     matrix = np.zeros((count, count), dtype=np.int64)
     np.add.at(matrix, (labels, predicted), 1)
     metrics = {"accuracy": float((predicted == labels).mean()) if len(labels) else 0.0}
+    if len(labels):
+        metrics.update(calibration_errors(probabilities, labels))
     if count >= TOP5_MIN_CLASSES:
         top5 = np.argsort(-probabilities, axis=1)[:, :5]
         metrics["top5_accuracy"] = float((top5 == labels[:, None]).any(axis=1).mean())
@@ -118,6 +127,33 @@ def classification_report(labels, probabilities, class_names):
         metrics[f"f1/{name}"] = float(f1[index])
         metrics[f"support/{name}"] = int(true_totals[index])
     return metrics, matrix
+
+
+def calibration_record(probabilities, labels, run_dir):
+    """metrics.json's `calibration`: a temperature fitted on half the validation images, the errors before and
+    after on the other half, and reliability.png; a reason instead when the split is too small to halve.
+    """
+    if len(labels) < CALIBRATION_MIN_IMAGES:
+        reason = (f"not fitted: {len(labels)} validation images, fewer than {CALIBRATION_MIN_IMAGES} "
+                  f"(half fits the temperature, half reports it)")
+        log.info("calibration: %s", reason)
+        return {"skipped": reason}
+    result = calibrate(probabilities, labels, seed=CALIBRATION_SEED)
+    before, after = result.pop("bins_before"), result.pop("bins_after")
+    # A temperature that does not lower the held-out NLL is noise from too few images: the export keeps the
+    # network's own scores.
+    used = result["after"]["nll"] < result["before"]["nll"]
+    plots.plot_reliability(
+        [(f"before: ECE {result['before']['ece']:.3f} on {result['reported_on']} held-out validation images", before),
+         (f"after T = {result['temperature']:.2f}: ECE {result['after']['ece']:.3f} "
+          f"({'served' if used else 'not used: no lower NLL'})", after)],
+        pathlib.Path(run_dir) / "reliability.png")
+    log.info("calibration: temperature %.2f fitted on %d validation images; on the other %d, ECE %.3f -> %.3f, "
+             "NLL %.3f -> %.3f; %s", result["temperature"], result["fitted_on"], result["reported_on"],
+             result["before"]["ece"], result["after"]["ece"], result["before"]["nll"], result["after"]["nll"],
+             "the export serves it" if used else "not used: it did not lower the held-out NLL")
+    return {**result, "used": used,
+            "note": "the best checkpoint was chosen on the whole validation split, both halves included"}
 
 
 class ClassificationTask(Task):
@@ -195,7 +231,7 @@ class ClassificationTask(Task):
     def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
         images, labels = images_across_classes(val_ds, GRAD_CAM_IMAGES, data.num_classes)
         write_grad_cam_grid(model, images, data.class_names, pathlib.Path(run_dir) / "gradcam.png", labels=labels)
-        return {}
+        return {"calibration": calibration_record([a["probabilities"] for a in answers], truths, run_dir)}
 
     def preview(self, samples, data, path):
         images = [image for image, _ in samples]
