@@ -1,0 +1,118 @@
+"""Calibration on real photos: what the run's temperature does on held-out images, and how much to trust it.
+
+    -> imgpipe run classify --data DIR, as a user types it (the raccoon crops with the ImageNet weights
+       folder; scikit-learn's 8x8 digits from scratch)
+    -> the run's own record: ECE, MCE and NLL before and after its temperature, on the half of the
+       validation split it was not fitted on
+    -> then, from the trained run's validation probabilities (no retraining), 200 other random halvings:
+       the spread of the fitted temperature and of the held-out ECE and NLL, and how often the
+       temperature lowered the held-out NLL. That spread is what a validation split of this size
+       can promise about calibration.
+
+The plain-model reference is the network's own softmax on the same held-out half (temperature 1).
+
+Usage (from the repository root, with `.[test]` and scikit-learn installed):
+    .venv/bin/python benchmarks/calibration.py [--cases raccoon,digits]
+"""
+
+import argparse
+import json
+import os
+import pathlib
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine_summary, print_table  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+WORK = pathlib.Path(os.environ.get("BENCH_WORK", "/tmp/imgpipe_bench/calibration"))
+HALVINGS = 200
+
+
+def case_data(case):
+    """The case's train/ + val/ folder (benchmarks/time_to_accuracy.py builds and keeps it)."""
+    from benchmarks import time_to_accuracy
+
+    time_to_accuracy.WORK = WORK
+    return time_to_accuracy.case_folder(case)
+
+
+def train(case):
+    """`imgpipe run classify --data DIR` with the weights folder set; returns the run folder."""
+    run_dir = WORK / "runs" / case
+    if not (run_dir / "metrics.json").is_file():
+        environment = {**os.environ, "IMGPIPE_WEIGHTS_DIR": str(SHARED / "weights"), "IMGPIPE_OFFLINE": "1"}
+        command = [sys.executable, "-m", "imgpipe.cli", "-q", "run", "classify", "--data", str(case_data(case)),
+                   "--output", str(run_dir), "--export-dir", str(WORK / "saved_models")]
+        completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+        if completed.returncode:
+            sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+    return run_dir
+
+
+def validation_probabilities(run_dir):
+    """The trained network's own softmax and the labels on the run's validation split."""
+    from imgpipe.engine.run_folder import load_run
+    from imgpipe.engine.scoring import split_examples
+
+    run = load_run(run_dir)
+    data = run.task.read_data(run.recipe)
+    images, labels = split_examples(data.val, data.image_size, data.val.count)
+    probabilities = np.concatenate([np.asarray(run.model(images[start:start + 64].astype(np.float32),
+                                                         training=False))
+                                    for start in range(0, len(images), 64)])
+    return probabilities, labels.astype(np.int64)
+
+
+def halvings(probabilities, labels):
+    """Per random halving: (temperature, ECE before, ECE after, NLL before, NLL after) on the held-out half."""
+    from imgpipe.understand.calibration import calibrate
+
+    rows = []
+    for seed in range(1, HALVINGS + 1):
+        result = calibrate(probabilities, labels, seed=seed)
+        rows.append((result["temperature"], result["before"]["ece"], result["after"]["ece"],
+                     result["before"]["nll"], result["after"]["nll"]))
+    return np.array(rows)
+
+
+def spread(values):
+    low, median, high = np.percentile(values, [10, 50, 90])
+    return f"{median:.3f} [{low:.3f}-{high:.3f}]"
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="raccoon,digits")
+    cases = parser.parse_args().cases.split(",")
+    print(machine_summary())
+    record_rows, spread_rows = [], []
+    for case in cases:
+        run_dir = train(case)
+        metrics = json.loads((run_dir / "metrics.json").read_text())
+        calibration = metrics["calibration"]
+        record_rows.append([case, metrics["model"], f"{metrics['val_accuracy']:.4f}",
+                            f"{calibration['fitted_on']}/{calibration['reported_on']}",
+                            f"{calibration['temperature']:.3f}",
+                            f"{calibration['before']['ece']:.3f} -> {calibration['after']['ece']:.3f}",
+                            f"{calibration['before']['mce']:.3f} -> {calibration['after']['mce']:.3f}",
+                            f"{calibration['before']['nll']:.3f} -> {calibration['after']['nll']:.3f}",
+                            "yes" if calibration["used"] else "no"])
+        table = halvings(*validation_probabilities(run_dir))
+        spread_rows.append([case, spread(table[:, 0]), spread(table[:, 1]), spread(table[:, 2]),
+                            spread(table[:, 3]), spread(table[:, 4]),
+                            f"{(table[:, 4] < table[:, 3]).mean():.2f}"])
+        print(f"{case}: {run_dir}")
+    print_table("the run's record (fitted on one half of validation, scored on the other)",
+                ["case", "model", "val accuracy", "fit/held-out", "T", "ECE", "MCE", "NLL", "served"], record_rows)
+    print_table(f"{HALVINGS} other random halvings of the same validation probabilities: median [10th-90th "
+                "percentile]", ["case", "T", "ECE softmax", "ECE calibrated", "NLL softmax", "NLL calibrated",
+                                "NLL lowered"], spread_rows)
+
+
+if __name__ == "__main__":
+    main()
