@@ -40,8 +40,10 @@ from imgpipe.engine.pipeline import FileDecoder, make_dataset, replica_safe_batc
 from imgpipe.engine.recipe import Recipe, load_recipe, recipe_from_dict
 from imgpipe.engine.run_folder import write_run_classes
 from imgpipe.engine.scoring import final_metrics
+from imgpipe.engine.tensorboard_log import log_pictures
 from imgpipe.engine.registry import TASKS
-from imgpipe.engine.trainer import Trainer, dtype_policy, environment_summary, select_strategy
+from imgpipe.engine.provenance import provenance
+from imgpipe.engine.trainer import Trainer, dtype_policy, environment_summary, select_strategy, training_devices
 from imgpipe.engine.writable import output_guard, require_writable
 
 log = logging.getLogger("imgpipe")
@@ -286,7 +288,10 @@ def _record(run, metrics, outcome, export_path):
     metrics = {**metrics, **_training_record(outcome), "export_path": str(export_path) if export_path else None,
                "skipped_files": len(data.skipped) + len(failed), "images_train": data.train.count,
                "images_validation": data.val.count, "model": run.recipe.model.name,
-               "model_choice": run.model_choice.reason, "weights": run.model_choice.weights.to_json()}
+               "model_choice": run.model_choice.reason, "weights": run.model_choice.weights.to_json(),
+               "provenance": provenance(data, run.recipe, training_devices(run.trainer))}
+    if run.recipe.train.tensorboard:
+        log_pictures(run.run_dir, step=max(outcome["epochs_run"] - 1, 0))
     (run.run_dir / "metrics.json").write_text(json.dumps(metrics, indent=2, sort_keys=True))
     shutil.rmtree(run.run_dir / "cache", ignore_errors=True)
     if data.skipped or failed:

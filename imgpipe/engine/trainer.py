@@ -38,6 +38,7 @@ from imgpipe.engine.backbone_rate import BackboneRateAdamW
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.early_stopping import CeilingEarlyStopping
 from imgpipe.engine.progress_bar import KnownStepsProgbarLogger
+from imgpipe.engine.tensorboard_log import epoch_scalars
 from imgpipe.errors import RecipeError
 from imgpipe.models.backbones import set_trainable
 from imgpipe.engine.distributed.keras_multiworker import AverageMovingStatistics, is_multi_worker, multi_worker_fit
@@ -301,6 +302,8 @@ class Trainer:
             ),
             keras.callbacks.TerminateOnNaN(),
         ]
+        if self.settings.tensorboard:
+            callbacks.append(epoch_scalars(self.run_dir))
         if self.settings.patience:
             callbacks.append(
                 CeilingEarlyStopping(monitor=metric, mode=mode, patience=self.settings.patience,
@@ -420,11 +423,16 @@ def _find_backbone(model):
     return None
 
 
+def training_devices(trainer):
+    """The devices the trainer's strategy trains on; the default strategy's is the first GPU, else the CPU."""
+    try:
+        return list(trainer.strategy.extended.worker_devices)
+    except RuntimeError:  # the default strategy has no device list
+        return [(tf.config.list_logical_devices("GPU") or tf.config.list_logical_devices("CPU"))[0].name]
+
+
 def environment_summary(trainer):
     """One line on where training runs, for the log."""
-    try:
-        devices = ", ".join(trainer.strategy.extended.worker_devices)
-    except RuntimeError:  # the default strategy has no device list
-        devices = "default device"
+    devices = ", ".join(training_devices(trainer))
     return f"training on {trainer.replicas} replica(s) [{devices}], policy {trainer.policy}, " \
            f"global batch {trainer.global_batch_size}, pid {os.getpid()}"
