@@ -191,6 +191,7 @@ def make_dataset(
     drop_remainder=False,
     shard=None,
     repeat=False,
+    deterministic=False,
 ):
     """Builds the tf.data pipeline for one split.
 
@@ -208,6 +209,8 @@ def make_dataset(
         shard: optional (count, index): keep every count-th file from `index` on, before decoding
             (one worker's share in multi-worker training).
         repeat: bool, repeat the data without end (the caller fixes the steps per epoch).
+        deterministic: bool, keep the augmented batches in order (`train.deterministic`); out of order, a
+            slow batch does not hold up the others.
 
     Returns:
         (dataset of (float32 images [B,H,W,3] in 0..255, targets), the decoder or None)
@@ -233,7 +236,7 @@ def make_dataset(
     if augmenting:
         # One Python call per batch: albumentations holds the GIL, and per image
         # the call overhead cost as much as the augmentation itself.
-        dataset = dataset.map(_seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=False)
+        dataset = dataset.map(_seeded(augmenter), num_parallel_calls=AUTOTUNE, deterministic=deterministic)
     dataset = dataset.map(_to_float, num_parallel_calls=AUTOTUNE)
     return dataset.prefetch(AUTOTUNE), decoder
 

@@ -148,6 +148,9 @@ class TrainSettings:
     output: str = setting("runs", "root folder of run directories: <output>/<task>/<name>")
     run_dir: typing.Optional[str] = setting(None, "exact run directory; overrides output and name")
     verbose: int = setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+    deterministic: bool = setting(
+        False, "the same metrics from two runs on one machine: seeded weights (data.seed), TensorFlow's op "
+        "determinism, augmented batches kept in order; slower")
     tensorboard: bool = setting(True, "TensorBoard logs in RUN_DIR/tensorboard: the epoch scalars and learning "
                                 "rate, then the run's pictures (tensorboard --logdir runs)")
 

@@ -43,7 +43,8 @@ from imgpipe.engine.scoring import final_metrics
 from imgpipe.engine.tensorboard_log import log_pictures
 from imgpipe.engine.registry import TASKS
 from imgpipe.engine.provenance import provenance
-from imgpipe.engine.trainer import Trainer, dtype_policy, environment_summary, select_strategy, training_devices
+from imgpipe.engine.trainer import (Trainer, dtype_policy, environment_summary, make_deterministic, select_strategy,
+                                    training_devices)
 from imgpipe.engine.writable import output_guard, require_writable
 
 log = logging.getLogger("imgpipe")
@@ -188,6 +189,8 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started
 
 def _prepare(recipe, run_dir, resume, cluster, started=None):
     """Reads the data, records the resolved recipe and the task's state in the run folder, sets up training."""
+    if recipe.train.deterministic:
+        make_deterministic(recipe.data.seed)
     task = TASKS.get(recipe.task, key="task")()
     data = task.read_data(recipe)
     choice = choose_model(task, recipe, data.image_size)
@@ -211,7 +214,7 @@ def _datasets(run, cluster):
     data, trainer, recipe = run.data, run.trainer, run.recipe
     common = dict(size=data.image_size, batch_size=trainer.global_batch_size, seed=recipe.data.seed,
                   cache=recipe.data.cache, cache_dir=run.run_dir / "cache", max_pixels=recipe.data.max_pixels,
-                  decoder=run.decoder)
+                  decoder=run.decoder, deterministic=recipe.train.deterministic)
     # Several replicas: no replica may get an empty batch (see replica_safe_batch_size).
     _require_an_image_per_replica(data, trainer.replicas)
     drop_remainder = trainer.replicas > 1 and data.train.count >= trainer.global_batch_size

@@ -423,6 +423,17 @@ def _find_backbone(model):
     return None
 
 
+def make_deterministic(seed):
+    """`train.deterministic`: seeds Python, NumPy, TensorFlow and Keras and turns on TensorFlow's op
+    determinism, so two runs on the same machine give the same weights and metrics.
+
+    Op determinism stays on for the rest of the process (TensorFlow cannot turn it off) and makes some
+    ops slower; the augmentation is seeded per image either way.
+    """
+    keras.utils.set_random_seed(seed)
+    tf.config.experimental.enable_op_determinism()
+
+
 def training_devices(trainer):
     """The devices the trainer's strategy trains on; the default strategy's is the first GPU, else the CPU."""
     try:

@@ -118,8 +118,30 @@ def calibrate(probabilities, labels, seed):
     fit, report = split_halves(labels, seed)
     temperature = fit_temperature(probabilities[fit], labels[fit])
     held_out, calibrated = probabilities[report], scale(probabilities[report], temperature)
+    wrong = probabilities.argmax(axis=1) != labels
     return {"temperature": round(temperature, 4), "fitted_on": int(len(fit)), "reported_on": int(len(report)),
+            "wrong_in_fit": int(wrong[fit].sum()), "wrong_in_report": int(wrong[report].sum()),
             "before": calibration_errors(held_out, labels[report]),
             "after": calibration_errors(calibrated, labels[report]),
             "bins_before": reliability_bins(held_out, labels[report]),
             "bins_after": reliability_bins(calibrated, labels[report])}
+
+
+def serving_decision(result):
+    """(serve the temperature?, why) for a `calibrate` result.
+
+    A half with no wrong answer says nothing about a temperature: on it, any sharper scores lower the
+    NLL, toward T = 0 (every score 1.0). So both halves need a wrong answer, and the temperature must
+    lower the held-out NLL.
+
+    Example:
+        >>> serving_decision(calibrate(probabilities, labels, seed=0))
+        (True, 'it lowered the held-out NLL from 0.127 to 0.012')
+    """
+    if not result["wrong_in_fit"] or not result["wrong_in_report"]:
+        return False, (f"not served: {result['wrong_in_fit']} and {result['wrong_in_report']} wrong answers in "
+                       f"the two halves; with none, any sharper scores look better")
+    before, after = result["before"]["nll"], result["after"]["nll"]
+    if after >= before:
+        return False, f"not served: it did not lower the held-out NLL ({before:.3f} -> {after:.3f})"
+    return True, f"it lowered the held-out NLL from {before:.3f} to {after:.3f}"

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from imgpipe.understand.calibration import (calibrate, calibration_errors, fit_temperature, reliability_bins, scale,
-                                            split_halves)
+                                            serving_decision, split_halves)
 
 
 def test_ece_and_mce_match_a_hand_computed_case():
@@ -77,3 +77,26 @@ def test_calibrate_reports_on_the_half_it_did_not_fit():
     assert result["fitted_on"] == len(fit) and result["reported_on"] == len(report)
     assert result["temperature"] == pytest.approx(fit_temperature(probabilities[fit], labels[fit]), abs=1e-4)
     assert result["before"] == calibration_errors(probabilities[report], labels[report])
+
+
+def test_a_split_without_wrong_answers_is_not_served_its_temperature():
+    # Always right, scored 0.8: the NLL keeps falling as T -> 0, so the fit runs to its bound.
+    probabilities = np.array([[0.8, 0.2], [0.2, 0.8]] * 20)
+    labels = np.array([0, 1] * 20)
+    result = calibrate(probabilities, labels, seed=0)
+    assert result["temperature"] < 0.06 and result["after"]["nll"] < result["before"]["nll"]
+    served, why = serving_decision(result)
+    assert not served and why.startswith("not served: 0 and 0 wrong answers")
+
+
+def test_a_temperature_that_lowers_the_held_out_nll_is_served():
+    probabilities, labels = over_confident(200, seed=4)
+    served, why = serving_decision(calibrate(probabilities, labels, seed=0))
+    assert served and why.startswith("it lowered the held-out NLL")
+
+
+def test_a_temperature_that_raises_the_held_out_nll_is_not_served():
+    probabilities, labels = over_confident(200, seed=4)
+    result = calibrate(probabilities, labels, seed=0)
+    result["after"] = {**result["after"], "nll": result["before"]["nll"] + 0.01}
+    assert serving_decision(result)[0] is False

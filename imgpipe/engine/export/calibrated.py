@@ -1,9 +1,9 @@
 """Which network an export holds: the trained one, or the same followed by its fitted temperature.
 
-A run that fitted a temperature which lowered the held-out half's negative
-log-likelihood (`metrics.json`'s `calibration`, `used: true`; written by the
-classification task) exports calibrated probabilities unless `export.calibrated`
-is false; `imgpipe.json` and each format's contract.json say which it is.
+A run whose fitted temperature passed `imgpipe.understand.calibration.serving_decision`
+(`metrics.json`'s `calibration`, `used: true`; written by the classification
+task) exports calibrated probabilities unless `export.calibrated` is false;
+`imgpipe.json` and each format's contract.json say which it is.
 
 Example:
     >>> network, entries = served_network(model, metrics.get("calibration"), recipe)

@@ -27,7 +27,7 @@ from imgpipe.understand.explain.visualise import write_grad_cam_grid
 from imgpipe.models import MODELS
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
-from imgpipe.understand.calibration import calibrate, calibration_errors
+from imgpipe.understand.calibration import calibrate, calibration_errors, serving_decision
 
 log = logging.getLogger(__name__)
 
@@ -140,19 +140,16 @@ def calibration_record(probabilities, labels, run_dir):
         return {"skipped": reason}
     result = calibrate(probabilities, labels, seed=CALIBRATION_SEED)
     before, after = result.pop("bins_before"), result.pop("bins_after")
-    # A temperature that does not lower the held-out NLL is noise from too few images: the export keeps the
-    # network's own scores.
-    used = result["after"]["nll"] < result["before"]["nll"]
+    used, why = serving_decision(result)
     plots.plot_reliability(
         [(f"before: ECE {result['before']['ece']:.3f} on {result['reported_on']} held-out validation images", before),
          (f"after T = {result['temperature']:.2f}: ECE {result['after']['ece']:.3f} "
-          f"({'served' if used else 'not used: no lower NLL'})", after)],
+          f"({'served' if used else 'not served'})", after)],
         pathlib.Path(run_dir) / "reliability.png")
-    log.info("calibration: temperature %.2f fitted on %d validation images; on the other %d, ECE %.3f -> %.3f, "
-             "NLL %.3f -> %.3f; %s", result["temperature"], result["fitted_on"], result["reported_on"],
-             result["before"]["ece"], result["after"]["ece"], result["before"]["nll"], result["after"]["nll"],
-             "the export serves it" if used else "not used: it did not lower the held-out NLL")
-    return {**result, "used": used,
+    log.info("calibration: temperature %.2f fitted on %d validation images; on the other %d, ECE %.3f -> %.3f; %s",
+             result["temperature"], result["fitted_on"], result["reported_on"], result["before"]["ece"],
+             result["after"]["ece"], why)
+    return {**result, "used": used, "why": why,
             "note": "the best checkpoint was chosen on the whole validation split, both halves included"}
 
 
