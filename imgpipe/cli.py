@@ -88,6 +88,10 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weigh
     if "model" in result.metrics:  # a worker other than the chief reports only its training
         click.echo(f"model:         {result.metrics['model']} ({result.metrics['model_choice']})")
         click.echo(f"weights:       {result.metrics['weights']['path'] or 'none, from scratch'}")
+    if result.metrics.get("calibration"):
+        from imgpipe.understand.calibration import describe
+
+        click.echo(f"calibration:   {describe(result.metrics['calibration'])}")
     click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)")
     if result.metrics.get("best_epoch_wall_seconds") is not None:
         click.echo(f"best epoch:    {result.metrics['best_epoch']}, "

@@ -52,6 +52,8 @@ def test_run_prints_metrics_run_dir_and_export(exported, module_folder):
     assert "val_accuracy" in out and "val_loss" in out
     assert f"run directory: {module_folder / 'run'}" in out
     assert f"export:        {export_path}" in out
+    # 30 images, 6 of them validation: too few to halve for a temperature, and the line says so.
+    assert "calibration:   not fitted: 6 validation images, fewer than 20" in out
     run_dir = module_folder / "run"
     metrics = json.loads((run_dir / "metrics.json").read_text())
     for key in ("val_accuracy", "val_loss", "epochs_run", "train_seconds", "export_path"):

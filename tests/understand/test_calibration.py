@@ -3,8 +3,8 @@
 import numpy as np
 import pytest
 
-from imgpipe.understand.calibration import (calibrate, calibration_errors, fit_temperature, reliability_bins, scale,
-                                            serving_decision, split_halves)
+from imgpipe.understand.calibration import (calibrate, calibration_errors, describe, fit_temperature, reliability_bins,
+                                            scale, serving_decision, split_halves)
 
 
 def test_ece_and_mce_match_a_hand_computed_case():
@@ -100,3 +100,13 @@ def test_a_temperature_that_raises_the_held_out_nll_is_not_served():
     result = calibrate(probabilities, labels, seed=0)
     result["after"] = {**result["after"], "nll": result["before"]["nll"] + 0.01}
     assert serving_decision(result)[0] is False
+
+
+def test_the_run_s_line_names_the_temperature_the_errors_and_the_decision():
+    probabilities, labels = over_confident(200, seed=4)
+    result = calibrate(probabilities, labels, seed=0)
+    served, why = serving_decision(result)
+    line = describe({**result, "used": served, "why": why})
+    assert line.startswith(f"T = {result['temperature']:.2f} fitted on {result['fitted_on']} validation images; "
+                           f"on the other {result['reported_on']}, ECE {result['before']['ece']:.3f} -> ")
+    assert line.endswith(why)
