@@ -2,7 +2,7 @@
 
 `imgpipe.engine` trains and exports any registered task and knows nothing of
 the tools in `imgpipe.understand`; this module joins the two, so a run ends
-with its robustness card as the CLI's does.
+with its robustness card and its suspect labels as the CLI's does.
 
 Example:
     >>> result = run("classify", data="./images", epochs=5)
@@ -16,7 +16,8 @@ __all__ = ["evaluate", "predict", "run"]
 
 
 def run(recipe="classify", overrides=(), resume=False, started=None, **shortcuts):
-    """Trains, evaluates and exports the model a recipe describes, ending with the robustness card.
+    """Trains, evaluates and exports the model a recipe describes, ending with the robustness card and the
+    suspect labels.
 
     Args:
         recipe: a recipe name (`classify`), a YAML path or a `Recipe`.
@@ -35,5 +36,7 @@ def run(recipe="classify", overrides=(), resume=False, started=None, **shortcuts
         >>> result = run("classify", data="./images", epochs=5)
     """
     from imgpipe.understand.robustness import card_after_training
+    from imgpipe.understand.suspect_labels import validation_report
 
-    return runner.run(recipe, overrides, resume, reports=(card_after_training,), started=started, **shortcuts)
+    return runner.run(recipe, overrides, resume, reports=(card_after_training, validation_report), started=started,
+                      **shortcuts)

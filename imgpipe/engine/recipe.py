@@ -148,6 +148,9 @@ class TrainSettings:
     output: str = setting("runs", "root folder of run directories: <output>/<task>/<name>")
     run_dir: typing.Optional[str] = setting(None, "exact run directory; overrides output and name")
     verbose: int = setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
+    suspect_labels: str = setting(
+        "validation", "classification: rank the validation images whose label the trained model disputes (cleanlab's "
+        "confident learning; suspect_labels.csv, .png), or none", choices=("validation", "none"))
     deterministic: bool = setting(
         False, "the same metrics from two runs on one machine: seeded weights (data.seed), TensorFlow's op "
         "determinism, augmented batches kept in order; slower")

@@ -118,6 +118,10 @@ class Task:
     robustness_note = "this task has no robustness metric"
     robustness_skipped = {}
 
+    # === Suspect labels (imgpipe.understand.suspect_labels) ===
+    # True: one class per image, scored as class probabilities, so confident learning can rank the labels.
+    suspect_labels = False
+
     # === Serving ===
     def serving_functions(self, model, data, recipe):
         """(serve_image_bytes, serve_images): what the export's two signatures run (see `make_archive`).

@@ -238,6 +238,9 @@ class ClassificationTask(Task):
     # === Robustness ===
     robustness_metric_name = "accuracy"
 
+    # === Suspect labels ===
+    suspect_labels = True
+
     # === Serving ===
     def serving_functions(self, model, data, recipe):
         size = list(data.image_size)

@@ -1,0 +1,110 @@
+"""Which of the user's labels does the trained model dispute? Confident learning, by cleanlab.
+
+cleanlab's `find_label_issues` (Northcutt et al., 2021) estimates from
+out-of-sample probabilities how often each given class is really another one,
+and flags the images whose label is most likely wrong; they are ranked by
+self-confidence (the probability the model gives the label they carry), the
+most suspect first. The probabilities must be out-of-sample: a model that
+trained on an image has learned its label, wrong or not.
+
+A run ranks its validation images (`train.suspect_labels: validation`):
+`suspect_labels.csv` and `suspect_labels.png` in the run folder. Nothing is
+moved or renamed; a person decides.
+
+Example:
+    >>> suspects = rank_suspects(labels, probabilities)
+    >>> suspects[0]
+    Suspect(index=17, given=0, suggested=1, score=0.021)
+"""
+
+import csv
+import dataclasses
+import logging
+import pathlib
+import warnings
+
+import numpy as np
+
+log = logging.getLogger(__name__)
+
+CSV_FILE = "suspect_labels.csv"
+PICTURE_FILE = "suspect_labels.png"
+GRID_IMAGES = 24  # the most suspect images drawn in suspect_labels.png
+
+
+@dataclasses.dataclass(frozen=True)
+class Suspect:
+    """One disputed image: its position, the given and the suggested class index, the label's quality."""
+
+    index: int
+    given: int
+    suggested: int
+    score: float
+
+
+def rank_suspects(labels, probabilities):
+    """The images cleanlab flags as likely mislabelled, most suspect first.
+
+    Args:
+        labels: int array [N], the given classes.
+        probabilities: float array [N, C], out-of-sample class probabilities.
+
+    Returns:
+        list of `Suspect` (score: the probability of the given label, lower is more suspect).
+    """
+    from cleanlab.filter import find_label_issues
+
+    labels = np.asarray(labels, np.int64)
+    probabilities = np.asarray(probabilities, np.float64)
+    probabilities = probabilities / probabilities.sum(axis=1, keepdims=True)  # cleanlab checks rows sum to 1
+    if len(labels) == 0:
+        return []
+    with warnings.catch_warnings():  # a class with one image warns; the ranking is still what we want
+        warnings.simplefilter("ignore")
+        ranked = find_label_issues(labels, probabilities, return_indices_ranked_by="self_confidence")
+    return [Suspect(int(i), int(labels[i]), int(probabilities[i].argmax()), round(float(probabilities[i, labels[i]]), 4))
+            for i in ranked]
+
+
+def write_suspects(suspects, paths, class_names, folder, images=None):
+    """suspect_labels.csv (file, given label, suggested label, score; most suspect first), and
+    suspect_labels.png when `images` (uint8 [N, H, W, 3], in the order of `paths`) are given."""
+    from imgpipe.engine import plots
+
+    folder = pathlib.Path(folder)
+    with (folder / CSV_FILE).open("w", newline="") as handle:
+        writer = csv.writer(handle)
+        writer.writerow(["file", "given_label", "suggested_label", "score"])
+        for suspect in suspects:
+            writer.writerow([paths[suspect.index], class_names[suspect.given], class_names[suspect.suggested],
+                             suspect.score])
+    if images is not None and suspects:
+        shown = suspects[:GRID_IMAGES]
+        plots.plot_image_grid([images[s.index] for s in shown],
+                              [f"{class_names[s.given]} -> {class_names[s.suggested]}? {s.score:.2f}" for s in shown],
+                              folder / PICTURE_FILE, columns=6,
+                              title="suspect labels")
+    return folder / CSV_FILE
+
+
+def validation_report(task, model, data, recipe, decoder, run_dir):
+    """A run's report (`imgpipe.run`'s `reports`): ranks the validation images' labels with the trained model.
+
+    Only tasks with one class per image (`Task.suspect_labels`) and files on disk (not tfds) are ranked.
+    """
+    from imgpipe.engine.inference import compiled_forward
+    from imgpipe.engine.scoring import split_examples
+
+    if recipe.train.suspect_labels != "validation" or not task.suspect_labels or not data.val.is_files:
+        return
+    images, labels = split_examples(data.val, data.image_size, data.val.count, decoder, recipe.data.max_pixels)
+    if len(images) != data.val.count:  # an unreadable file would shift every path after it
+        log.warning("suspect labels: %d of %d validation images decoded; not ranked", len(images), data.val.count)
+        return
+    forward = compiled_forward(model)
+    probabilities = np.concatenate([np.asarray(forward(images[start:start + 64].astype(np.float32)))
+                                    for start in range(0, len(images), 64)])
+    suspects = rank_suspects(labels, probabilities)
+    write_suspects(suspects, data.val.paths, data.class_names, run_dir, images)
+    log.info("suspect labels: %d of %d validation images flagged (%s)", len(suspects), len(labels),
+             pathlib.Path(run_dir) / CSV_FILE)
