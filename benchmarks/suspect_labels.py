@@ -1,0 +1,100 @@
+"""Planted label errors: does `imgpipe run classify` rank them first in suspect_labels.csv?
+
+    a copy of a real train/ + val/ folder (the raccoon crops; scikit-learn's 8x8 digits)
+    -> 5 % of the images of each split moved into another class's folder (seeded): wrong labels
+    -> imgpipe run classify --data COPY, as a user types it (the ImageNet weights folder set)
+    -> precision and recall of the planted validation errors among the top k of suspect_labels.csv,
+       k = twice the planted count (validation mode ranks only validation images, so the training
+       errors cannot be found; they are there to train on noisy labels, as users do)
+
+Usage (from the repository root, with `.[test]` and scikit-learn installed):
+    .venv/bin/python benchmarks/suspect_labels.py [--cases raccoon,digits] [--fraction 0.05]
+"""
+
+import argparse
+import csv
+import os
+import pathlib
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1]))
+
+from benchmarks.common import machine_summary, print_table  # noqa: E402
+
+SHARED = pathlib.Path(__file__).resolve().parents[2] / "shared"
+WORK = pathlib.Path(os.environ.get("BENCH_WORK", "/tmp/imgpipe_bench/suspect_labels"))
+
+
+def case_data(case):
+    """The case's clean train/ + val/ folder (benchmarks/time_to_accuracy.py builds and keeps it)."""
+    from benchmarks import time_to_accuracy
+
+    time_to_accuracy.WORK = WORK
+    return time_to_accuracy.case_folder(case)
+
+
+def plant_errors(source, target, fraction, seed=0):
+    """Copies `source` to `target` with `fraction` of each split's files moved to another class (seeded).
+
+    Returns:
+        {path in target: the true class} of the moved validation files.
+    """
+    shutil.rmtree(target, ignore_errors=True)
+    shutil.copytree(source, target)
+    rng = np.random.default_rng(seed)
+    planted = {}
+    for split in ("train", "val"):
+        classes = sorted(path.name for path in (target / split).iterdir() if path.is_dir())
+        files = sorted(path for path in (target / split).rglob("*") if path.is_file())
+        for index in rng.permutation(len(files))[: round(fraction * len(files))]:
+            path = files[index]
+            others = [name for name in classes if name != path.parent.name]
+            moved = target / split / others[rng.integers(len(others))] / f"moved_{path.name}"
+            path.rename(moved)
+            if split == "val":
+                planted[str(moved)] = path.parent.name
+    return planted
+
+
+def run(case, data):
+    run_dir = WORK / "runs" / case
+    shutil.rmtree(run_dir, ignore_errors=True)
+    environment = {**os.environ, "IMGPIPE_WEIGHTS_DIR": str(SHARED / "weights"), "IMGPIPE_OFFLINE": "1"}
+    command = [sys.executable, "-m", "imgpipe.cli", "-q", "run", "classify", "--data", str(data),
+               "--output", str(run_dir), "--no-export", "--no-robustness"]
+    completed = subprocess.run(command, env=environment, capture_output=True, text=True)
+    if completed.returncode:
+        sys.exit(f"{' '.join(command)} failed:\n{completed.stderr[-3000:]}")
+    return run_dir
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--cases", default="raccoon,digits")
+    parser.add_argument("--fraction", type=float, default=0.05)
+    arguments = parser.parse_args()
+    print(machine_summary())
+    rows = []
+    for case in arguments.cases.split(","):
+        data = WORK / "data" / f"{case}_noisy"
+        planted = plant_errors(case_data(case), data, arguments.fraction)
+        run_dir = run(case, data)
+        suspects = list(csv.DictReader((run_dir / "suspect_labels.csv").open()))
+        k = 2 * len(planted)
+        found = [row for row in suspects[:k] if row["file"] in planted]
+        right_class = sum(row["suggested_label"] == planted[row["file"]] for row in found)
+        validation = sum(1 for path in (data / "val").rglob("*") if path.is_file())
+        rows.append([case, validation, len(planted), len(suspects), k, f"{len(found) / max(min(k, len(suspects)), 1):.2f}",
+                     f"{len(found) / max(len(planted), 1):.2f}", f"{right_class}/{len(found)}"])
+        print(f"{case}: {run_dir}")
+    print_table(f"planted wrong labels ({arguments.fraction:.0%} of each split), validation mode",
+                ["case", "val images", "planted in val", "flagged", "k", "precision@k", "recall@k",
+                 "suggested = true class"], rows)
+
+
+if __name__ == "__main__":
+    main()
