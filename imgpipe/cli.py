@@ -112,7 +112,11 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weigh
               help="Perceptual-hash bits (of 64) two images may differ in and count as copies; -1: exact only.")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Recipe keys, e.g. data.val_split=0.1.")
 @click.option("--json", "as_json", is_flag=True, help="Print the report as JSON.")
-def check(data, task, style, near_bits, overrides, as_json):
+@click.option("--run", "run_dir", type=click.Path(), help="Also rank the folder's labels with this classification "
+              "run's model (suspect_labels.csv, .png in --report-dir); the run's training images are left out.")
+@click.option("--report-dir", type=click.Path(), default="runs/check", show_default=True,
+              help="Where --run writes suspect_labels.csv and .png.")
+def check(data, task, style, near_bits, overrides, as_json, run_dir, report_dir):
     """Check a data folder before training: unreadable files, duplicates, leakage, balance.
 
     Exits 0 when the data can be trained on (warnings allowed), 2 when it cannot.
@@ -123,6 +127,15 @@ def check(data, task, style, near_bits, overrides, as_json):
     click.echo(json.dumps(report.to_dict(), indent=2, default=str) if as_json else render(report))
     if not report.trainable:
         sys.exit(2)
+    if run_dir:
+        from imgpipe.understand.suspect_labels import rank_folder
+
+        suspects, paths, class_names, left_out, written = rank_folder(run_dir, data, report_dir)
+        click.echo(f"\nsuspect labels ({run_dir}'s model): {len(suspects)} of {len(paths)} image(s) flagged"
+                   + (f"; {left_out} training image(s) of the run left out" if left_out else "") + f"; {written}")
+        for suspect in suspects[:10]:
+            click.echo(f"  {paths[suspect.index]}: {class_names[suspect.given]} -> "
+                       f"{class_names[suspect.suggested]}? ({suspect.score:.2f})")
 
 
 @main.command()

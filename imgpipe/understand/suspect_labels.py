@@ -108,3 +108,50 @@ def validation_report(task, model, data, recipe, decoder, run_dir):
     write_suspects(suspects, data.val.paths, data.class_names, run_dir, images)
     log.info("suspect labels: %d of %d validation images flagged (%s)", len(suspects), len(labels),
              pathlib.Path(run_dir) / CSV_FILE)
+
+
+def rank_folder(run_dir, folder, report_dir):
+    """`imgpipe check --data FOLDER --run RUN_DIR`: ranks a labelled folder's labels with a trained run's model.
+
+    The run's own training images are left out: the model learnt their labels, so its probabilities for
+    them are in-sample and cannot dispute them. They are found by reading the run's data again as it
+    split it.
+
+    Returns:
+        (list of `Suspect`, the ranked paths, the class names, how many training images were left out,
+        the CSV's path)
+    """
+    import os
+
+    from imgpipe.data.sources import ImageSet
+    from imgpipe.engine.export.saved_model import export_metadata
+    from imgpipe.engine.inference import compiled_forward
+    from imgpipe.engine.run_folder import load_run
+    from imgpipe.engine.scoring import split_examples
+    from imgpipe.errors import DataError
+
+    run = load_run(run_dir)
+    if not run.task.suspect_labels:
+        raise DataError(f"{run_dir}: a {run.task.name} run; suspect labels rank one class per image (classify)")
+    try:
+        trained_on = {os.path.realpath(path) for path in run.task.read_data(run.recipe).train.paths}
+    except DataError as error:
+        raise DataError(f"{error}; the run's training images must be known to leave them out") from None
+    files = run.task.evaluation_files(folder, export_metadata(run.task, run.data, run.recipe),
+                                      run.recipe.data.max_pixels)
+    kept = [(path, label) for path, label in zip(files.paths, files.truths) if os.path.realpath(path) not in trained_on]
+    if not kept:
+        raise DataError(f"{folder}: every image is one the run trained on; rank them with a run that held them out")
+    paths, labels = [path for path, _ in kept], [label for _, label in kept]
+    images, _ = split_examples(ImageSet.from_files(paths, labels), run.data.image_size, len(paths),
+                               max_pixels=run.recipe.data.max_pixels)
+    if len(images) != len(paths):
+        raise DataError(f"{folder}: {len(paths) - len(images)} image(s) could not be decoded; run imgpipe check first")
+    forward = compiled_forward(run.model)
+    probabilities = np.concatenate([np.asarray(forward(images[start:start + 64].astype(np.float32)))
+                                    for start in range(0, len(images), 64)])
+    suspects = rank_suspects(labels, probabilities)
+    report_dir = pathlib.Path(report_dir)
+    report_dir.mkdir(parents=True, exist_ok=True)
+    written = write_suspects(suspects, paths, run.data.class_names, report_dir, images)
+    return suspects, paths, run.data.class_names, len(files.paths) - len(kept), written

@@ -22,32 +22,55 @@ def test_confident_learning_flags_the_images_the_model_disputes_most_suspect_fir
     assert (suspects[0].given, suspects[0].suggested, suspects[0].score) == (1, 0, 0.03)
 
 
-@pytest.fixture
-def mislabelled_folder(tmp_path):
-    """train/ + val/ of three flat colours; three validation images carry another colour's label."""
+@pytest.fixture(scope="module")
+def mislabelled_run(tmp_path_factory):
+    """train/ + val/ of three flat colours, three validation images labelled as another colour; a run on it.
+
+    Returns (the data folder, each file's modification time before the run, the run's result).
+    """
+    root = tmp_path_factory.mktemp("mislabelled")
     rng = np.random.default_rng(0)
     for split, count in (("train", 12), ("val", 6)):
         for name, colour in COLOURS.items():
             for index in range(count):
-                write_image(tmp_path / "data" / split / name / f"{name}_{index + 2}.png",
+                write_image(root / "data" / split / name / f"{name}_{index + 2}.png",
                             np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
     for (split, folder, file), colour in PLANTED.items():
-        write_image(tmp_path / "data" / split / folder / file, COLOURS[colour])
-    return tmp_path / "data"
-
-
-def test_a_run_ranks_the_planted_labels_first_and_moves_nothing(mislabelled_folder, tmp_path):
-    before = sorted((path, path.stat().st_mtime_ns) for path in mislabelled_folder.rglob("*"))
+        write_image(root / "data" / split / folder / file, COLOURS[colour])
+    before = sorted((path, path.stat().st_mtime_ns) for path in (root / "data").rglob("*"))
     result = imgpipe.run("classify", ["train.epochs=6", "train.batch_size=8", "train.verbose=0",
                                       "data.image_size=16", "evaluate.robustness=false", "export.enabled=false",
-                                      f"train.run_dir={tmp_path / 'run'}"], data=mislabelled_folder)
+                                      f"train.run_dir={root / 'run'}"], data=root / "data")
+    return root / "data", before, result
+
+
+def planted_first(rows):
+    top = {(pathlib_parts(row["file"]), row["suggested_label"]) for row in rows[:len(PLANTED)]}
+    return top == {((split, folder, file), colour) for (split, folder, file), colour in PLANTED.items()}
+
+
+def test_a_run_ranks_the_planted_labels_first_and_moves_nothing(mislabelled_run):
+    data, before, result = mislabelled_run
     rows = list(csv.DictReader((result.run_dir / "suspect_labels.csv").open()))
     assert result.metrics["val_accuracy"] >= 0.8  # the model has learnt the colours
-    top = {(pathlib_parts(row["file"]), row["suggested_label"]) for row in rows[:len(PLANTED)]}
-    assert top == {((split, folder, file), colour) for (split, folder, file), colour in PLANTED.items()}
+    assert planted_first(rows)
     assert all(row["given_label"] == pathlib_parts(row["file"])[1] for row in rows)
     assert (result.run_dir / "suspect_labels.png").is_file()
-    assert sorted((path, path.stat().st_mtime_ns) for path in mislabelled_folder.rglob("*")) == before
+    assert sorted((path, path.stat().st_mtime_ns) for path in data.rglob("*")) == before
+
+
+def test_check_ranks_a_folder_with_the_run_s_model(mislabelled_run, cli, tmp_path):
+    data, _, result = mislabelled_run
+    code, out, err = cli("check", "--data", data / "val", "--run", result.run_dir, "--report-dir", tmp_path)
+    assert code == 0, err
+    assert planted_first(list(csv.DictReader((tmp_path / "suspect_labels.csv").open())))
+    assert f"{data / 'val' / 'red' / 'green_0.png'}: red -> green?" in out
+
+
+def test_check_leaves_out_the_run_s_training_images(mislabelled_run, cli, tmp_path):
+    data, _, result = mislabelled_run
+    code, _, err = cli("check", "--data", data / "train", "--run", result.run_dir, "--report-dir", tmp_path)
+    assert code == 2 and "every image is one the run trained on" in err
 
 
 def pathlib_parts(path):
