@@ -108,10 +108,9 @@ def main():
         run_dir = train(case)
         metrics = json.loads((run_dir / "metrics.json").read_text())
         probabilities, labels = validation_probabilities(run_dir)
-        # The run's own halving (the task's seed), recomputed from its network: a run recorded before the
-        # serving rule changed keeps its probabilities, and the temperature must match its record.
+        # The run's own halving (the task's seed), recomputed from its network with this checkout's code, so a
+        # run trained before a change to the halving or the serving rule is judged by the current one.
         record = calibrate(probabilities, labels, seed=CALIBRATION_SEED)
-        assert abs(record["temperature"] - metrics["calibration"]["temperature"]) < 1e-3, (record, metrics)
         served, why = serving_decision(record)
         record_rows.append([case, metrics["model"], f"{metrics['val_accuracy']:.4f}",
                             f"{record['fitted_on']}/{record['reported_on']}",

@@ -8,8 +8,9 @@ scores toward the rate at which they are right.
 
 The validation split is the only held-out data a run has, and it also chose
 the best checkpoint. So T is fitted on one half of it (seeded, stratified by
-class) and the errors before and after are reported on the other half; the
-figures are then honest about the temperature, if not about the checkpoint.
+class and by right or wrong answer) and the errors before and after are
+reported on the other half; the figures are then honest about the
+temperature, if not about the checkpoint.
 
 Example:
     >>> result = calibrate(probabilities, labels, seed=1337)
@@ -92,13 +93,17 @@ def fit_temperature(probabilities, labels):
     return float(np.exp(found.x))
 
 
-def split_halves(labels, seed):
-    """Two disjoint index arrays, each holding about half of every class (seeded): (fit, report)."""
-    labels = np.asarray(labels, np.int64)
+def split_halves(strata, seed):
+    """Two disjoint index arrays, each holding about half of every stratum (seeded): (fit, report).
+
+    `calibrate` stratifies by class and by whether the model was right, so that the wrong answers, the
+    only images that say how far a temperature may sharpen, are shared between the halves.
+    """
+    strata = np.asarray(strata, np.int64)
     rng = np.random.default_rng(seed)
     fit, report = [], []
-    for label in np.unique(labels):
-        members = rng.permutation(np.flatnonzero(labels == label))
+    for stratum in np.unique(strata):
+        members = rng.permutation(np.flatnonzero(strata == stratum))
         half = (len(members) + rng.integers(0, 2)) // 2  # odd classes alternate sides at random
         fit += list(members[:half])
         report += list(members[half:])
@@ -106,7 +111,8 @@ def split_halves(labels, seed):
 
 
 def calibrate(probabilities, labels, seed):
-    """Fits T on one half of the (validation) images and scores it on the other half.
+    """Fits T on one half of the (validation) images and scores it on the other half (halves stratified by
+    class and by right or wrong answer).
 
     Returns:
         dict: temperature, fitted_on and reported_on (image counts), before and after
@@ -115,10 +121,10 @@ def calibrate(probabilities, labels, seed):
     """
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels, np.int64)
-    fit, report = split_halves(labels, seed)
+    wrong = probabilities.argmax(axis=1) != labels
+    fit, report = split_halves(labels * 2 + wrong, seed)
     temperature = fit_temperature(probabilities[fit], labels[fit])
     held_out, calibrated = probabilities[report], scale(probabilities[report], temperature)
-    wrong = probabilities.argmax(axis=1) != labels
     return {"temperature": round(temperature, 4), "fitted_on": int(len(fit)), "reported_on": int(len(report)),
             "wrong_in_fit": int(wrong[fit].sum()), "wrong_in_report": int(wrong[report].sum()),
             "before": calibration_errors(held_out, labels[report]),

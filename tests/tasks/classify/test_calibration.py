@@ -43,8 +43,9 @@ def test_the_run_records_a_temperature_fitted_on_one_half_and_scored_on_the_othe
     result, _ = calibrated_run
     calibration = result.metrics["calibration"]
     _, probabilities, labels = validation_probabilities(result)
-    fit, report = split_halves(labels, seed=0)
-    assert (calibration["fitted_on"], calibration["reported_on"]) == (len(fit), len(report)) == (15, 15)
+    fit, report = split_halves(labels * 2 + (probabilities.argmax(axis=1) != labels), seed=0)
+    assert (calibration["fitted_on"], calibration["reported_on"]) == (len(fit), len(report))
+    assert len(fit) + len(report) == 30
     before = calibration_errors(probabilities[report], labels[report])
     assert calibration["before"]["nll"] == pytest.approx(before["nll"], abs=1e-4)
     after = calibration_errors(scale(probabilities[report], calibration["temperature"]), labels[report])
