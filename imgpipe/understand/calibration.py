@@ -7,9 +7,9 @@ images, which changes no ranking (accuracy stays the same) but moves the
 scores toward the rate at which they are right.
 
 The validation split is the only held-out data a run has, and it also chose
-the best checkpoint. So T is fitted on one half of it (seeded, stratified by
-class and by right or wrong answer) and the errors before and after are
-reported on the other half; the figures are then honest about the
+the best checkpoint. So T is fitted on one half of it (seeded; the right
+answers stratified by class, the wrong ones shared) and the errors before and
+after are reported on the other half; the figures are then honest about the
 temperature, if not about the checkpoint.
 
 Example:
@@ -96,8 +96,9 @@ def fit_temperature(probabilities, labels):
 def split_halves(strata, seed):
     """Two disjoint index arrays, each holding about half of every stratum (seeded): (fit, report).
 
-    `calibrate` stratifies by class and by whether the model was right, so that the wrong answers, the
-    only images that say how far a temperature may sharpen, are shared between the halves.
+    `calibrate` stratifies the right answers by class and puts the wrong ones in a stratum of their own, so
+    that the wrong answers, the only images that say how far a temperature may sharpen, are shared
+    between the halves.
     """
     strata = np.asarray(strata, np.int64)
     rng = np.random.default_rng(seed)
@@ -110,9 +111,14 @@ def split_halves(strata, seed):
     return np.sort(np.array(fit, np.int64)), np.sort(np.array(report, np.int64))
 
 
+def wrong_apart(labels, wrong):
+    """Strata for `split_halves`: the class of each right answer, -1 for every wrong one."""
+    return np.where(wrong, -1, np.asarray(labels, np.int64))
+
+
 def calibrate(probabilities, labels, seed):
-    """Fits T on one half of the (validation) images and scores it on the other half (halves stratified by
-    class and by right or wrong answer).
+    """Fits T on one half of the (validation) images and scores it on the other half (halves stratified:
+    the right answers by class, the wrong ones together).
 
     Returns:
         dict: temperature, fitted_on and reported_on (image counts), before and after
@@ -122,7 +128,7 @@ def calibrate(probabilities, labels, seed):
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels, np.int64)
     wrong = probabilities.argmax(axis=1) != labels
-    fit, report = split_halves(labels * 2 + wrong, seed)
+    fit, report = split_halves(wrong_apart(labels, wrong), seed)
     temperature = fit_temperature(probabilities[fit], labels[fit])
     held_out, calibrated = probabilities[report], scale(probabilities[report], temperature)
     return {"temperature": round(temperature, 4), "fitted_on": int(len(fit)), "reported_on": int(len(report)),

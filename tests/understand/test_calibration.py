@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from imgpipe.understand.calibration import (calibrate, calibration_errors, describe, fit_temperature, reliability_bins,
-                                            scale, serving_decision, split_halves)
+                                            scale, serving_decision, split_halves, wrong_apart)
 
 
 def test_ece_and_mce_match_a_hand_computed_case():
@@ -74,10 +74,10 @@ def test_calibrate_reports_on_the_half_it_did_not_fit():
     probabilities, labels = over_confident(200, seed=4)
     result = calibrate(probabilities, labels, seed=0)
     wrong = probabilities.argmax(axis=1) != labels
-    fit, report = split_halves(labels * 2 + wrong, seed=0)
+    fit, report = split_halves(wrong_apart(labels, wrong), seed=0)
     assert result["fitted_on"] == len(fit) and result["reported_on"] == len(report)
     # The wrong answers are shared between the halves too.
-    assert abs(int(wrong[fit].sum()) - int(wrong[report].sum())) <= 2
+    assert abs(int(wrong[fit].sum()) - int(wrong[report].sum())) <= 1
     assert (result["wrong_in_fit"], result["wrong_in_report"]) == (wrong[fit].sum(), wrong[report].sum())
     assert result["temperature"] == pytest.approx(fit_temperature(probabilities[fit], labels[fit]), abs=1e-4)
     assert result["before"] == calibration_errors(probabilities[report], labels[report])

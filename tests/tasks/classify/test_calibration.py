@@ -9,7 +9,7 @@ import tensorflow as tf
 import imgpipe
 from imgpipe.engine.export.saved_model import load_export
 from imgpipe.engine.run_folder import load_run
-from imgpipe.understand.calibration import calibration_errors, scale, split_halves
+from imgpipe.understand.calibration import calibration_errors, scale, split_halves, wrong_apart
 from tests.conftest import COLOURS, write_image
 
 
@@ -43,7 +43,7 @@ def test_the_run_records_a_temperature_fitted_on_one_half_and_scored_on_the_othe
     result, _ = calibrated_run
     calibration = result.metrics["calibration"]
     _, probabilities, labels = validation_probabilities(result)
-    fit, report = split_halves(labels * 2 + (probabilities.argmax(axis=1) != labels), seed=0)
+    fit, report = split_halves(wrong_apart(labels, probabilities.argmax(axis=1) != labels), seed=0)
     assert (calibration["fitted_on"], calibration["reported_on"]) == (len(fit), len(report))
     assert len(fit) + len(report) == 30
     before = calibration_errors(probabilities[report], labels[report])
