@@ -142,8 +142,13 @@ def plot_reliability(panels, path):
         axis.set_ylabel("accuracy")
         axis.set_title(title, fontsize=9)
         axis.grid(alpha=0.3)
-        axis.legend(loc="upper left", fontsize=7)
-    return _save(figure, path)
+    # Below the panels: inside, the legend hid the bins of an under-confident model (top left).
+    handles, labels = axes.flat[0].get_legend_handles_labels()
+    figure.legend(handles, labels, loc="lower center", ncol=3, fontsize=8)
+    figure.tight_layout(rect=(0, 0.07, 1, 1))
+    figure.savefig(path, dpi=100)
+    plt.close(figure)
+    return path
 
 
 def _save(figure, path):
