@@ -68,14 +68,12 @@ def validation_probabilities(run_dir):
     """The trained network's own softmax and the labels on the run's validation split."""
     from imgpipe.engine.run_folder import load_run
     from imgpipe.engine.scoring import split_examples
+    from imgpipe.understand.suspect_labels import class_probabilities
 
     run = load_run(run_dir)
     data = run.task.read_data(run.recipe)
     images, labels = split_examples(data.val, data.image_size, data.val.count)
-    probabilities = np.concatenate([np.asarray(run.model(images[start:start + 64].astype(np.float32),
-                                                         training=False))
-                                    for start in range(0, len(images), 64)])
-    return probabilities, labels.astype(np.int64)
+    return class_probabilities(run.model, images), labels.astype(np.int64)
 
 
 def halvings(probabilities, labels):

@@ -131,11 +131,13 @@ def check(data, task, style, near_bits, overrides, as_json, run_dir, report_dir)
         from imgpipe.understand.suspect_labels import rank_folder
 
         suspects, paths, class_names, left_out, written = rank_folder(run_dir, data, report_dir)
-        click.echo(f"\nsuspect labels ({run_dir}'s model): {len(suspects)} of {len(paths)} image(s) flagged"
+        click.echo(f"\nsuspect labels ({run_dir}'s model): {sum(s.flagged for s in suspects)} of {len(paths)} "
+                   f"image(s) flagged"
                    + (f"; {left_out} training image(s) of the run left out" if left_out else "") + f"; {written}")
-        for suspect in suspects[:10]:
+        for suspect in [suspect for suspect in suspects if suspect.given != suspect.suggested][:10]:
             click.echo(f"  {paths[suspect.index]}: {class_names[suspect.given]} -> "
-                       f"{class_names[suspect.suggested]}? ({suspect.score:.2f})")
+                       f"{class_names[suspect.suggested]}? ({suspect.score:.2f}"
+                       + (", flagged)" if suspect.flagged else ")"))
 
 
 @main.command()

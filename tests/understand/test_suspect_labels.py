@@ -13,13 +13,15 @@ PLANTED = {("val", "blue", "red_0.png"): "red", ("val", "blue", "red_1.png"): "r
            ("val", "red", "green_0.png"): "green"}
 
 
-def test_confident_learning_flags_the_images_the_model_disputes_most_suspect_first():
+def test_every_image_is_ranked_and_the_disputed_ones_flagged():
     labels = np.array([0, 0, 0, 1, 1, 1, 0, 1])
     probabilities = np.array([[0.9, 0.1], [0.8, 0.2], [0.95, 0.05], [0.1, 0.9], [0.2, 0.8], [0.15, 0.85],
                               [0.3, 0.7], [0.97, 0.03]])
     suspects = rank_suspects(labels, probabilities)
-    assert [s.index for s in suspects] == [7, 6]  # the label's probability: 0.03, then 0.3
-    assert (suspects[0].given, suspects[0].suggested, suspects[0].score) == (1, 0, 0.03)
+    # Every image by the probability of its label: 0.03, 0.3, then the rest; the two disputed are flagged.
+    assert [s.index for s in suspects[:2]] == [7, 6] and len(suspects) == 8
+    assert (suspects[0].given, suspects[0].suggested, suspects[0].score, suspects[0].flagged) == (1, 0, 0.03, True)
+    assert suspects[1].flagged and not any(s.flagged for s in suspects[2:])
 
 
 @pytest.fixture(scope="module")
@@ -28,9 +30,12 @@ def mislabelled_run(tmp_path_factory):
 
     Returns (the data folder, each file's modification time before the run, the run's result).
     """
+    import keras
+
     root = tmp_path_factory.mktemp("mislabelled")
     rng = np.random.default_rng(0)
-    for split, count in (("train", 12), ("val", 6)):
+    keras.utils.set_random_seed(0)  # one unseeded start in ten learnt the colours too slowly to pass
+    for split, count in (("train", 20), ("val", 6)):
         for name, colour in COLOURS.items():
             for index in range(count):
                 write_image(root / "data" / split / name / f"{name}_{index + 2}.png",
@@ -38,7 +43,7 @@ def mislabelled_run(tmp_path_factory):
     for (split, folder, file), colour in PLANTED.items():
         write_image(root / "data" / split / folder / file, COLOURS[colour])
     before = sorted((path, path.stat().st_mtime_ns) for path in (root / "data").rglob("*"))
-    result = imgpipe.run("classify", ["train.epochs=6", "train.batch_size=8", "train.verbose=0",
+    result = imgpipe.run("classify", ["train.epochs=8", "train.batch_size=8", "train.verbose=0",
                                       "data.image_size=16", "evaluate.robustness=false", "export.enabled=false",
                                       f"train.run_dir={root / 'run'}"], data=root / "data")
     return root / "data", before, result
