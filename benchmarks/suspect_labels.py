@@ -88,12 +88,14 @@ def main():
         found = [row for row in suspects[:k] if row["file"] in planted]
         right_class = sum(row["suggested_label"] == planted[row["file"]] for row in found)
         validation = sum(1 for path in (data / "val").rglob("*") if path.is_file())
-        rows.append([case, validation, len(planted), len(suspects), k, f"{len(found) / max(min(k, len(suspects)), 1):.2f}",
-                     f"{len(found) / max(len(planted), 1):.2f}", f"{right_class}/{len(found)}"])
+        flagged = [row for row in suspects if row["flagged"] == "yes"]
+        flagged_planted = sum(row["file"] in planted for row in flagged)
+        rows.append([case, validation, len(planted), k, f"{len(found) / k:.2f}", f"{len(found) / len(planted):.2f}",
+                     f"{right_class}/{len(found)}", len(flagged), f"{flagged_planted}/{len(flagged)}"])
         print(f"{case}: {run_dir}")
     print_table(f"planted wrong labels ({arguments.fraction:.0%} of each split), validation mode",
-                ["case", "val images", "planted in val", "flagged", "k", "precision@k", "recall@k",
-                 "suggested = true class"], rows)
+                ["case", "val images", "planted in val", "k", "precision@k", "recall@k", "suggested = true class",
+                 "flagged", "planted among flagged"], rows)
 
 
 if __name__ == "__main__":
