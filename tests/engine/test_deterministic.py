@@ -17,7 +17,7 @@ import numpy as np
 def run_in_process(data, run_dir, *settings):
     environment = {**os.environ, "IMGPIPE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     command = [sys.executable, "-m", "imgpipe.cli", "-q", "run", "classify", "--data", str(data),
-               "--output", str(run_dir), "--epochs", "2", "--image-size", "16",
+               "--output", str(run_dir), "--epochs", "1", "--image-size", "16",
                *[part for setting in settings for part in ("--set", setting)],
                "--set", "train.batch_size=8", "--set", "train.verbose=0", "--set", "evaluate.robustness=false",
                "--set", "export.enabled=false", "--set", "train.tensorboard=false"]

@@ -23,8 +23,9 @@ def scalar(proto):
 
 
 def test_the_run_s_scalars_and_pictures_are_in_its_tensorboard_folder(class_folder, fast_recipe_args):
-    result = imgpipe.run("classify", [*fast_recipe_args, "train.epochs=2", "export.enabled=false"],
-                         data=class_folder)
+    assert imgpipe.load_recipe("classify").train.tensorboard is True  # on unless a recipe turns it off
+    result = imgpipe.run("classify", [*fast_recipe_args, "train.epochs=2", "export.enabled=false",
+                                      "train.tensorboard=true"], data=class_folder)
     history = list(csv.DictReader((result.run_dir / "history.csv").open()))
     train = read_tensors(result.run_dir / "tensorboard" / "train")
     validation = read_tensors(result.run_dir / "tensorboard" / "validation")

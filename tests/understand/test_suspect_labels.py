@@ -85,6 +85,7 @@ def pathlib_parts(path):
 
 
 def test_train_suspect_labels_none_ranks_nothing(class_folder, fast_recipe_args):
+    assert imgpipe.load_recipe("classify").train.suspect_labels == "validation"  # the default ranks
     result = imgpipe.run("classify", [*fast_recipe_args, "train.suspect_labels=none", "export.enabled=false"],
                          data=class_folder)
     assert not (result.run_dir / "suspect_labels.csv").exists()
