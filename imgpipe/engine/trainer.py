@@ -302,7 +302,9 @@ class Trainer:
             ),
             keras.callbacks.TerminateOnNaN(),
         ]
-        if self.settings.tensorboard:
+        # One log per job: a worker other than the chief (it restores from the chief's backup) writes none,
+        # as its weights and metrics are the chief's.
+        if self.settings.tensorboard and self.backup_from is None:
             callbacks.append(epoch_scalars(self.run_dir))
         if self.settings.patience:
             callbacks.append(
