@@ -73,7 +73,9 @@ def rank_suspects(labels, probabilities):
     scores = get_label_quality_scores(labels, probabilities, method="self_confidence")
     with warnings.catch_warnings():  # a class with one image warns; the verdicts are still what we want
         warnings.simplefilter("ignore")
-        flagged = find_label_issues(labels, probabilities)
+        # One process: cleanlab's default forks a multiprocessing pool, and a fork of a process running
+        # TensorFlow's (and a multi-worker job's gRPC) threads can deadlock; two multi-worker test runs hung.
+        flagged = find_label_issues(labels, probabilities, n_jobs=1)
     order = np.argsort(scores, kind="stable")
     return [Suspect(int(i), int(labels[i]), int(probabilities[i].argmax()), round(float(scores[i]), 4),
                     bool(flagged[i])) for i in order]
