@@ -23,6 +23,7 @@ from imgpipe.data.boxes import clean_annotation
 from imgpipe.data.coco import coco_files, read_coco
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
+from imgpipe.data.grouped_split import split_keeping_duplicates
 from imgpipe.data.split import stratified_split
 from imgpipe.data.voc import read_voc, voc_folders
 from imgpipe.data.yolo import is_yolo, read_yolo
@@ -106,7 +107,8 @@ def clean_split(annotations, max_pixels):
     return kept, headers, skipped
 
 
-def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=None, image_size="auto"):
+def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=None, image_size="auto",
+                   split_groups="duplicates"):
     """Reads a detection data set into a `TaskData` (targets are indices into `state.annotations`)."""
     root = pathlib.Path(root)
     if not root.is_dir():
@@ -126,12 +128,14 @@ def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
         raise DataError(f"{root}: no readable images")
     if sum(len(a.boxes) for a in all_annotations) == 0:
         raise DataError(f"{root}: the annotations hold no usable boxes")
+    split_report = None
     if None in splits:
         # Stratify on each image's first class (negatives apart), so rare classes reach validation.
         strata = [int(a.classes[0]) if len(a.classes) else -1 for a in all_annotations]
-        train_index, val_index = stratified_split(strata, val_split, seed)
-        if len(val_index) == 0:  # every stratum a singleton (tiny sets): split the images as one group
-            train_index, val_index = stratified_split([0] * len(all_annotations), val_split, seed)
+        if len(stratified_split(strata, val_split, seed)[1]) == 0:
+            strata = [0] * len(all_annotations)  # every stratum a singleton (tiny sets): split them as one group
+        train_index, val_index, split_report = split_keeping_duplicates(
+            [a.image for a in all_annotations], strata, val_split, seed, split_groups, max_pixels)
     else:
         train_index = np.array([i for i, s in enumerate(split_of) if s == "train"])
         val_index = np.array([i for i, s in enumerate(split_of) if s == "val"])
@@ -144,4 +148,5 @@ def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
 
     size = auto_image_size(all_headers, low=64, high=256, step=32) if image_size == "auto" else list(image_size)
     return TaskData(train=subset(train_index), val=subset(val_index), class_names=list(names), image_size=size,
-                    source=str(root), skipped=skipped, state=DetectionLabels(all_annotations, format))
+                    source=str(root), skipped=skipped, state=DetectionLabels(all_annotations, format),
+                    split_report=split_report)

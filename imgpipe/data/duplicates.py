@@ -17,6 +17,7 @@ import dataclasses
 import numpy as np
 
 CHUNK = 1024  # rows of the pairwise distance matrix held at once
+NEAR_DUPLICATE_BITS = 4  # finds re-saved and resized copies, keeps distinct photos of one scene apart
 
 
 @dataclasses.dataclass
@@ -27,7 +28,7 @@ class DuplicateGroup:
     exact: bool
 
 
-def duplicate_groups(reports, max_distance=4):
+def duplicate_groups(reports, max_distance=NEAR_DUPLICATE_BITS):
     """Groups of two or more decodable files that are exact or near copies of each other.
 
     Args:

@@ -21,38 +21,13 @@ import numpy as np
 
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, IMAGE_EXTENSIONS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
-from imgpipe.data.split import stratified_split
+from imgpipe.data.grouped_split import split_keeping_duplicates
+from imgpipe.data.walk import walk_folders
 from imgpipe.errors import DataError
 
 log = logging.getLogger("imgpipe")
 
 VAL_FOLDER_NAMES = ("val", "validation")
-
-
-def walk_folders(top):
-    """`os.walk(top)` that follows symlinked folders, each real folder once, hidden ones left out.
-
-    Users link data sets into a folder, so links are followed; a link back up the
-    tree would make a plain `os.walk(followlinks=True)` endless.
-
-    Example:
-        >>> for folder, files in walk_folders("./images"): ...
-    """
-    seen = set()
-    for folder, dirs, files in os.walk(top, followlinks=True):
-        real = os.path.realpath(folder)
-        if real in seen:
-            dirs[:] = []
-            continue
-        seen.add(real)
-        dirs[:] = sorted(d for d in dirs if not d.startswith(".")
-                         and not _is_ancestor(os.path.realpath(os.path.join(folder, d)), real))
-        yield folder, sorted(name for name in files if not name.startswith("."))
-
-
-def _is_ancestor(candidate, folder):
-    """Whether `candidate` is `folder` or above it: a link there leads back into the walk."""
-    return folder == candidate or folder.startswith(candidate.rstrip(os.sep) + os.sep)
 
 
 def list_images(folder):
@@ -107,7 +82,7 @@ def scan_class_folders(root, max_pixels, class_names=None):
     return paths, np.array(labels, dtype=np.int32), class_names, headers, skipped
 
 
-def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_size="auto"):
+def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_size="auto", split_groups="duplicates"):
     """Reads a class-folder data set into a `TaskData` with both splits.
 
     Args:
@@ -117,6 +92,7 @@ def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_si
         seed: int, seed of that split.
         max_pixels: int, larger images are skipped as decompression bombs.
         image_size: 'auto' or [height, width]; 'auto' follows the data.
+        split_groups: 'duplicates' keeps copies of one picture on one side of the split imgpipe draws; 'none'.
 
     Raises:
         DataError: the folder is missing, flat, has fewer than two classes or no
@@ -128,6 +104,7 @@ def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_si
     if not root.is_dir():
         raise DataError(f"{root}: not a folder (expected a folder of class sub-folders)")
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
+    split_report = None
     val_root = next((root / name for name in VAL_FOLDER_NAMES if (root / name).is_dir()), None)
     if (root / "train").is_dir() and val_root is not None:
         paths, labels, class_names, headers, skipped = scan_class_folders(root / "train", max_pixels)
@@ -137,7 +114,8 @@ def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_si
         val = ImageSet.from_files(val_paths, val_labels, val_headers)
     else:
         paths, labels, class_names, headers, skipped = scan_class_folders(root, max_pixels)
-        train_index, val_index = stratified_split(labels, val_split, seed)
+        train_index, val_index, split_report = split_keeping_duplicates(paths, labels, val_split, seed, split_groups,
+                                                                        max_pixels)
         train = ImageSet.from_files([paths[i] for i in train_index], labels[train_index],
                                     [headers[i] for i in train_index])
         val = ImageSet.from_files([paths[i] for i in val_index], labels[val_index], [headers[i] for i in val_index])
@@ -151,6 +129,7 @@ def read_class_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_si
         image_size=auto_image_size(headers) if image_size == "auto" else list(image_size),
         source=str(root),
         skipped=skipped,
+        split_report=split_report,
     )
 
 

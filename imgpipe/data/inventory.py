@@ -23,7 +23,7 @@ import imagehash
 import numpy as np
 from PIL import Image
 
-from imgpipe.data.folders import walk_folders
+from imgpipe.data.walk import walk_folders
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, load_image, read_header
 
 HASH_SIDE = 64  # decoded side for hashing: pHash works on 32x32, so more detail is wasted

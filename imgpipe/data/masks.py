@@ -32,7 +32,7 @@ from PIL import Image
 from imgpipe.data.folders import list_images
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
-from imgpipe.data.split import stratified_split
+from imgpipe.data.grouped_split import split_keeping_duplicates
 from imgpipe.errors import DataError
 
 log = logging.getLogger("imgpipe")
@@ -332,10 +332,12 @@ def list_pairs(root):
     return pairs
 
 
-def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_size="auto", ignore_index=None):
+def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_size="auto", ignore_index=None,
+                      split_groups="duplicates"):
     """Reads a segmentation data set into a `TaskData` whose targets are mask paths.
 
-    `state` is the `MaskEncoding` every mask is decoded with.
+    `state` is the `MaskEncoding` every mask is decoded with. When the data gives no
+    split, copies of one image stay on one side of the drawn split (`split_groups`).
 
     Raises:
         DataError: unknown layout, an image without its mask, a mask whose size
@@ -383,10 +385,12 @@ def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_siz
                                               voc_layout=layout[0][0] == "voc", folder=str(root))
     if None in split_lists:
         images, masks = split_lists[None]
-        train_index, val_index = stratified_split(np.zeros(len(images)), val_split, seed)
+        train_index, val_index, split_report = split_keeping_duplicates(images, np.zeros(len(images), np.int64),
+                                                                        val_split, seed, split_groups, max_pixels)
         train = ImageSet.from_files([images[i] for i in train_index], np.array([masks[i] for i in train_index]))
         val = ImageSet.from_files([images[i] for i in val_index], np.array([masks[i] for i in val_index]))
     else:
+        split_report = None
         train = ImageSet.from_files(split_lists["train"][0], np.array(split_lists["train"][1]))
         val = ImageSet.from_files(split_lists["val"][0], np.array(split_lists["val"][1]))
     if train.count == 0 or val.count == 0:
@@ -394,4 +398,4 @@ def read_mask_folders(root, val_split=0.2, seed=1337, max_pixels=None, image_siz
                         f"{train.count} and {val.count})")
     size = auto_image_size(headers, low=32, high=256, step=32) if image_size == "auto" else list(image_size)
     return TaskData(train=train, val=val, class_names=class_names, image_size=size, source=str(root),
-                    skipped=skipped, state=encoding)
+                    skipped=skipped, state=encoding, split_report=split_report)

@@ -57,6 +57,8 @@ class TaskData:
     # What the task derives from the data beyond class names, as a small typed object with
     # to_json() / from_json() (a `MaskEncoding`, `DetectionLabels`, a style image, colour weights).
     state: typing.Any = None
+    # What keeping duplicate groups on one side of imgpipe's own split did (`GroupedSplitReport`), or None.
+    split_report: typing.Any = None
 
     @property
     def num_classes(self):

@@ -23,6 +23,7 @@ import typing
 
 import yaml
 
+from imgpipe.data.grouped_split import SPLIT_GROUPS
 from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.engine.registry import TASKS
 from imgpipe.errors import RecipeError
@@ -89,6 +90,10 @@ class DataSettings:
     )
     val_split: float = setting(0.2, "fraction held out for validation when the source has no split", min=0.0, max=0.9)
     seed: int = setting(1337, "seed of the split, the shuffle and the augmentation", min=0)
+    split_groups: str = setting(
+        "duplicates", "when imgpipe draws the split: keep each group of exact or near-duplicate images on one side "
+        "(duplicates) or not (none); a split the data gives is never changed", choices=SPLIT_GROUPS,
+    )
     cache: str = setting(
         "auto",
         "where decoded, resized images are kept between epochs",

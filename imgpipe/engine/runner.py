@@ -197,6 +197,8 @@ def _prepare(recipe, run_dir, resume, cluster, started=None):
     recipe = recipe.update(**{"data.image_size": list(data.image_size), "model.name": choice.name,
                               "model.weights": choice.weights.path or "none"})
     log.info(choice.describe())
+    if data.split_report is not None:
+        log.info(data.split_report.describe())
     run_dir.mkdir(parents=True, exist_ok=True)
     (run_dir / "recipe.yaml").write_text(recipe.to_yaml())
     write_run_classes(run_dir, data, task)
@@ -291,6 +293,7 @@ def _record(run, metrics, outcome, export_path):
     metrics = {**metrics, **_training_record(outcome), "export_path": str(export_path) if export_path else None,
                "skipped_files": len(data.skipped) + len(failed), "images_train": data.train.count,
                "images_validation": data.val.count, "model": run.recipe.model.name,
+               "split_groups": data.split_report.to_json() if data.split_report is not None else None,
                "model_choice": run.model_choice.reason, "weights": run.model_choice.weights.to_json(),
                "provenance": provenance(data, run.recipe, training_devices(run.trainer))}
     if run.recipe.train.tensorboard:

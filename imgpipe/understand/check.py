@@ -22,7 +22,7 @@ import logging
 import pathlib
 import time
 
-from imgpipe.data.duplicates import duplicate_groups, leaking
+from imgpipe.data.duplicates import NEAR_DUPLICATE_BITS, duplicate_groups, leaking
 from imgpipe.data.folders import list_images
 from imgpipe.data.inventory import mode_counts, other_files, scan_files
 from imgpipe.errors import DataError, ImgpipeError
@@ -31,7 +31,6 @@ from imgpipe.engine.registry import TASKS
 
 log = logging.getLogger("imgpipe")
 
-NEAR_DUPLICATE_BITS = 4
 LISTED = 10  # files named per finding in the text report (all of them in --json)
 
 

@@ -172,7 +172,8 @@ class ClassificationTask(Task):
         if settings.format == "tfds" or str(path).startswith("tfds:"):
             return read_tfds(path if str(path).startswith("tfds:") else f"tfds:{path}",
                              settings.val_split, settings.image_size)
-        return read_class_folders(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
+        return read_class_folders(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size,
+                                  settings.split_groups)
 
     def describe_data(self, recipe, data):
         if not data.train.is_files:

@@ -163,7 +163,7 @@ class ColorizeTask(Task):
         settings = recipe.data
         path = settings.path if settings.path is not None else str(demo_colorize_folder())
         return read_image_folder(path, settings.val_split, settings.seed, settings.max_pixels, settings.image_size,
-                                 low=64, high=128, step=32)
+                                 low=64, high=128, step=32, split_groups=settings.split_groups)
 
     def target_signature(self, data):
         return tf.int32, ()

@@ -75,7 +75,7 @@ class DetectionTask(Task):
         path = settings.path if settings.path is not None else str(demo_detection_folder())
         data_format = settings.format if settings.format in ("voc", "coco", "yolo") else "auto"
         data = read_detection(path, data_format, settings.val_split, settings.seed, settings.max_pixels,
-                              settings.image_size)
+                              settings.image_size, settings.split_groups)
         data.state.max_boxes = recipe.options.max_boxes
         return data
 

@@ -183,7 +183,7 @@ class SegmentationTask(Task):
         if settings.path is None:
             raise DataError("data.path: segmentation needs --data DIR (images/ + masks/)")
         return read_mask_folders(settings.path, settings.val_split, settings.seed, settings.max_pixels,
-                                 settings.image_size, recipe.options.ignore_index)
+                                 settings.image_size, recipe.options.ignore_index, settings.split_groups)
 
     def describe_data(self, recipe, data):
         encoding = data.state

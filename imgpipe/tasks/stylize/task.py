@@ -114,7 +114,8 @@ class StylizeTask(Task):
         if not style_path.is_file():
             raise DataError(f"{style_path}: style image not found")
         style_pixels = load_image(style_path, max_pixels=settings.max_pixels)
-        data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size)
+        data = read_image_folder(content, settings.val_split, settings.seed, settings.max_pixels, settings.image_size,
+                                 split_groups=settings.split_groups)
         data.state = StyleState(style_pixels, str(style_path.resolve()), loss_weights=recipe.options.loss_weights)
         return data
 
