@@ -36,7 +36,7 @@ def run(recipe="classify", overrides=(), resume=False, started=None, **shortcuts
         >>> result = run("classify", data="./images", epochs=5)
     """
     from imgpipe.understand.robustness import card_after_training
-    from imgpipe.understand.suspect_labels import validation_report
+    from imgpipe.understand.suspect_labels import report_after_training
 
-    return runner.run(recipe, overrides, resume, reports=(card_after_training, validation_report), started=started,
+    return runner.run(recipe, overrides, resume, reports=(card_after_training, report_after_training), started=started,
                       **shortcuts)

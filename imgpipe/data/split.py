@@ -29,3 +29,27 @@ def stratified_split(labels, val_fraction, seed):
     val = np.array(sorted(val), dtype=np.int64)
     train = np.setdiff1d(np.arange(len(labels)), val)
     return train, val
+
+
+def stratified_folds(labels, folds, seed):
+    """`folds` disjoint index arrays covering every item, each class dealt out over them in turn (seeded).
+
+    Cross-validation trains one model per fold on the others, so that every item gets a
+    prediction from a model that never saw it; dealing each class out keeps the classes'
+    shares equal in every fold.
+
+    Example:
+        >>> [fold.tolist() for fold in stratified_folds([0, 0, 0, 1, 1, 1], 3, seed=0)]
+        [[2, 5], [0, 4], [1, 3]]
+    """
+    labels = np.asarray(labels)
+    rng = np.random.default_rng(seed)
+    assigned = np.empty(len(labels), np.int64)
+    offset = 0
+    for label in np.unique(labels):
+        members = np.flatnonzero(labels == label)
+        rng.shuffle(members)
+        # each class starts where the last one stopped, so small classes do not all pile into fold 0
+        assigned[members] = (np.arange(len(members)) + offset) % folds
+        offset += len(members)
+    return [np.flatnonzero(assigned == fold) for fold in range(folds)]

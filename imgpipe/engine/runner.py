@@ -105,7 +105,7 @@ def resolve_recipe(recipe="classify", overrides=(), **shortcuts):
     return recipe
 
 
-def run(recipe="classify", overrides=(), resume=False, reports=(), started=None, **shortcuts):
+def run(recipe="classify", overrides=(), resume=False, reports=(), started=None, task_data=None, **shortcuts):
     """Trains, evaluates and exports the model a recipe describes.
 
     Args:
@@ -117,6 +117,8 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), started=None,
             model before export (`imgpipe.run` passes the robustness card).
         started: `time.time()` history.csv's `wall_seconds` count from (the CLI passes its
             process's start; default: this call).
+        task_data: a `TaskData` to train on instead of reading `data.path` (the folds of a
+            cross-validation: the same files, split another way).
         **shortcuts: data, epochs, batch_size, image_size, model, weights,
             output, export_dir, name.
 
@@ -141,7 +143,7 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), started=None,
             if name != SAVED_MODEL:
                 require_runtime(name)
     with output_guard(run_dir, "--output", then="continue with --resume"):
-        return _train_and_export(recipe, run_dir, resume, cluster, reports, started)
+        return _train_and_export(recipe, run_dir, resume, cluster, reports, started, task_data)
 
 
 @dataclasses.dataclass
@@ -168,8 +170,8 @@ class _Datasets:
     fixed_steps: object = None
 
 
-def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started=None):
-    run = _prepare(recipe, run_dir, resume, cluster, started)
+def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started=None, task_data=None):
+    run = _prepare(recipe, run_dir, resume, cluster, started, task_data)
     datasets = _datasets(run, cluster)
     _write_preview(run)
     with dtype_policy(run.trainer.policy):
@@ -187,12 +189,13 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started
     return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
 
 
-def _prepare(recipe, run_dir, resume, cluster, started=None):
-    """Reads the data, records the resolved recipe and the task's state in the run folder, sets up training."""
+def _prepare(recipe, run_dir, resume, cluster, started=None, task_data=None):
+    """Reads the data (unless given), records the resolved recipe and the task's state in the run folder, sets up
+    training."""
     if recipe.train.deterministic:
         make_deterministic(recipe.data.seed)
     task = TASKS.get(recipe.task, key="task")()
-    data = task.read_data(recipe)
+    data = task.read_data(recipe) if task_data is None else task_data
     choice = choose_model(task, recipe, data.image_size)
     recipe = recipe.update(**{"data.image_size": list(data.image_size), "model.name": choice.name,
                               "model.weights": choice.weights.path or "none"})

@@ -7,10 +7,15 @@ self-confidence (the probability the model gives the label they carry), the
 most suspect first. The probabilities must be out-of-sample: a model that
 trained on an image has learned its label, wrong or not.
 
-A run ranks its validation images (`train.suspect_labels: validation`):
-`suspect_labels.csv` (every image, the most suspect first, with cleanlab's
-verdict) and `suspect_labels.png` in the run folder. Nothing is
-moved or renamed; a person decides.
+A run ranks its validation images with the trained model (`train.suspect_labels:
+validation`), or every image with `train.folds` more models, each trained without
+one fold of the images and asked about that fold (`cross_validation`): the
+training images' labels are then checked too, at the cost of `folds` trainings.
+Either way the run folder gets `suspect_labels.csv` (every ranked image, the most
+suspect first, with cleanlab's verdict) and `suspect_labels.png`; a
+cross-validation also keeps the out-of-fold probabilities, so that `imgpipe check
+--run` can rank the run's own training images. Nothing is moved or renamed; a
+person decides.
 
 Example:
     >>> suspects = rank_suspects(labels, probabilities)
@@ -21,14 +26,21 @@ Example:
 import csv
 import dataclasses
 import logging
+import os
 import pathlib
 import warnings
 
 import numpy as np
 
+from imgpipe.data.sources import ImageSet
+from imgpipe.data.split import stratified_folds
+from imgpipe.engine.scoring import split_examples
+
 log = logging.getLogger(__name__)
 
 CSV_FILE = "suspect_labels.csv"
+OUT_OF_FOLD_FILE = "out_of_fold_probabilities.npz"
+FOLDS_FOLDER = "folds"
 PICTURE_FILE = "suspect_labels.png"
 GRID_IMAGES = 24  # the most suspect images drawn in suspect_labels.png
 
@@ -113,14 +125,16 @@ def class_probabilities(model, images, batch_size=64):
                            for start in range(0, len(images), batch_size)])
 
 
-def validation_report(task, model, data, recipe, decoder, run_dir):
-    """A run's report (`imgpipe.run`'s `reports`): ranks the validation images' labels with the trained model.
+def report_after_training(task, model, data, recipe, decoder, run_dir):
+    """A run's report (`imgpipe.run`'s `reports`): ranks labels as `train.suspect_labels` asks.
 
     Only tasks with one class per image (`Task.suspect_labels`) and files on disk (not tfds) are ranked.
     """
-    from imgpipe.engine.scoring import split_examples
-
-    if recipe.train.suspect_labels != "validation" or not task.suspect_labels or not data.val.is_files:
+    mode = recipe.train.suspect_labels
+    if mode == "none" or not task.suspect_labels or not data.val.is_files:
+        return
+    if mode == "cross_validation":
+        cross_validation_report(data, recipe, decoder, run_dir)
         return
     images, labels = split_examples(data.val, data.image_size, data.val.count, decoder, recipe.data.max_pixels)
     if len(images) != data.val.count:  # an unreadable file would shift every path after it
@@ -132,23 +146,80 @@ def validation_report(task, model, data, recipe, decoder, run_dir):
              len(labels), pathlib.Path(run_dir) / CSV_FILE)
 
 
+def cross_validation_report(data, recipe, decoder, run_dir):
+    """Ranks every image of both splits with out-of-fold probabilities from `train.folds` more trainings.
+
+    Each fold model is the run's own recipe (model, size, schedule) trained on the other folds, in
+    `RUN_DIR/folds/<k>/`, without export, card or TensorBoard. The probabilities are kept in
+    out_of_fold_probabilities.npz.
+
+    Example:
+        >>> cross_validation_report(data, recipe.update(**{"train.folds": 3}), decoder, "runs/classify/classify")
+    """
+    from imgpipe.engine import runner
+
+    everything = _joined(data.train, data.val)
+    labels = np.asarray(everything.targets, np.int64)
+    probabilities = np.zeros((everything.count, data.num_classes), np.float32)
+    fold_recipe = recipe.update(**{"export.enabled": False, "train.suspect_labels": "none",
+                                   "train.tensorboard": False, "train.run_dir": None})
+    folds = stratified_folds(labels, recipe.train.folds, recipe.data.seed)
+    for number, held_out in enumerate(folds, 1):
+        kept = np.setdiff1d(np.arange(everything.count), held_out)
+        fold_data = dataclasses.replace(data, train=_subset(everything, kept), val=_subset(everything, held_out),
+                                        split_report=None)
+        log.info("suspect labels: cross-validation model %d of %d, %d images held out", number, len(folds),
+                 len(held_out))
+        result = runner.run(fold_recipe, task_data=fold_data, output=str(pathlib.Path(run_dir) / FOLDS_FOLDER / str(number)))
+        images, _ = split_examples(fold_data.val, data.image_size, len(held_out), decoder, recipe.data.max_pixels)
+        if len(images) != len(held_out):
+            log.warning("suspect labels: %d of %d held-out images decoded; not ranked", len(images), len(held_out))
+            return
+        probabilities[held_out] = class_probabilities(result.model, images)
+        del result
+    np.savez(pathlib.Path(run_dir) / OUT_OF_FOLD_FILE, paths=np.array([os.path.realpath(p) for p in everything.paths]),
+             labels=labels, probabilities=probabilities)
+    suspects = rank_suspects(labels, probabilities)
+    shown = _decoded(everything, [s.index for s in suspects[:GRID_IMAGES]], data.image_size, decoder, recipe)
+    write_suspects(suspects, everything.paths, data.class_names, run_dir, shown)
+    log.info("suspect labels: %d of %d images flagged by %d-fold cross-validation (%s)",
+             sum(s.flagged for s in suspects), everything.count, len(folds), pathlib.Path(run_dir) / CSV_FILE)
+
+
+def _joined(first, second):
+    upright = None if first.upright_jpeg is None or second.upright_jpeg is None else \
+        np.concatenate([first.upright_jpeg, second.upright_jpeg])
+    return ImageSet(paths=first.paths + second.paths, count=first.count + second.count, upright_jpeg=upright,
+                    targets=np.concatenate([np.asarray(first.targets), np.asarray(second.targets)]))
+
+
+def _subset(image_set, indices):
+    upright = None if image_set.upright_jpeg is None else image_set.upright_jpeg[indices]
+    return ImageSet(paths=[image_set.paths[i] for i in indices], targets=np.asarray(image_set.targets)[indices],
+                    count=len(indices), upright_jpeg=upright)
+
+
+def _decoded(image_set, indices, size, decoder, recipe):
+    """{index: uint8 image} of the given images (the picture shows only the most suspect)."""
+    images, _ = split_examples(_subset(image_set, np.asarray(indices, np.int64)), size, len(indices), decoder,
+                               recipe.data.max_pixels)
+    return dict(zip(indices, images)) if len(images) == len(indices) else None
+
+
 def rank_folder(run_dir, folder, report_dir):
     """`imgpipe check --data FOLDER --run RUN_DIR`: ranks a labelled folder's labels with a trained run's model.
 
     The run's own training images are left out: the model learnt their labels, so its probabilities for
     them are in-sample and cannot dispute them. They are found by reading the run's data again as it
-    split it.
+    split it. A run that cross-validated (`train.suspect_labels: cross_validation`) kept every one of
+    its images' out-of-fold probabilities: those images are ranked with them, training images included.
 
     Returns:
         (list of `Suspect`, the ranked paths, the class names, how many training images were left out,
         the CSV's path)
     """
-    import os
-
-    from imgpipe.data.sources import ImageSet
     from imgpipe.engine.export.saved_model import export_metadata
     from imgpipe.engine.run_folder import load_run
-    from imgpipe.engine.scoring import split_examples
     from imgpipe.errors import DataError
 
     run = load_run(run_dir)
@@ -160,16 +231,31 @@ def rank_folder(run_dir, folder, report_dir):
         raise DataError(f"{error}; the run's training images must be known to leave them out") from None
     files = run.task.evaluation_files(folder, export_metadata(run.task, run.data, run.recipe),
                                       run.recipe.data.max_pixels)
-    kept = [(path, label) for path, label in zip(files.paths, files.truths) if os.path.realpath(path) not in trained_on]
+    out_of_fold = _out_of_fold_probabilities(run_dir)
+    kept = [(path, label) for path, label in zip(files.paths, files.truths)
+            if os.path.realpath(path) not in trained_on or os.path.realpath(path) in out_of_fold]
     if not kept:
-        raise DataError(f"{folder}: every image is one the run trained on; rank them with a run that held them out")
+        raise DataError(f"{folder}: every image is one the run trained on; rank them with a run that held them out "
+                        f"(or one trained with --set train.suspect_labels=cross_validation)")
     paths, labels = [path for path, _ in kept], [label for _, label in kept]
     images, _ = split_examples(ImageSet.from_files(paths, labels), run.data.image_size, len(paths),
                                max_pixels=run.recipe.data.max_pixels)
     if len(images) != len(paths):
         raise DataError(f"{folder}: {len(paths) - len(images)} image(s) could not be decoded; run imgpipe check first")
-    suspects = rank_suspects(labels, class_probabilities(run.model, images))
+    probabilities = class_probabilities(run.model, images)
+    for row, path in enumerate(paths):
+        probabilities[row] = out_of_fold.get(os.path.realpath(path), probabilities[row])
+    suspects = rank_suspects(labels, probabilities)
     report_dir = pathlib.Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
     written = write_suspects(suspects, paths, run.data.class_names, report_dir, images)
     return suspects, paths, run.data.class_names, len(files.paths) - len(kept), written
+
+
+def _out_of_fold_probabilities(run_dir):
+    """{real path: class probabilities} a cross-validated run kept for its images; empty for other runs."""
+    stored = pathlib.Path(run_dir) / OUT_OF_FOLD_FILE
+    if not stored.is_file():
+        return {}
+    with np.load(stored) as record:
+        return dict(zip(record["paths"].tolist(), record["probabilities"]))

@@ -1,11 +1,13 @@
 """Suspect labels: planted wrong labels are found, ranked first, and the user's files are left as they were."""
 
 import csv
+import json
 
 import numpy as np
 import pytest
 
 import imgpipe
+from imgpipe.data.split import stratified_folds
 from imgpipe.understand.suspect_labels import rank_suspects
 from tests.conftest import COLOURS, write_image
 
@@ -89,3 +91,59 @@ def test_train_suspect_labels_none_ranks_nothing(class_folder, fast_recipe_args)
     result = imgpipe.run("classify", [*fast_recipe_args, "train.suspect_labels=none", "export.enabled=false"],
                          data=class_folder)
     assert not (result.run_dir / "suspect_labels.csv").exists()
+
+
+TRAINING_PLANTED = {("train", "green", "blue_0.png"): "blue", ("train", "red", "blue_1.png"): "blue"}
+
+
+@pytest.fixture(scope="module")
+def cross_validated_run(tmp_path_factory):
+    """train/ + val/ of three flat colours, two *training* images labelled as another colour; a 2-fold run."""
+    import keras
+
+    root = tmp_path_factory.mktemp("cross_validated")
+    rng = np.random.default_rng(1)
+    keras.utils.set_random_seed(0)
+    for split, count in (("train", 20), ("val", 6)):
+        for name, colour in COLOURS.items():
+            for index in range(count):
+                write_image(root / "data" / split / name / f"{name}_{index + 2}.png",
+                            np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
+    for (split, folder, file), colour in TRAINING_PLANTED.items():
+        write_image(root / "data" / split / folder / file, COLOURS[colour])
+    result = imgpipe.run("classify", ["train.epochs=8", "train.batch_size=8", "train.verbose=0", "data.image_size=16",
+                                      "evaluate.robustness=false", "export.enabled=false", "train.tensorboard=false",
+                                      "train.suspect_labels=cross_validation", "train.folds=2",
+                                      f"train.run_dir={root / 'run'}"], data=root / "data")
+    return root / "data", result
+
+
+def test_cross_validation_ranks_every_image_and_finds_wrong_training_labels(cross_validated_run):
+    data, result = cross_validated_run
+    rows = list(csv.DictReader((result.run_dir / "suspect_labels.csv").open()))
+    assert len(rows) == 3 * 26 + len(TRAINING_PLANTED)  # both splits, not only validation
+    top = {(pathlib_parts(row["file"]), row["suggested_label"]) for row in rows[:len(TRAINING_PLANTED)]}
+    assert top == set(TRAINING_PLANTED.items())
+    # each fold model held out its own half and trained on the other
+    folds = [json.loads((result.run_dir / "folds" / str(k) / "metrics.json").read_text()) for k in (1, 2)]
+    assert sorted(f["images_validation"] for f in folds) == [40, 40]
+    assert all(f["images_train"] + f["images_validation"] == 80 for f in folds)
+
+
+def test_check_ranks_a_cross_validated_run_s_own_training_images(cross_validated_run, cli, tmp_path):
+    data, result = cross_validated_run
+    code, out, err = cli("check", "--data", data / "train", "--run", result.run_dir, "--report-dir", tmp_path)
+    assert code == 0, err
+    rows = list(csv.DictReader((tmp_path / "suspect_labels.csv").open()))
+    assert len(rows) == 3 * 20 + len(TRAINING_PLANTED)
+    assert {(pathlib_parts(row["file"]), row["suggested_label"]) for row in rows[:2]} == set(TRAINING_PLANTED.items())
+
+
+def test_folds_deal_each_class_out_evenly_and_cover_every_item_once():
+    labels = np.array([0] * 7 + [1] * 5 + [2] * 2)
+    folds = stratified_folds(labels, 3, seed=4)
+    assert sorted(np.concatenate(folds).tolist()) == list(range(14))
+    for label in (0, 1, 2):
+        counts = [int((labels[fold] == label).sum()) for fold in folds]
+        assert max(counts) - min(counts) <= 1
+    assert [f.tolist() for f in folds] == [f.tolist() for f in stratified_folds(labels, 3, seed=4)]
