@@ -94,7 +94,7 @@ def spread(values):
 
 
 def main():
-    from imgpipe.tasks.classify.task import CALIBRATION_SEED
+    from imgpipe.understand.calibration import SEED as CALIBRATION_SEED
     from imgpipe.understand.calibration import calibrate, serving_decision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)

@@ -17,12 +17,19 @@ Example:
     >>> result["temperature"], result["before"]["ece"], result["after"]["ece"]
 """
 
+import logging
+import pathlib
+
 import numpy as np
 from scipy.optimize import minimize_scalar
+
+log = logging.getLogger("imgpipe")
 
 BINS = 15  # the usual count for ECE (Guo et al.); the reliability diagram draws the same bins
 LOG_TEMPERATURE_BOUNDS = (-3.0, 3.0)  # T from 0.05 to 20
 SMALLEST_PROBABILITY = 1e-12  # log(0) guard: a softmax output of 0 is a rounding of a tiny number
+MIN_IMAGES = 20  # below this, half the validation split says too little about a temperature
+SEED = 0  # which validation images fit the temperature and which report it
 
 
 def scale(probabilities, temperature):
@@ -116,9 +123,24 @@ def wrong_apart(labels, wrong):
     return np.where(wrong, -1, np.asarray(labels, np.int64))
 
 
-def calibrate(probabilities, labels, seed):
+def image_halves(image_of_row, seed):
+    """(fit, report) row indices with every row of one image on the same side: pixels of one picture are
+    not independent, so a temperature fitted on some of them and scored on the rest would look better
+    than it is on a new picture.
+
+    Example:
+        >>> image_halves([0, 0, 1, 1, 2, 2, 3, 3], seed=0)
+        (array([0, 1, 4, 5]), array([2, 3, 6, 7]))
+    """
+    image_of_row = np.asarray(image_of_row, np.int64)
+    images = np.random.default_rng(seed).permutation(np.unique(image_of_row))
+    fitting = np.isin(image_of_row, images[: len(images) // 2])
+    return np.flatnonzero(fitting), np.flatnonzero(~fitting)
+
+
+def calibrate(probabilities, labels, seed, halves=None):
     """Fits T on one half of the (validation) images and scores it on the other half (halves stratified:
-    the right answers by class, the wrong ones together).
+    the right answers by class, the wrong ones together; or `halves`, (fit, report) row indices).
 
     Returns:
         dict: temperature, fitted_on and reported_on (image counts), before and after
@@ -128,7 +150,7 @@ def calibrate(probabilities, labels, seed):
     probabilities = np.asarray(probabilities, np.float64)
     labels = np.asarray(labels, np.int64)
     wrong = probabilities.argmax(axis=1) != labels
-    fit, report = split_halves(wrong_apart(labels, wrong), seed)
+    fit, report = split_halves(wrong_apart(labels, wrong), seed) if halves is None else halves
     temperature = fit_temperature(probabilities[fit], labels[fit])
     held_out, calibrated = probabilities[report], scale(probabilities[report], temperature)
     return {"temperature": round(temperature, 4), "fitted_on": int(len(fit)), "reported_on": int(len(report)),
@@ -168,6 +190,49 @@ def describe(record):
     """
     if "skipped" in record:
         return record["skipped"]
-    return (f"T = {record['temperature']:.2f} fitted on {record['fitted_on']} validation images; on the other "
+    unit = record.get("unit", "validation images")
+    return (f"T = {record['temperature']:.2f} fitted on {record['fitted_on']} {unit}; on the other "
             f"{record['reported_on']}, ECE {record['before']['ece']:.3f} -> {record['after']['ece']:.3f}; "
             f"{record['why']}")
+
+
+def calibration_record(probabilities, labels, run_dir, image_of_row=None, unit="validation images",
+                       min_images=MIN_IMAGES):
+    """metrics.json's `calibration`: a temperature fitted on half the validation images, the errors before and
+    after on the other half, whether it is served, and reliability.png; a reason instead when the split is
+    too small to halve.
+
+    Args:
+        probabilities: float [N, C], one row per image (classification) or per sampled pixel (segmentation).
+        labels: int [N], the true classes.
+        run_dir: where reliability.png goes.
+        image_of_row: int [N], the image each row comes from, when rows are pixels: the halves then split
+            images, not rows. None: each row is an image.
+        unit: what a row is, in the log and the diagram's titles.
+        min_images: fewer validation images than this are not halved; nothing is fitted.
+
+    Example:
+        >>> calibration_record(probabilities, labels, "runs/classify/classify")["after"]["ece"]
+    """
+    from imgpipe.engine import plots
+
+    images = len(labels) if image_of_row is None else len(np.unique(image_of_row))
+    if images < min_images:
+        reason = (f"not fitted: {images} validation images, fewer than {min_images} "
+                  f"(half fits the temperature, half reports it)")
+        log.info("calibration: %s", reason)
+        return {"skipped": reason}
+    halves = None if image_of_row is None else image_halves(image_of_row, SEED)
+    result = calibrate(probabilities, labels, seed=SEED, halves=halves)
+    before, after = result.pop("bins_before"), result.pop("bins_after")
+    used, why = serving_decision(result)
+    plots.plot_reliability(
+        [(f"before: ECE {result['before']['ece']:.3f} on {result['reported_on']} held-out {unit}", before),
+         (f"after T = {result['temperature']:.2f}: ECE {result['after']['ece']:.3f} "
+          f"({'served' if used else 'not served'})", after)],
+        pathlib.Path(run_dir) / "reliability.png")
+    log.info("calibration: temperature %.2f fitted on %d %s; on the other %d, ECE %.3f -> %.3f; %s",
+             result["temperature"], result["fitted_on"], unit, result["reported_on"], result["before"]["ece"],
+             result["after"]["ece"], why)
+    return {**result, "unit": unit, "used": used, "why": why,
+            "note": "the best checkpoint was chosen on the whole validation split, both halves included"}

@@ -27,13 +27,11 @@ from imgpipe.understand.explain.visualise import write_grad_cam_grid
 from imgpipe.models import MODELS
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
-from imgpipe.understand.calibration import calibrate, calibration_errors, serving_decision
+from imgpipe.understand.calibration import calibration_errors, calibration_record
 
 log = logging.getLogger(__name__)
 
 TOP5_MIN_CLASSES = 5
-CALIBRATION_MIN_IMAGES = 20  # below this, half the validation split says too little about a temperature
-CALIBRATION_SEED = 0  # which validation images fit the temperature and which report it
 GRAD_CAM_IMAGES = 8  # validation images in the run folder's gradcam.png
 
 
@@ -127,30 +125,6 @@ def classification_report(labels, probabilities, class_names):
         metrics[f"f1/{name}"] = float(f1[index])
         metrics[f"support/{name}"] = int(true_totals[index])
     return metrics, matrix
-
-
-def calibration_record(probabilities, labels, run_dir):
-    """metrics.json's `calibration`: a temperature fitted on half the validation images, the errors before and
-    after on the other half, and reliability.png; a reason instead when the split is too small to halve.
-    """
-    if len(labels) < CALIBRATION_MIN_IMAGES:
-        reason = (f"not fitted: {len(labels)} validation images, fewer than {CALIBRATION_MIN_IMAGES} "
-                  f"(half fits the temperature, half reports it)")
-        log.info("calibration: %s", reason)
-        return {"skipped": reason}
-    result = calibrate(probabilities, labels, seed=CALIBRATION_SEED)
-    before, after = result.pop("bins_before"), result.pop("bins_after")
-    used, why = serving_decision(result)
-    plots.plot_reliability(
-        [(f"before: ECE {result['before']['ece']:.3f} on {result['reported_on']} held-out validation images", before),
-         (f"after T = {result['temperature']:.2f}: ECE {result['after']['ece']:.3f} "
-          f"({'served' if used else 'not served'})", after)],
-        pathlib.Path(run_dir) / "reliability.png")
-    log.info("calibration: temperature %.2f fitted on %d validation images; on the other %d, ECE %.3f -> %.3f; %s",
-             result["temperature"], result["fitted_on"], result["reported_on"], result["before"]["ece"],
-             result["after"]["ece"], why)
-    return {**result, "used": used, "why": why,
-            "note": "the best checkpoint was chosen on the whole validation split, both halves included"}
 
 
 class ClassificationTask(Task):

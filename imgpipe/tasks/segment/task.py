@@ -29,8 +29,14 @@ from imgpipe.engine.scoring import first_images
 from imgpipe.models import MODELS
 from imgpipe.engine.serving import decode_batch, resize_float, status_strings
 from imgpipe.tasks.base import Task
+from imgpipe.understand.calibration import calibration_record
 
 PREDICTION_SAMPLES = 6
+# Per-pixel calibration: pixels drawn per validation image (all of a split, at most about this many rows in
+# all), and the fewest images it is fitted on: each image gives thousands of pixels, but pixels of one image
+# are not independent, so the halves split images and each half needs two.
+CALIBRATION_PIXELS = 200_000
+CALIBRATION_MIN_IMAGES = 4
 
 
 @keras.saving.register_keras_serializable(package="imgpipe")
@@ -149,6 +155,27 @@ def predicted_mask(answer, shape):
     return np.asarray(Image.open(io.BytesIO(answer["mask_png_bytes"])), dtype=np.int32)
 
 
+def sampled_pixels(model, dataset, ignore_index, per_image, seed=0):
+    """Class probabilities of up to `per_image` scored pixels of each image (seeded), with their true class
+    and their image's number: the rows per-pixel calibration is fitted and reported on.
+
+    Returns:
+        (float [N, C], int [N], int [N])
+    """
+    rng = np.random.default_rng(seed)
+    probabilities, labels, image_of_row = [], [], []
+    for images, masks in dataset:
+        predicted = np.asarray(model(images, training=False), np.float32)
+        classes = predicted.shape[-1]
+        for image_probabilities, mask in zip(predicted, np.asarray(masks)):
+            scored = np.flatnonzero(((mask >= 0) & (mask < classes) & (mask != ignore_index)).ravel())
+            chosen = rng.choice(scored, min(per_image, len(scored)), replace=False)
+            probabilities.append(image_probabilities.reshape(-1, image_probabilities.shape[-1])[chosen])
+            labels.append(mask.ravel()[chosen])
+            image_of_row.append(np.full(len(chosen), len(image_of_row)))
+    return np.concatenate(probabilities), np.concatenate(labels).astype(np.int64), np.concatenate(image_of_row)
+
+
 def pixel_class_counts(mask_paths, encoding, size):
     """Pixels of each class in the masks at model size (ignored pixels left out)."""
     counts = np.zeros(encoding.num_classes, np.int64)
@@ -255,7 +282,10 @@ class SegmentationTask(Task):
         samples = [(image, truth, answer["mask"])
                    for image, truth, answer in zip(first_images(val_ds, PREDICTION_SAMPLES), truths, answers)]
         self._plot_predictions(samples, data, pathlib.Path(run_dir) / "predictions.png")
-        return {}
+        probabilities, labels, image_of_row = sampled_pixels(model, val_ds, data.state.ignore_index,
+                                                             max(64, CALIBRATION_PIXELS // max(data.val.count, 1)))
+        return {"calibration": calibration_record(probabilities, labels, run_dir, image_of_row,
+                                                  unit="validation pixels", min_images=CALIBRATION_MIN_IMAGES)}
 
     def _plot_predictions(self, samples, data, path):
         encoding = data.state
