@@ -119,8 +119,10 @@ class Task:
     robustness_skipped = {}
 
     # === Suspect labels (imgpipe.understand.suspect_labels) ===
-    # True: one class per image, scored as class probabilities, so confident learning can rank the labels.
-    suspect_labels = False
+    # What a label is, for ranking the ones the model disputes: "class" (one class per image: confident
+    # learning on class probabilities), "pixels" (a mask: cleanlab's per-image segmentation score; the task
+    # draws them with `plot_predictions(samples, data, path, title)`), or None (not ranked).
+    suspect_labels = None
 
     # === Serving ===
     def serving_functions(self, model, data, recipe):

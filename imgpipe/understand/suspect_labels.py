@@ -14,8 +14,10 @@ training images' labels are then checked too, at the cost of `folds` trainings.
 Either way the run folder gets `suspect_labels.csv` (every ranked image, the most
 suspect first, with cleanlab's verdict) and `suspect_labels.png`; a
 cross-validation also keeps the out-of-fold probabilities, so that `imgpipe check
---run` can rank the run's own training images. Nothing is moved or renamed; a
-person decides.
+--run` can rank the run's own training images. Segmentation masks are ranked the
+same two ways, by cleanlab's per-image segmentation score
+(`imgpipe.understand.suspect_masks`). Nothing is moved or renamed; a person
+decides.
 
 Example:
     >>> suspects = rank_suspects(labels, probabilities)
@@ -35,13 +37,12 @@ import numpy as np
 from imgpipe.data.sources import ImageSet
 from imgpipe.data.split import stratified_folds
 from imgpipe.engine.scoring import split_examples
+from imgpipe.understand.suspect_masks import CSV_FILE, PICTURE_FILE, mask_quality, most_suspect, write_mask_suspects
 
 log = logging.getLogger(__name__)
 
-CSV_FILE = "suspect_labels.csv"
 OUT_OF_FOLD_FILE = "out_of_fold_probabilities.npz"
 FOLDS_FOLDER = "folds"
-PICTURE_FILE = "suspect_labels.png"
 GRID_IMAGES = 24  # the most suspect images drawn in suspect_labels.png
 
 
@@ -128,39 +129,48 @@ def class_probabilities(model, images, batch_size=64):
 def report_after_training(task, model, data, recipe, decoder, run_dir):
     """A run's report (`imgpipe.run`'s `reports`): ranks labels as `train.suspect_labels` asks.
 
-    Only tasks with one class per image (`Task.suspect_labels`) and files on disk (not tfds) are ranked.
+    Only tasks whose labels can be judged (`Task.suspect_labels`: classes or masks) and files on disk (not
+    tfds) are ranked.
     """
     mode = recipe.train.suspect_labels
     if mode == "none" or not task.suspect_labels or not data.val.is_files:
         return
     if mode == "cross_validation":
-        cross_validation_report(data, recipe, decoder, run_dir)
+        cross_validation_report(task, data, recipe, decoder, run_dir)
         return
-    images, labels = split_examples(data.val, data.image_size, data.val.count, decoder, recipe.data.max_pixels)
+    images, targets = split_examples(data.val, data.image_size, data.val.count, decoder, recipe.data.max_pixels)
     if len(images) != data.val.count:  # an unreadable file would shift every path after it
         log.warning("suspect labels: %d of %d validation images decoded; not ranked", len(images), data.val.count)
         return
-    suspects = rank_suspects(labels, class_probabilities(model, images))
+    if task.suspect_labels == "pixels":
+        scores, disputed, predicted = mask_quality(model, images, targets, data.state.ignore_index)
+        shown = {i: (images[i], targets[i], predicted[i]) for i in most_suspect(scores)}
+        written, _ = write_mask_suspects(task, data.val, scores, disputed, shown, data, run_dir)
+        log.info("suspect labels: %d validation masks ranked, most suspect first (%s)", len(scores), written)
+        return
+    suspects = rank_suspects(targets, class_probabilities(model, images))
     write_suspects(suspects, data.val.paths, data.class_names, run_dir, images)
     log.info("suspect labels: %d of %d validation images flagged (%s)", sum(s.flagged for s in suspects),
-             len(labels), pathlib.Path(run_dir) / CSV_FILE)
+             len(targets), pathlib.Path(run_dir) / CSV_FILE)
 
 
-def cross_validation_report(data, recipe, decoder, run_dir):
-    """Ranks every image of both splits with out-of-fold probabilities from `train.folds` more trainings.
+def cross_validation_report(task, data, recipe, decoder, run_dir):
+    """Ranks every image of both splits with out-of-fold answers from `train.folds` more trainings.
 
     Each fold model is the run's own recipe (model, size, schedule) trained on the other folds, in
-    `RUN_DIR/folds/<k>/`, without export, card or TensorBoard. The probabilities are kept in
-    out_of_fold_probabilities.npz.
+    `RUN_DIR/folds/<k>/`, without export, card or TensorBoard. Class probabilities are kept in
+    out_of_fold_probabilities.npz; masks are judged fold by fold (`mask_quality`).
 
     Example:
-        >>> cross_validation_report(data, recipe.update(**{"train.folds": 3}), decoder, "runs/classify/classify")
+        >>> cross_validation_report(task, data, recipe.update(**{"train.folds": 3}), decoder, "runs/classify/run")
     """
     from imgpipe.engine import runner
 
     everything = _joined(data.train, data.val)
-    labels = np.asarray(everything.targets, np.int64)
+    pixels = task.suspect_labels == "pixels"
+    labels = np.zeros(everything.count, np.int64) if pixels else np.asarray(everything.targets, np.int64)
     probabilities = np.zeros((everything.count, data.num_classes), np.float32)
+    scores, disputed, shown = np.ones(everything.count), np.zeros(everything.count), {}
     fold_recipe = recipe.update(**{"export.enabled": False, "train.suspect_labels": "none",
                                    "train.tensorboard": False, "train.run_dir": None})
     folds = stratified_folds(labels, recipe.train.folds, recipe.data.seed)
@@ -170,13 +180,27 @@ def cross_validation_report(data, recipe, decoder, run_dir):
                                         split_report=None)
         log.info("suspect labels: cross-validation model %d of %d, %d images held out", number, len(folds),
                  len(held_out))
-        result = runner.run(fold_recipe, task_data=fold_data, output=str(pathlib.Path(run_dir) / FOLDS_FOLDER / str(number)))
-        images, _ = split_examples(fold_data.val, data.image_size, len(held_out), decoder, recipe.data.max_pixels)
+        result = runner.run(fold_recipe, task_data=fold_data,
+                            output=str(pathlib.Path(run_dir) / FOLDS_FOLDER / str(number)))
+        images, targets = split_examples(fold_data.val, data.image_size, len(held_out), decoder,
+                                         recipe.data.max_pixels)
         if len(images) != len(held_out):
             log.warning("suspect labels: %d of %d held-out images decoded; not ranked", len(images), len(held_out))
             return
-        probabilities[held_out] = class_probabilities(result.model, images)
+        if pixels:
+            scores[held_out], disputed[held_out], predicted = mask_quality(result.model, images, targets,
+                                                                           data.state.ignore_index)
+            shown.update({held_out[i]: (images[i], targets[i], predicted[i])
+                          for i in most_suspect(scores[held_out])})
+            shown = {i: shown[i] for i in most_suspect(scores) if i in shown}
+        else:
+            probabilities[held_out] = class_probabilities(result.model, images)
         del result
+    if pixels:
+        written, _ = write_mask_suspects(task, everything, scores, disputed, shown, data, run_dir)
+        log.info("suspect labels: %d masks ranked by %d-fold cross-validation (%s)", everything.count, len(folds),
+                 written)
+        return
     np.savez(pathlib.Path(run_dir) / OUT_OF_FOLD_FILE, paths=np.array([os.path.realpath(p) for p in everything.paths]),
              labels=labels, probabilities=probabilities)
     suspects = rank_suspects(labels, probabilities)
@@ -223,8 +247,9 @@ def rank_folder(run_dir, folder, report_dir):
     from imgpipe.errors import DataError
 
     run = load_run(run_dir)
-    if not run.task.suspect_labels:
-        raise DataError(f"{run_dir}: a {run.task.name} run; suspect labels rank one class per image (classify)")
+    if run.task.suspect_labels != "class":
+        raise DataError(f"{run_dir}: a {run.task.name} run; check --run ranks one class per image (classify); a "
+                        f"segmentation run ranks its own masks in its run folder")
     try:
         trained_on = {os.path.realpath(path) for path in run.task.read_data(run.recipe).train.paths}
     except DataError as error:

@@ -214,7 +214,7 @@ class ClassificationTask(Task):
     robustness_metric_name = "accuracy"
 
     # === Suspect labels ===
-    suspect_labels = True
+    suspect_labels = "class"
 
     # === Serving ===
     def serving_functions(self, model, data, recipe):

@@ -281,13 +281,14 @@ class SegmentationTask(Task):
     def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
         samples = [(image, truth, answer["mask"])
                    for image, truth, answer in zip(first_images(val_ds, PREDICTION_SAMPLES), truths, answers)]
-        self._plot_predictions(samples, data, pathlib.Path(run_dir) / "predictions.png")
+        self.plot_predictions(samples, data, pathlib.Path(run_dir) / "predictions.png")
         probabilities, labels, image_of_row = sampled_pixels(model, val_ds, data.state.ignore_index,
                                                              max(64, CALIBRATION_PIXELS // max(data.val.count, 1)))
         return {"calibration": calibration_record(probabilities, labels, run_dir, image_of_row,
                                                   unit="validation pixels", min_images=CALIBRATION_MIN_IMAGES)}
 
-    def _plot_predictions(self, samples, data, path):
+    def plot_predictions(self, samples, data, path, title="validation: image | truth | prediction"):
+        """A grid of (image, true mask, predicted mask) triples, the masks drawn over their image."""
         encoding = data.state
         palette = plots.class_palette(data.num_classes, encoding.colours)
         images, titles = [], []
@@ -295,7 +296,7 @@ class SegmentationTask(Task):
             images += [image, plots.overlay_mask(image, mask, palette, ignore_index=encoding.ignore_index),
                        plots.overlay_mask(image, guess, palette)]
             titles += ["image", "ground truth", "prediction"]
-        plots.plot_image_grid(images, titles, path, columns=6, title="validation: image | truth | prediction")
+        plots.plot_image_grid(images, titles, path, columns=6, title=title)
 
     def preview(self, samples, data, path):
         encoding = data.state
@@ -306,6 +307,9 @@ class SegmentationTask(Task):
 
     # === Robustness ===
     robustness_metric_name = "mean_iou"
+
+    # === Suspect labels ===
+    suspect_labels = "pixels"
 
     # === Serving ===
     def serving_functions(self, model, data, recipe):

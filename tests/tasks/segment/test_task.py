@@ -1,5 +1,7 @@
+import csv
 import io
 import json
+import pathlib
 
 import keras
 import numpy as np
@@ -63,8 +65,13 @@ def test_run_writes_segmentation_metrics_and_pictures(segment_run):
     metrics = json.loads((result.run_dir / "metrics.json").read_text())
     assert {"val_mean_iou", "val_pixel_accuracy", "val_iou/class_0", "val_iou/class_2"} <= set(metrics)
     assert 0.0 <= metrics["val_mean_iou"] <= 1.0
-    for name in ("curves.png", "augment_preview.png", "predictions.png"):
+    for name in ("curves.png", "augment_preview.png", "predictions.png", "suspect_labels.png"):
         assert (result.run_dir / name).is_file()
+    # the validation masks, each beside its image, ranked by how much the model disputes them
+    rows = list(csv.DictReader((result.run_dir / "suspect_labels.csv").open()))
+    assert sorted(pathlib.Path(row["mask"]).stem for row in rows) == sorted(
+        pathlib.Path(row["file"]).stem for row in rows) and len(rows) == metrics["images_validation"]
+    assert [float(row["score"]) for row in rows] == sorted(float(row["score"]) for row in rows)
 
 
 def test_export_answers_with_masks_at_the_original_resolution(segment_run):
