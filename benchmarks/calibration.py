@@ -12,6 +12,10 @@
 
 The plain-model reference is the network's own softmax on the same held-out half (temperature 1).
 
+The membrane case is segmentation, calibrated per pixel: `imgpipe run segment` on the 30 sections split
+contiguously (24 / 6), and halvings of its 6 validation *images* (their pixels never on both sides):
+only 20 distinct halvings exist, so the spread is over those.
+
 Usage (from the repository root, with `.[test]` and scikit-learn installed):
     .venv/bin/python benchmarks/calibration.py [--cases raccoon,digits,raccoon_scratch,digits_3_epochs]
 """
@@ -39,7 +43,9 @@ CASES = {
     "digits": ("digits", []),
     "raccoon_scratch": ("raccoon", ["--weights", "none", "--epochs", "6"]),
     "digits_3_epochs": ("digits", ["--epochs", "3"]),
+    "membrane": ("membrane", []),
 }
+TASKS = {"membrane": ("segment", "val_mean_iou")}  # other cases: ("classify", "val_accuracy")
 
 
 def case_data(case):
@@ -56,7 +62,8 @@ def train(case):
     if not (run_dir / "metrics.json").is_file():
         environment = {**os.environ, "IMGPIPE_WEIGHTS_DIR": str(SHARED / "weights"), "IMGPIPE_OFFLINE": "1"}
         folder, extra = CASES[case]
-        command = [sys.executable, "-m", "imgpipe.cli", "-q", "run", "classify", "--data", str(case_data(folder)),
+        task = TASKS.get(case, ("classify",))[0]
+        command = [sys.executable, "-m", "imgpipe.cli", "-q", "run", task, "--data", str(case_data(folder)),
                    "--output", str(run_dir), "--export-dir", str(WORK / "saved_models"), *extra]
         completed = subprocess.run(command, env=environment, capture_output=True, text=True)
         if completed.returncode:
@@ -65,24 +72,38 @@ def train(case):
 
 
 def validation_probabilities(run_dir):
-    """The trained network's own softmax and the labels on the run's validation split."""
+    """The trained network's own softmax and the labels on the run's validation split, and for segmentation the
+    image of each (sampled) pixel row, as the run samples them (None for classification)."""
+    from imgpipe.engine.pipeline import make_dataset
     from imgpipe.engine.run_folder import load_run
     from imgpipe.engine.scoring import split_examples
+    from imgpipe.tasks.segment.task import CALIBRATION_PIXELS, sampled_pixels
     from imgpipe.understand.suspect_labels import class_probabilities
 
     run = load_run(run_dir)
     data = run.task.read_data(run.recipe)
+    if run.task.suspect_labels == "pixels":
+        dataset, _ = make_dataset(data.val, data.image_size, 4, training=False, cache="none", decoder=_decoder(run, data))
+        return sampled_pixels(run.model, dataset, data.state.ignore_index, CALIBRATION_PIXELS // data.val.count)
     images, labels = split_examples(data.val, data.image_size, data.val.count)
-    return class_probabilities(run.model, images), labels.astype(np.int64)
+    return class_probabilities(run.model, images), labels.astype(np.int64), None
 
 
-def halvings(probabilities, labels):
+def _decoder(run, data):
+    from imgpipe.engine.pipeline import FileDecoder
+
+    return FileDecoder(data.image_size, run.recipe.data.max_pixels, run.task.load_target(data),
+                       run.task.target_signature(data))
+
+
+def halvings(probabilities, labels, image_of_row=None):
     """Per random halving: (temperature, ECE before, ECE after, NLL before, NLL after, served) on the held-out half."""
-    from imgpipe.understand.calibration import calibrate, serving_decision
+    from imgpipe.understand.calibration import calibrate, image_halves, serving_decision
 
     rows = []
     for seed in range(1, HALVINGS + 1):
-        result = calibrate(probabilities, labels, seed=seed)
+        halves = None if image_of_row is None else image_halves(image_of_row, seed)
+        result = calibrate(probabilities, labels, seed=seed, halves=halves)
         rows.append((result["temperature"], result["before"]["ece"], result["after"]["ece"],
                      result["before"]["nll"], result["after"]["nll"], serving_decision(result)[0]))
     return np.array(rows, dtype=np.float64)
@@ -95,7 +116,7 @@ def spread(values):
 
 def main():
     from imgpipe.understand.calibration import SEED as CALIBRATION_SEED
-    from imgpipe.understand.calibration import calibrate, serving_decision
+    from imgpipe.understand.calibration import calibrate, image_halves, serving_decision
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
@@ -105,12 +126,14 @@ def main():
     for case in cases:
         run_dir = train(case)
         metrics = json.loads((run_dir / "metrics.json").read_text())
-        probabilities, labels = validation_probabilities(run_dir)
+        probabilities, labels, image_of_row = validation_probabilities(run_dir)
         # The run's own halving (the task's seed), recomputed from its network with this checkout's code, so a
         # run trained before a change to the halving or the serving rule is judged by the current one.
-        record = calibrate(probabilities, labels, seed=CALIBRATION_SEED)
+        halves = None if image_of_row is None else image_halves(image_of_row, CALIBRATION_SEED)
+        record = calibrate(probabilities, labels, seed=CALIBRATION_SEED, halves=halves)
         served, why = serving_decision(record)
-        record_rows.append([case, metrics["model"], f"{metrics['val_accuracy']:.4f}",
+        metric = TASKS.get(case, ("classify", "val_accuracy"))[1]
+        record_rows.append([case, metrics["model"], f"{metrics[metric]:.4f}",
                             f"{record['fitted_on']}/{record['reported_on']}",
                             f"{record['wrong_in_fit']}/{record['wrong_in_report']}", f"{record['temperature']:.3f}",
                             f"{record['before']['ece']:.3f} -> {record['after']['ece']:.3f}",
@@ -118,13 +141,13 @@ def main():
                             f"{record['before']['nll']:.3f} -> {record['after']['nll']:.3f}",
                             "yes" if served else "no"])
         print(f"{case}: {run_dir}: {why}")
-        table = halvings(probabilities, labels)
+        table = halvings(probabilities, labels, image_of_row)
         kept = table[table[:, 5] == 1]
         spread_rows.append([case, spread(table[:, 0]), spread(table[:, 1]), spread(table[:, 2]),
                             spread(table[:, 3]), spread(table[:, 4]), f"{(table[:, 4] < table[:, 3]).mean():.2f}",
                             f"{table[:, 5].mean():.2f}", spread(kept[:, 2]) if len(kept) else "-"])
     print_table("the run's record (fitted on one half of validation, scored on the other)",
-                ["case", "model", "val accuracy", "fit/held-out", "wrong fit/held-out", "T", "ECE", "MCE", "NLL",
+                ["case", "model", "val accuracy / mIoU", "fit/held-out rows", "wrong fit/held-out", "T", "ECE", "MCE", "NLL",
                  "served"], record_rows)
     print_table(f"{HALVINGS} other random halvings of the same validation probabilities: median [10th-90th "
                 "percentile]", ["case", "T", "ECE softmax", "ECE calibrated", "NLL softmax", "NLL calibrated",
