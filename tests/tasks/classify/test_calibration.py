@@ -130,7 +130,7 @@ def test_export_calibrated_false_serves_the_network_s_own_softmax(calibrated_run
     calibration = json.loads((result.run_dir / "metrics.json").read_text())["calibration"]
     network, entries = served_network(run.model, calibration, run.recipe.update(**{"export.calibrated": False}))
     np.testing.assert_allclose(np.asarray(network(images.astype(np.float32))), probabilities, atol=1e-6)
-    assert entries == {"temperature_scaling": None}
+    assert entries == {"temperature_scaling": None, "tta": "none"}
     network, entries = served_network(run.model, calibration, run.recipe)
     np.testing.assert_allclose(np.asarray(network(images.astype(np.float32))),
                                scale(probabilities, recorded_temperature), atol=1e-5)
