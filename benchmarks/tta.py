@@ -14,6 +14,8 @@ and each as a ratio to none. The cases:
 
     classify   raccoon box crops against background crops of ../shared/data/raccoon, split by photo
                (`benchmarks/transfer.py`'s folder; 64 validation crops)
+    classify_scratch   the same crops, small_cnn from scratch (`--weights none`): the pretrained model
+               is right on every validation crop, which leaves TTA nothing to gain
     segment    ../shared/data/membrane, the first 24 sections train, the last 6 validate
                (`benchmarks/time_to_accuracy.py`'s split)
 
@@ -21,7 +23,7 @@ The runs are short (`--epochs`), so a model with room to improve shows what TTA 
 runs are kept under BENCH_WORK and reused.
 
 Usage (from the repository root, with `.[test]` installed):
-    .venv/bin/python benchmarks/tta.py [--cases classify,segment] [--epochs 5,8]
+    .venv/bin/python benchmarks/tta.py [--cases classify,classify_scratch,segment] [--epochs 5,6,8]
 """
 
 import argparse
@@ -37,7 +39,9 @@ from benchmarks.common import RACCOON_IMAGES, machine_summary, print_table  # no
 
 SHARED = RACCOON_IMAGES.parents[2]
 WORK = pathlib.Path(os.environ.get("BENCH_WORK", "/tmp/imgpipe_bench/tta"))
-CASES = ("classify", "segment")
+CASES = ("classify", "classify_scratch", "segment")
+TASK = {"classify": "classify", "classify_scratch": "classify", "segment": "segment"}
+EXTRA = {"classify_scratch": ("--weights", "none")}
 MODES = ("none", "flip", "flip+scales")
 METRIC = {"classify": "accuracy", "segment": "mean_iou"}
 REPEATS = {1: 20, 32: 5}
@@ -48,7 +52,7 @@ def case_data(case):
     from benchmarks import time_to_accuracy
 
     time_to_accuracy.WORK = WORK
-    return time_to_accuracy.case_folder("raccoon" if case == "classify" else "membrane")
+    return time_to_accuracy.case_folder("raccoon" if TASK[case] == "classify" else "membrane")
 
 
 def imgpipe(*args):
@@ -65,7 +69,8 @@ def exports(case, epochs):
     """Trains the case once (kept under WORK), then one SavedModel version per mode; returns {mode: version}."""
     run_dir, export_root = WORK / "runs" / case, WORK / "saved_models"
     if not (run_dir / "metrics.json").is_file():
-        imgpipe("run", case, "--data", case_data(case), "--epochs", epochs, "--output", run_dir, "--no-export",
+        imgpipe("run", TASK[case], "--data", case_data(case), "--epochs", epochs, "--output", run_dir, "--no-export",
+                *EXTRA.get(case, ()),
                 "--no-robustness", "--set", "train.verbose=0", "--set", "train.suspect_labels=none")
     versions = {}
     for mode in MODES:
@@ -107,27 +112,27 @@ def run_case(case, epochs):
     for mode, version in versions.items():
         report = evaluate(version, val, report_dir=WORK / "reports" / case / mode.replace("+", "_"))
         assert report["tta"] == mode, (report["tta"], mode)
-        figures = (report[METRIC[case]], *serving_ms(version, files).values())
+        figures = (report[METRIC[TASK[case]]], *serving_ms(version, files).values())
         base = base or figures
         rows.append([mode, f"{figures[0]:.4f}", f"{figures[0] - base[0]:+.4f}", round(figures[1], 1),
                      f"{figures[1] / base[1]:.2f}x", round(figures[2], 1), f"{figures[2] / base[2]:.2f}x"])
     metrics = json.loads((run_dir / "metrics.json").read_text())
     title = (f"{case}: {metrics['model']}, {epochs} epochs, {report['images']} validation images, "
-             f"{METRIC[case]} by imgpipe evaluate on each export")
+             f"{METRIC[TASK[case]]} by imgpipe evaluate on each export")
     return title, rows
 
 
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
-    parser.add_argument("--epochs", default="5,8", help="epochs per case, in the order of --cases")
+    parser.add_argument("--epochs", default="5,6,8", help="epochs per case, in the order of --cases")
     args = parser.parse_args()
     cases = args.cases.split(",")
     epochs = dict(zip(cases, args.epochs.split(",")))
     print(machine_summary())
     for case in cases:
         title, rows = run_case(case, epochs[case])
-        print_table(title, ["export.tta", METRIC[case], "vs none", "ms/img b1", "vs none", "ms/img b32", "vs none"],
+        print_table(title, ["export.tta", METRIC[TASK[case]], "vs none", "ms/img b1", "vs none", "ms/img b32", "vs none"],
                     rows)
 
 
