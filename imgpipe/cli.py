@@ -18,6 +18,7 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
 import click  # noqa: E402
 
+from imgpipe.engine.recipe import TTA_MODES  # noqa: E402
 from imgpipe.engine.registry import TASKS  # noqa: E402
 from imgpipe.errors import ImgpipeError, InterruptedWrite  # noqa: E402
 
@@ -174,7 +175,7 @@ def evaluate(export, data, report_dir, robustness, as_json):
                        f"{metrics[f'f1/{name}']:>9.3f} {metrics[f'support/{name}']:>8d}")
     if robustness:
         click.echo("\n" + describe(metrics["robustness"]))
-    click.echo(f"\nimages: {metrics.get('images')}  plots: {metrics['report_dir']}")
+    click.echo(f"\nimages: {metrics.get('images')}  tta: {metrics['tta']}  plots: {metrics['report_dir']}")
 
 
 @main.command()
@@ -256,7 +257,10 @@ def stylize(image, style, out, steps, size, loss_network, loss_weights):
               help="LiteRT only: float16 weights, or full-integer int8 calibrated on training images.")
 @click.option("--allow-metric-drop", is_flag=True,
               help="Keep an int8 file whose metric drops more than export.max_metric_drop.")
-def export(run_dir, export_dir, name, weights, max_pixels, formats, quantize, allow_metric_drop):
+@click.option("--tta", type=click.Choice(TTA_MODES),
+              help="Test-time augmentation inside the served network, classify and segment "
+              "(default: the recipe's export.tta).")
+def export(run_dir, export_dir, name, weights, max_pixels, formats, quantize, allow_metric_drop, tta):
     """Export a run's checkpoint: the next SavedModel version, and/or LiteRT, ONNX, OpenVINO files."""
     from imgpipe.engine.export.formats import SAVED_MODEL, expand_formats, require_runtime
     from imgpipe.engine.run_folder import export_run
@@ -266,12 +270,13 @@ def export(run_dir, export_dir, name, weights, max_pixels, formats, quantize, al
     for format_name in others:  # a missing runtime is found before anything is written
         require_runtime(format_name)
     if SAVED_MODEL in names:
-        click.echo(f"export: {export_run(run_dir, export_dir, name, weights, max_pixels)}")
+        click.echo(f"export: {export_run(run_dir, export_dir, name, weights, max_pixels, tta)}")
     if others:
         from imgpipe.engine.export.deploy import report_table
         from imgpipe.engine.run_folder import export_run_formats
 
-        folder, report = export_run_formats(run_dir, others, quantize, allow_metric_drop, export_dir, name, weights)
+        folder, report = export_run_formats(run_dir, others, quantize, allow_metric_drop, export_dir, name, weights,
+                                            tta)
         click.echo(report_table(report, folder))
 
 

@@ -90,6 +90,9 @@ class TaskSpec:
         settings: dataclass of the task's own recipe keys (its section), or None.
         moved_keys: {old dotted key: key in the task's section}, for recipes written
             before the key moved into the task (`train.dice_weight` -> `dice_weight`).
+        tta_output: how test-time augmentation (`export.tta`) averages the network's probabilities:
+            "per_image" (one answer per image), "per_pixel" (a map at the input's size, mirrored and
+            unzoomed back first), or None: it does not apply, and `export.tta` must be none.
         recognises: optional fn(path) -> bool: the folder is laid out for this task
             (`imgpipe check` guesses the task with it); `guess_order` ranks the guesses.
     """
@@ -99,6 +102,7 @@ class TaskSpec:
     task_class: str
     settings: typing.Optional[type] = None
     moved_keys: dict = dataclasses.field(default_factory=dict)
+    tta_output: typing.Optional[str] = None
     recognises: typing.Optional[typing.Callable] = None
     guess_order: int = 100
 

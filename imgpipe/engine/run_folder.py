@@ -32,16 +32,18 @@ def write_run_classes(run_dir, data, task):
     (pathlib.Path(run_dir) / CLASSES_FILE).write_text(json.dumps(record))
 
 
-def export_run(run_dir, export_dir=None, name=None, weights="best", max_pixels=None):
+def export_run(run_dir, export_dir=None, name=None, weights="best", max_pixels=None, tta=None):
     """Rebuilds the run's model, loads its `best` or `last` weights and exports it.
 
-    `max_pixels` replaces the recipe's `export.max_pixels`, the served pixel budget.
+    `max_pixels` replaces the recipe's `export.max_pixels`, the served pixel budget, and `tta` its
+    `export.tta`, the test-time augmentation inside the served network.
 
     Example:
-        >>> export_run("runs/classify/classify", max_pixels=50_000_000)
+        >>> export_run("runs/classify/classify", max_pixels=50_000_000, tta="flip")
         PosixPath('saved_models/classify/2')
     """
-    updates = (("export.root", export_dir), ("export.name", name), ("export.max_pixels", max_pixels))
+    updates = (("export.root", export_dir), ("export.name", name), ("export.max_pixels", max_pixels),
+               ("export.tta", tta))
     run = load_run(run_dir, weights, **{key: value for key, value in updates if value is not None})
     network, entries = served_network(run.model, run_calibration(run_dir), run.recipe)
     return write_export(run.task.export_archive(network, run.data, run.recipe), run.recipe.export.root,
@@ -50,7 +52,7 @@ def export_run(run_dir, export_dir=None, name=None, weights="best", max_pixels=N
 
 
 def export_run_formats(run_dir, names, quantization="float32", allow_metric_drop=False, export_dir=None, name=None,
-                       weights="best"):
+                       weights="best", tta=None):
     """Converts a run's checkpoint into LiteRT, ONNX or OpenVINO files, each proven on the run's validation split.
 
     The proof needs the run's data: it is read again from the recipe's `data.path` and split by its seed, so
@@ -63,7 +65,7 @@ def export_run_formats(run_dir, names, quantization="float32", allow_metric_drop
     from imgpipe.engine.export.deploy import export_formats
     from imgpipe.engine.pipeline import FileDecoder
 
-    updates = (("export.root", export_dir), ("export.name", name))
+    updates = (("export.root", export_dir), ("export.name", name), ("export.tta", tta))
     run = load_run(run_dir, weights, **{key: value for key, value in updates if value is not None})
     try:
         data = run.task.read_data(run.recipe)

@@ -12,6 +12,7 @@ Example:
 
 import pathlib
 
+from imgpipe.engine.export.calibrated import TTA_KEY
 from imgpipe.engine.export.format_folder import is_format_file, load_format_file
 from imgpipe.engine.export.saved_model import export_recipe, load_export
 from imgpipe.engine.registry import TASKS
@@ -41,15 +42,18 @@ def evaluate(export, data, report_dir=None):
         data: the folder to evaluate on.
         report_dir: where plots go (default: `runs/evaluate/<name>_v<version>`).
 
+    The export answers as it serves: with the test-time augmentation inside it (`tta` in the result,
+    from its imgpipe.json; `imgpipe export RUN_DIR --tta MODE` writes a version with another).
+
     Returns:
-        dict of metrics (flat keys), with `report_dir` and `export`.
+        dict of metrics (flat keys), with `report_dir`, `export` and `tta`.
     """
     where, metadata, loaded, recipe, label = open_export(export)
     task = TASKS.get(metadata["task"], key="task")()
     report_dir = pathlib.Path(report_dir or pathlib.Path("runs") / "evaluate" / f"{metadata.get('name', 'model')}_{label}")
     report_dir.mkdir(parents=True, exist_ok=True)
     metrics = evaluate_files(task, loaded, metadata, data, recipe.data.max_pixels, report_dir)
-    return {**metrics, "export": str(where), "report_dir": str(report_dir)}
+    return {**metrics, "export": str(where), "report_dir": str(report_dir), "tta": metadata.get(TTA_KEY, "none")}
 
 
 def predict(export, paths, top_k=None, out_dir=None):

@@ -246,3 +246,46 @@ def test_the_robustness_card_of_a_format_file_is_refused_in_one_line(formats_run
     result, root = formats_run
     code, _, err = cli("evaluate", formats_folder(root) / "model.onnx", "--data", root / "images", "--robustness")
     assert code == 2 and err.strip().endswith("--robustness runs on a SavedModel export (saved_models/<name>/<version>)")
+
+
+def test_tta_is_inside_the_saved_model_and_every_file_and_evaluate_scores_what_they_serve(formats_run, cli, tmp_path):
+    """`imgpipe export --tta flip+scales`: every artefact answers as the wrapped in-memory network, and
+    `imgpipe evaluate` reports the figure that network gives on the folder's decoded files."""
+    import tensorflow as tf
+
+    from imgpipe.engine.export.saved_model import load_export
+    from imgpipe.engine.serving import decode_batch
+    from imgpipe.models.test_time_augmentation import with_test_time_augmentation
+    from imgpipe.tasks.classify.task import classification_report
+
+    result, root = formats_run
+    run = load_run(result.run_dir)
+    wrapped = with_test_time_augmentation(run.model, "flip+scales")
+    images = np.round(random_images())  # serve_images rounds as the training pipeline does
+    expected = np.asarray(wrapped(images))
+    assert np.abs(expected - np.asarray(run.model(images))).max() > 1e-3  # the views change the answer
+
+    code, out, err = cli("export", result.run_dir, "--export-dir", tmp_path, "--tta", "flip+scales", "--format", "all")
+    assert code in (0, None), err
+    version, metadata, loaded = load_export(tmp_path / "classify" / "1")
+    assert metadata["tta"] == "flip+scales"
+    served = loaded.signatures["serve_images"](images=tf.constant(images))["probabilities"].numpy()
+    np.testing.assert_allclose(served, expected, atol=1e-5)
+    folder = tmp_path / "classify" / "formats" / "1"
+    contracts = json.loads((folder / "contract.json").read_text())["files"]
+    for contract in contracts:
+        assert contract["tta"] == "flip+scales" and contract["tta_inside"].startswith("yes")
+        np.testing.assert_allclose(format_files.load_runtime(contract["format"], folder / contract["file"])(images),
+                                   expected, atol=1e-4)
+
+    files = sorted((root / "images").rglob("*.png"))
+    decoded = decode_batch(tf.constant([path.read_bytes() for path in files]), [16, 20], 25_000_000).images
+    truths = [CLASSES.index(path.parent.name) for path in files]
+    in_memory, _ = classification_report(truths, np.asarray(wrapped(decoded)), CLASSES)
+    for export in (version, folder / "model.onnx"):
+        code, out, err = cli("evaluate", export, "--data", root / "images", "--json", "--report-dir", tmp_path / "r")
+        assert code in (0, None), err
+        report = json.loads(out)
+        assert report["tta"] == "flip+scales"
+        assert report["accuracy"] == in_memory["accuracy"]
+        assert report["nll"] == pytest.approx(in_memory["nll"], abs=1e-5)

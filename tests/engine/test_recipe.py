@@ -153,3 +153,14 @@ def test_the_key_listing_shows_each_tasks_section():
     assert {"segment.dice_weight", "detect.max_boxes", "stylize.style", "colorize.color_loss",
             "classify.top_k"} <= set(keys)
     assert "train.dice_weight" not in keys
+
+
+def test_export_tta_is_refused_where_it_does_not_apply_naming_the_key():
+    assert load_recipe("classify", ["export.tta=flip"]).export.tta == "flip"
+    assert load_recipe("segment", ["export.tta=flip+scales"]).export.tta == "flip+scales"
+    assert load_recipe("detect").export.tta == "none"
+    for task in ("detect", "stylize", "colorize"):
+        with pytest.raises(RecipeError, match=rf"^export.tta: flip applies to classify, segment only, not to {task}"):
+            load_recipe(task, ["export.tta=flip"])
+    with pytest.raises(RecipeError, match="export.tta: expected one of none, flip, flip\\+scales"):
+        load_recipe("classify", ["export.tta=mirror"])

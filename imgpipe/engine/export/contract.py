@@ -12,7 +12,7 @@ Example:
     [-1, 224, 224, 3]
 """
 
-from imgpipe.engine.export.calibrated import METADATA_KEY
+from imgpipe.engine.export.calibrated import METADATA_KEY, TTA_KEY
 from imgpipe.engine.pipeline import DCT_SCALES
 
 RESIZE_RULE = (
@@ -20,6 +20,15 @@ RESIZE_RULE = (
     "both sides at least the model's size, with the accurate integer IDCT. Then resize to the model's size: "
     "area averaging where a side shrinks by more than 2x, otherwise bilinear (half-pixel centres, no "
     "antialiasing), rounded to integers 0..255. The aspect ratio is not kept.")
+
+TTA_INSIDE = {
+    "none": "no: the output is one pass of the network",
+    "flip": "yes: the output is already the mean of the image's and its mirror's probabilities (the mirror's "
+            "map mirrored back); send the image once",
+    "flip+scales": "yes: the output is already the mean over the image and its mirror, each as it is and zoomed "
+                   "0.83x (border reflected) and 1.17x (centre crop) within the input size, maps taken back to the "
+                   "image's geometry; send the image once",
+}
 
 
 def caller_steps(max_pixels):
@@ -60,8 +69,10 @@ def format_contract(task, metadata, format_name, quantization, file_name, input_
         "caller_must": caller_steps(metadata["max_pixels"]),
         "output": {"name": output_name, **task.raw_output_contract(metadata)},
         "temperature_scaling": metadata.get(METADATA_KEY),
+        "tta": metadata.get(TTA_KEY, "none"),
+        "tta_inside": TTA_INSIDE[metadata.get(TTA_KEY, "none")],
         "task_metadata": {key: value for key, value in metadata.items()
-                          if key not in ("task", "class_names", "image_size", "max_pixels", METADATA_KEY)},
+                          if key not in ("task", "class_names", "image_size", "max_pixels", METADATA_KEY, TTA_KEY)},
         "calibration": ({"images": calibration_images, "split": "train", "method": "full-integer post-training "
                          "quantization; float32 input and output, quantized inside"}
                         if quantization == "int8" else None),

@@ -8,6 +8,7 @@ TASKS.add(TaskSpec(
     description="image classification from class sub-folders",
     settings=ClassifySettings,
     moved_keys=MOVED_KEYS,
+    tta_output="per_image",
     task_class="imgpipe.tasks.classify.task:ClassificationTask",
     recognises=lambda path: True,  # any folder of class sub-folders; the last guess
     guess_order=90,

@@ -9,6 +9,7 @@ TASKS.add(TaskSpec(
     description="semantic segmentation from images + masks",
     settings=SegmentSettings,
     moved_keys=MOVED_KEYS,
+    tta_output="per_pixel",
     task_class="imgpipe.tasks.segment.task:SegmentationTask",
     recognises=has_mask_layout,
     guess_order=10,

@@ -130,7 +130,27 @@ def test_export_calibrated_false_serves_the_network_s_own_softmax(calibrated_run
     calibration = json.loads((result.run_dir / "metrics.json").read_text())["calibration"]
     network, entries = served_network(run.model, calibration, run.recipe.update(**{"export.calibrated": False}))
     np.testing.assert_allclose(np.asarray(network(images.astype(np.float32))), probabilities, atol=1e-6)
-    assert entries == {"temperature_scaling": None}
+    assert entries == {"temperature_scaling": None, "tta": "none"}
     network, entries = served_network(run.model, calibration, run.recipe)
     np.testing.assert_allclose(np.asarray(network(images.astype(np.float32))),
                                scale(probabilities, recorded_temperature), atol=1e-5)
+
+
+
+def test_the_temperature_goes_inside_each_tta_view_before_the_views_are_averaged():
+    import keras
+
+    from imgpipe.engine.export.calibrated import served_network
+
+    # A dense layer on the raw pixels: the mirror changes its answer a lot, so the two orders differ.
+    network = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Rescaling(1 / 255), keras.layers.Flatten(),
+                                keras.layers.Dense(3, activation="softmax",
+                                                   kernel_initializer=keras.initializers.RandomNormal(stddev=1.0, seed=0))])
+    images = np.random.default_rng(0).uniform(0, 255, (4, 8, 8, 3)).astype(np.float32)
+    plain, mirrored = np.asarray(network(images)), np.asarray(network(images[:, :, ::-1]))
+    calibration = {"used": True, "temperature": 0.5, "fitted_on": 10}
+    served, entries = served_network(network, calibration, imgpipe.load_recipe("classify", ["export.tta=flip"]))
+    expected = (scale(plain, 0.5) + scale(mirrored, 0.5)) / 2
+    np.testing.assert_allclose(np.asarray(served(images)), expected, atol=1e-6)
+    assert np.abs(expected - scale((plain + mirrored) / 2, 0.5)).max() > 1e-3  # the other order differs
+    assert entries["tta"] == "flip" and entries["temperature_scaling"]["temperature"] == 0.5
