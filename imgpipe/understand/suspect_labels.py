@@ -36,6 +36,7 @@ import numpy as np
 
 from imgpipe.data.sources import ImageSet
 from imgpipe.data.split import stratified_folds
+from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.scoring import split_examples
 from imgpipe.understand.suspect_masks import CSV_FILE, PICTURE_FILE, mask_quality, most_suspect, write_mask_suspects
 
@@ -135,7 +136,10 @@ def report_after_training(task, model, data, recipe, decoder, run_dir):
     mode = recipe.train.suspect_labels
     if mode == "none" or not task.suspect_labels or not data.val.is_files:
         return
-    if mode == "cross_validation":
+    if mode == "cross_validation" and cluster_from_environment() is not None:
+        log.warning("suspect labels: no cross-validation inside a multi-worker job (each fold would need every "
+                    "worker); the validation images are ranked instead")
+    elif mode == "cross_validation":
         cross_validation_report(task, data, recipe, decoder, run_dir)
         return
     images, targets = split_examples(data.val, data.image_size, data.val.count, decoder, recipe.data.max_pixels)

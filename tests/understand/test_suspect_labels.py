@@ -26,6 +26,19 @@ def test_every_image_is_ranked_and_the_disputed_ones_flagged():
     assert suspects[1].flagged and not any(s.flagged for s in suspects[2:])
 
 
+def write_colours(root, counts, planted, seed):
+    """root/<split>/<colour>/*.png: `counts[split]` noisy flat colours per class, plus `planted` wrong labels
+    ({(split, folder, file): the colour it really is})."""
+    rng = np.random.default_rng(seed)
+    for split, count in counts.items():
+        for name, colour in COLOURS.items():
+            for index in range(count):
+                write_image(root / split / name / f"{name}_{index + 2}.png",
+                            np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
+    for (split, folder, file), colour in planted.items():
+        write_image(root / split / folder / file, COLOURS[colour])
+
+
 @pytest.fixture(scope="module")
 def mislabelled_run(tmp_path_factory):
     """train/ + val/ of three flat colours, three validation images labelled as another colour; a run on it.
@@ -35,15 +48,8 @@ def mislabelled_run(tmp_path_factory):
     import keras
 
     root = tmp_path_factory.mktemp("mislabelled")
-    rng = np.random.default_rng(0)
     keras.utils.set_random_seed(0)  # one unseeded start in ten learnt the colours too slowly to pass
-    for split, count in (("train", 20), ("val", 6)):
-        for name, colour in COLOURS.items():
-            for index in range(count):
-                write_image(root / "data" / split / name / f"{name}_{index + 2}.png",
-                            np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
-    for (split, folder, file), colour in PLANTED.items():
-        write_image(root / "data" / split / folder / file, COLOURS[colour])
+    write_colours(root / "data", {"train": 20, "val": 6}, PLANTED, seed=0)
     before = sorted((path, path.stat().st_mtime_ns) for path in (root / "data").rglob("*"))
     result = imgpipe.run("classify", ["train.epochs=8", "train.batch_size=8", "train.verbose=0",
                                       "data.image_size=16", "evaluate.robustness=false", "export.enabled=false",
@@ -102,15 +108,8 @@ def cross_validated_run(tmp_path_factory):
     import keras
 
     root = tmp_path_factory.mktemp("cross_validated")
-    rng = np.random.default_rng(1)
     keras.utils.set_random_seed(0)
-    for split, count in (("train", 20), ("val", 6)):
-        for name, colour in COLOURS.items():
-            for index in range(count):
-                write_image(root / "data" / split / name / f"{name}_{index + 2}.png",
-                            np.clip(np.array(colour) + rng.integers(-20, 20, 3), 0, 255))
-    for (split, folder, file), colour in TRAINING_PLANTED.items():
-        write_image(root / "data" / split / folder / file, COLOURS[colour])
+    write_colours(root / "data", {"train": 20, "val": 6}, TRAINING_PLANTED, seed=1)
     result = imgpipe.run("classify", ["train.epochs=8", "train.batch_size=8", "train.verbose=0", "data.image_size=16",
                                       "evaluate.robustness=false", "export.enabled=false", "train.tensorboard=false",
                                       "train.suspect_labels=cross_validation", "train.folds=2",

@@ -5,13 +5,14 @@ import csv
 import types
 
 import numpy as np
+import pytest
 from PIL import Image
 
 import imgpipe
 from imgpipe.engine import runner
 from imgpipe.engine.pipeline import FileDecoder
 from imgpipe.tasks.segment.task import SegmentationTask
-from imgpipe.understand.suspect_labels import cross_validation_report
+from imgpipe.understand.suspect_labels import cross_validation_report, report_after_training
 from imgpipe.understand.suspect_masks import mask_quality
 from tests.data.test_masks import make_pairs
 
@@ -60,3 +61,18 @@ def test_cross_validation_judges_every_mask_with_the_model_that_held_it_out(tmp_
     assert len(rows) == 12 and rows[0]["file"].endswith("/5.jpg") and rows[0]["mask"].endswith("/5.png")
     assert float(rows[0]["disputed_pixels"]) > 0.5 > max(float(row["disputed_pixels"]) for row in rows[1:])
     assert (tmp_path / "suspect_labels.png").is_file()
+
+
+def test_a_multi_worker_job_ranks_its_validation_masks_instead_of_cross_validating(tmp_path, monkeypatch):
+    make_pairs(tmp_path / "data", count=10, size=(32, 48), values=(0, 1, 2))
+    recipe = imgpipe.load_recipe("segment").update(**{"data.path": str(tmp_path / "data"), "data.image_size": [32, 48],
+                                                       "train.suspect_labels": "cross_validation"})
+    task = SegmentationTask()
+    data = task.read_data(recipe)
+    decoder = FileDecoder(data.image_size, recipe.data.max_pixels, task.load_target(data), task.target_signature(data))
+    monkeypatch.setenv("TF_CONFIG", '{"cluster": {"worker": ["localhost:1", "localhost:2"]}, '
+                                    '"task": {"type": "worker", "index": 0}}')
+    monkeypatch.setattr(runner, "run", lambda *args, **kwargs: pytest.fail("a fold was trained in a cluster"))
+    report_after_training(task, BandSegmenter(), data, recipe, decoder, tmp_path)
+    rows = list(csv.DictReader((tmp_path / "suspect_labels.csv").open()))
+    assert sorted(row["file"] for row in rows) == sorted(data.val.paths)
