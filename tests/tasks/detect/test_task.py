@@ -11,7 +11,9 @@ from PIL import Image
 import imgpipe
 from imgpipe.engine import augment
 from imgpipe.engine.augment import Augmenter
-from imgpipe.tasks.detect.coco_eval import coco_map
+from imgpipe.tasks.detect.coco_eval import coco_map, detection_hits
+from imgpipe.tasks.detect.task import score_calibration
+from imgpipe.understand.calibration import describe, image_halves
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.data.demo import make_detection_folder
 from imgpipe.engine.export.saved_model import load_export
@@ -114,6 +116,40 @@ def test_coco_map_of_perfect_and_half_found_predictions():
     assert result["ap50/cat"] == pytest.approx(51 / 101)
     assert result["ap50/dog"] == pytest.approx(0.0)
     assert coco_map(truth, [(np.zeros((0, 4)), [], [])] * 2, ["cat", "dog"])["map"] == 0.0
+
+
+def test_each_detection_is_scored_right_where_map50_would_count_it():
+    truth = [(np.array([[10, 10, 50, 50], [60, 60, 90, 95]]), np.array([0, 1])),
+             (np.array([[5, 5, 25, 40]]), np.array([0]))]
+    found = [(np.array([[11, 10, 50, 52], [60, 60, 90, 95], [12, 10, 50, 50], [0, 0, 9, 9]]),
+              np.array([0.9, 0.8, 0.7, 0.6]), np.array([0, 0, 0, 1])),  # a dog taken for a cat, a duplicate, a miss
+             (np.array([[5, 5, 25, 40]]), np.array([0.5]), np.array([0]))]
+    scores, hits, images = detection_hits(truth, found, ["cat", "dog"])
+    right = {(round(s, 2), i): h for s, h, i in zip(scores, hits, images)}
+    assert right == {(0.9, 0): 1, (0.7, 0): 0, (0.8, 0): 0, (0.6, 0): 0, (0.5, 1): 1}
+
+
+def test_detection_scores_are_calibrated_on_half_the_images_and_reported_not_served(tmp_path):
+    # Scores of 0.3 on boxes that are right 80 % of the time: no temperature can lift 0.3 over 0.5.
+    rng = np.random.default_rng(0)
+    truth, found, right = [], [], rng.random(40) < 0.8
+    for index in range(40):
+        box = rng.integers(0, 50, 2)
+        box = np.concatenate([box, box + 30])[None]
+        truth.append((box, np.array([0])))
+        found.append((box if right[index] else box + 200, np.array([0.3]), np.array([0])))
+    answers = [{"boxes": boxes, "scores": scores, "class_ids": classes, "num_detections": 1}
+               for boxes, scores, classes in found]
+    record = score_calibration(answers, truth, ["cat"], tmp_path)
+    assert record["unit"] == "validation detections" and record["fitted_on"] + record["reported_on"] == 40
+    # one bin: its confidence is the score, its accuracy the share of right boxes among the held-out images'
+    fit, report = image_halves(np.arange(40), seed=0)
+    assert record["before"]["ece"] == pytest.approx(abs(0.3 - right[report].mean()))
+    # the logistic map lifts 0.3 to the share right in the fitting half, which the other half is scored against
+    assert record["after"]["ece"] == pytest.approx(abs(right[fit].mean() - right[report].mean()), abs=1e-3)
+    assert record["used"] is False and record["why"].startswith("not served: the served boxes")
+    assert describe(record).startswith("logistic (Platt) on the score's log-odds fitted on 20 validation detections")
+    assert (tmp_path / "reliability.png").is_file()
 
 
 @pytest.fixture(scope="module")
