@@ -28,6 +28,8 @@ import subprocess
 import sys
 import time
 
+import numpy as np
+
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 
 from common import machine_summary, print_table  # noqa: E402
@@ -88,13 +90,44 @@ def main():
     args.workdir.mkdir(parents=True, exist_ok=True)
     print(machine_summary())
     rows = []
+    common_rows = []
     for task in args.cases.split(","):
         data = flat_crops(args.workdir, args.raccoon_dir) if task == "classify" else args.raccoon_dir
         for split_groups in ("none", "duplicates"):
             rows.append(run(task, data, split_groups, args.workdir))
             print(rows[-1], flush=True)
+        common_rows += scored_on_common_images(task, args.workdir)
     print_table("grouped split (data.split_groups), default recipe, only --data",
                 ["task", "split_groups", "metric", "validation images", "moved", "groups leaking", "wall s"], rows)
+    print_table("each run's model on the validation images both runs held out (split effect vs training variance)",
+                ["task", "model trained with", "metric", "images"], common_rows)
+
+
+def scored_on_common_images(task, work):
+    """Each of the two runs' best model scored on the validation images both runs held out: the two runs'
+    own figures differ by their validation sets *and* by their training; on common images only the
+    training differs."""
+    from imgpipe.engine.export.saved_model import export_metadata
+    from imgpipe.engine.pipeline import FileDecoder, make_dataset
+    from imgpipe.engine.run_folder import load_run
+    from imgpipe.engine.scoring import model_answers
+
+    runs = {name: load_run(work / f"{task}_{name}") for name in ("none", "duplicates")}
+    splits = {name: run.task.read_data(run.recipe) for name, run in runs.items()}
+    common = sorted(set(splits["none"].val.paths) & set(splits["duplicates"].val.paths))
+    rows = []
+    for name, run in runs.items():
+        data = splits[name]
+        keep = [index for index, path in enumerate(data.val.paths) if path in common]
+        subset = type(data.val).from_files([data.val.paths[i] for i in keep], np.asarray(data.val.targets)[keep])
+        decoder = FileDecoder(data.image_size, run.recipe.data.max_pixels, run.task.load_target(data),
+                              run.task.target_signature(data))
+        dataset, _ = make_dataset(subset, data.image_size, 8, training=False, cache="none", decoder=decoder)
+        metadata = export_metadata(run.task, data, run.recipe)
+        answers, truths = model_answers(run.task, run.model, dataset, metadata)
+        score = run.task.score(answers, truths, metadata)[MAIN_METRIC[task].removeprefix("val_")]
+        rows.append([task, name, round(score, 4), len(common)])
+    return rows
 
 
 if __name__ == "__main__":
