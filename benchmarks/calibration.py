@@ -16,8 +16,12 @@ The membrane case is segmentation, calibrated per pixel: `imgpipe run segment` o
 contiguously (24 / 6), and halvings of its 6 validation *images* (their pixels never on both sides):
 only 20 distinct halvings exist, so the spread is over those.
 
+`--detect-runs RUN_DIR ...` instead recomputes the detection-score record (Platt scaling, reported) of
+trained detection runs from their checkpoints, without training.
+
 Usage (from the repository root, with `.[test]` and scikit-learn installed):
-    .venv/bin/python benchmarks/calibration.py [--cases raccoon,digits,raccoon_scratch,digits_3_epochs]
+    .venv/bin/python benchmarks/calibration.py [--cases raccoon,digits,raccoon_scratch,digits_3_epochs,membrane]
+    .venv/bin/python benchmarks/calibration.py --detect-runs /tmp/imgpipe_grouped_split/detect_none
 """
 
 import argparse
@@ -96,6 +100,23 @@ def _decoder(run, data):
                        run.task.target_signature(data))
 
 
+def detection_record(run_dir, picture_dir):
+    """A trained detection run's score-calibration record, recomputed from its best checkpoint."""
+    from imgpipe.engine.export.saved_model import export_metadata
+    from imgpipe.engine.pipeline import make_dataset
+    from imgpipe.engine.run_folder import load_run
+    from imgpipe.engine.scoring import model_answers
+    from imgpipe.tasks.detect.task import score_calibration
+
+    run = load_run(run_dir)
+    data = run.task.read_data(run.recipe)
+    dataset, _ = make_dataset(data.val, data.image_size, 8, training=False, cache="none", decoder=_decoder(run, data))
+    metadata = export_metadata(run.task, data, run.recipe)
+    answers, truths = model_answers(run.task, run.model, dataset, metadata)
+    picture_dir.mkdir(parents=True, exist_ok=True)
+    return score_calibration(answers, truths, data.class_names, picture_dir)
+
+
 def halvings(probabilities, labels, image_of_row=None):
     """Per random halving: (temperature, ECE before, ECE after, NLL before, NLL after, served) on the held-out half."""
     from imgpipe.understand.calibration import calibrate, image_halves, serving_decision
@@ -120,8 +141,21 @@ def main():
 
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--cases", default=",".join(CASES))
-    cases = parser.parse_args().cases.split(",")
+    parser.add_argument("--detect-runs", nargs="*", type=pathlib.Path, default=[])
+    arguments = parser.parse_args()
     print(machine_summary())
+    if arguments.detect_runs:
+        rows = []
+        for run_dir in arguments.detect_runs:
+            record = detection_record(run_dir, WORK / "detect" / run_dir.name)
+            rows.append([str(run_dir), f"{record['fitted_on']}/{record['reported_on']}",
+                         f"{record['slope']:.2f}, {record['intercept']:.2f}",
+                         f"{record['before']['ece']:.3f} -> {record['after']['ece']:.3f}",
+                         f"{record['before']['nll']:.3f} -> {record['after']['nll']:.3f}"])
+        print_table("detection scores, Platt scaling on half the validation images' boxes, scored on the other half",
+                    ["run", "fit/held-out boxes", "slope, intercept", "ECE", "NLL"], rows)
+        return
+    cases = arguments.cases.split(",")
     record_rows, spread_rows = [], []
     for case in cases:
         run_dir = train(case)
