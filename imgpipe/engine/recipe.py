@@ -155,7 +155,7 @@ class TrainSettings:
     run_dir: typing.Optional[str] = setting(None, "exact run directory; overrides output and name")
     verbose: int = setting(1, "Keras progress: 0 silent, 1 progress bar, 2 one line per epoch", min=0, max=2)
     suspect_labels: str = setting(
-        "validation", "classification and segmentation: rank the images whose label (class or mask) the model "
+        "validation", "classify, segment, detect: rank the images whose labels (class, mask, boxes) the model "
         "disputes (cleanlab; suspect_labels.csv, .png): the validation images with the trained model "
         "(validation), every image with train.folds models each trained without it (cross_validation: folds "
         "more trainings), or none",

@@ -121,7 +121,8 @@ class Task:
     # === Suspect labels (imgpipe.understand.suspect_labels) ===
     # What a label is, for ranking the ones the model disputes: "class" (one class per image: confident
     # learning on class probabilities), "pixels" (a mask: cleanlab's per-image segmentation score; the task
-    # draws them with `plot_predictions(samples, data, path, title)`), or None (not ranked).
+    # draws them with `plot_predictions(samples, data, path, title)`), "boxes" (cleanlab's object-detection
+    # score; the task gives `box_evidence(model, images, targets, metadata)`), or None (not ranked).
     suspect_labels = None
 
     # === Serving ===

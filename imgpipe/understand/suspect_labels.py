@@ -14,10 +14,10 @@ training images' labels are then checked too, at the cost of `folds` trainings.
 Either way the run folder gets `suspect_labels.csv` (every ranked image, the most
 suspect first, with cleanlab's verdict) and `suspect_labels.png`; a
 cross-validation also keeps the out-of-fold probabilities, so that `imgpipe check
---run` can rank the run's own training images. Segmentation masks are ranked the
-same two ways, by cleanlab's per-image segmentation score
-(`imgpipe.understand.suspect_masks`). Nothing is moved or renamed; a person
-decides.
+--run` can rank the run's own training images. Segmentation masks and detection
+boxes are ranked the same two ways, by cleanlab's per-image segmentation and
+object-detection scores (`imgpipe.understand.suspect_masks`, `suspect_boxes`).
+Nothing is moved or renamed; a person decides.
 
 Example:
     >>> suspects = rank_suspects(labels, probabilities)
@@ -38,6 +38,8 @@ from imgpipe.data.sources import ImageSet
 from imgpipe.data.split import stratified_folds
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.scoring import split_examples
+from imgpipe.engine.export.saved_model import export_metadata
+from imgpipe.understand.suspect_boxes import box_quality, write_box_suspects
 from imgpipe.understand.suspect_masks import CSV_FILE, PICTURE_FILE, mask_quality, most_suspect, write_mask_suspects
 
 log = logging.getLogger(__name__)
@@ -152,6 +154,12 @@ def report_after_training(task, model, data, recipe, decoder, run_dir):
         written, _ = write_mask_suspects(task, data.val, scores, disputed, shown, data, run_dir)
         log.info("suspect labels: %d validation masks ranked, most suspect first (%s)", len(scores), written)
         return
+    if task.suspect_labels == "boxes":
+        scores, given, predicted = box_quality(task, model, images, targets, export_metadata(task, data, recipe))
+        written = write_box_suspects(data.val, scores, given, predicted, {i: images[i] for i in most_suspect(scores)},
+                                     data.class_names, run_dir)
+        log.info("suspect labels: %d validation images' boxes ranked, most suspect first (%s)", len(scores), written)
+        return
     suspects = rank_suspects(targets, class_probabilities(model, images))
     write_suspects(suspects, data.val.paths, data.class_names, run_dir, images)
     log.info("suspect labels: %d of %d validation images flagged (%s)", sum(s.flagged for s in suspects),
@@ -171,10 +179,12 @@ def cross_validation_report(task, data, recipe, decoder, run_dir):
     from imgpipe.engine import runner
 
     everything = _joined(data.train, data.val)
-    pixels = task.suspect_labels == "pixels"
-    labels = np.zeros(everything.count, np.int64) if pixels else np.asarray(everything.targets, np.int64)
+    pixels, boxes = task.suspect_labels == "pixels", task.suspect_labels == "boxes"
+    labels = np.asarray(everything.targets, np.int64) if task.suspect_labels == "class" else \
+        np.zeros(everything.count, np.int64)
     probabilities = np.zeros((everything.count, data.num_classes), np.float32)
     scores, disputed, shown = np.ones(everything.count), np.zeros(everything.count), {}
+    given, predicted_boxes = [None] * everything.count, [None] * everything.count
     fold_recipe = recipe.update(**{"export.enabled": False, "train.suspect_labels": "none",
                                    "train.tensorboard": False, "train.run_dir": None})
     folds = stratified_folds(labels, recipe.train.folds, recipe.data.seed)
@@ -197,13 +207,22 @@ def cross_validation_report(task, data, recipe, decoder, run_dir):
             shown.update({held_out[i]: (images[i], targets[i], predicted[i])
                           for i in most_suspect(scores[held_out])})
             shown = {i: shown[i] for i in most_suspect(scores) if i in shown}
+        elif boxes:
+            fold_scores, fold_given, fold_predicted = box_quality(task, result.model, images, targets,
+                                                                  export_metadata(task, data, recipe))
+            scores[held_out] = fold_scores
+            for position, index in enumerate(held_out):
+                given[index], predicted_boxes[index] = fold_given[position], fold_predicted[position]
+            shown.update({held_out[i]: images[i] for i in most_suspect(fold_scores)})
+            shown = {i: shown[i] for i in most_suspect(scores) if i in shown}
         else:
             probabilities[held_out] = class_probabilities(result.model, images)
         del result
-    if pixels:
-        written, _ = write_mask_suspects(task, everything, scores, disputed, shown, data, run_dir)
-        log.info("suspect labels: %d masks ranked by %d-fold cross-validation (%s)", everything.count, len(folds),
-                 written)
+    if pixels or boxes:
+        written = write_box_suspects(everything, scores, given, predicted_boxes, shown, data.class_names, run_dir) \
+            if boxes else write_mask_suspects(task, everything, scores, disputed, shown, data, run_dir)[0]
+        log.info("suspect labels: %d images' %s ranked by %d-fold cross-validation (%s)", everything.count,
+                 task.suspect_labels, len(folds), written)
         return
     np.savez(pathlib.Path(run_dir) / OUT_OF_FOLD_FILE, paths=np.array([os.path.realpath(p) for p in everything.paths]),
              labels=labels, probabilities=probabilities)
@@ -246,14 +265,13 @@ def rank_folder(run_dir, folder, report_dir):
         (list of `Suspect`, the ranked paths, the class names, how many training images were left out,
         the CSV's path)
     """
-    from imgpipe.engine.export.saved_model import export_metadata
     from imgpipe.engine.run_folder import load_run
     from imgpipe.errors import DataError
 
     run = load_run(run_dir)
     if run.task.suspect_labels != "class":
         raise DataError(f"{run_dir}: a {run.task.name} run; check --run ranks one class per image (classify); a "
-                        f"segmentation run ranks its own masks in its run folder")
+                        f"segmentation or detection run ranks its own masks or boxes in its run folder")
     try:
         trained_on = {os.path.realpath(path) for path in run.task.read_data(run.recipe).train.paths}
     except DataError as error:

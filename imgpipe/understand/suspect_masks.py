@@ -25,7 +25,7 @@ import numpy as np
 
 CSV_FILE = "suspect_labels.csv"
 PICTURE_FILE = "suspect_labels.png"
-PICTURE_MASKS = 6  # the most suspect masks drawn in suspect_labels.png, image | given | model
+SUSPECTS_DRAWN = 6  # the most suspect images drawn in suspect_labels.png
 BATCH = 8  # images judged at once (cleanlab wants [N, C, H, W] probabilities in memory)
 
 
@@ -82,12 +82,12 @@ def write_mask_suspects(task, image_set, scores, disputed, shown, data, folder):
             writer.writerow([image_set.paths[index], image_set.targets[index], round(float(scores[index]), 4),
                              round(float(disputed[index]), 4)])
     if shown:
-        top = [index for index in order if index in shown][:PICTURE_MASKS]
+        top = [index for index in order if index in shown][:SUSPECTS_DRAWN]
         task.plot_predictions([shown[index] for index in top], data, folder / PICTURE_FILE,
                               title="most suspect masks: image | given mask | the model's mask")
     return folder / CSV_FILE, order
 
 
-def most_suspect(scores, count=PICTURE_MASKS):
+def most_suspect(scores, count=SUSPECTS_DRAWN):
     """Indices of the `count` lowest scores (the images worth drawing)."""
     return set(np.argsort(scores, kind="stable")[:count].tolist())

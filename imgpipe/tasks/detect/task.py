@@ -25,12 +25,13 @@ from imgpipe.data.detection import DetectionLabels, clean_split, read_annotation
 from imgpipe.data.images import load_image
 from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
+from imgpipe.engine.client import per_image
 from imgpipe.engine.scoring import first_images, model_answers
 from imgpipe.models import MODELS
 from imgpipe.models.centernet import NMS_IOU, STRIDE, CenterNetLoss, decode_detections
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.tasks.base import Task
-from imgpipe.understand.calibration import score_calibration_record
+from imgpipe.understand.calibration import fit_logistic, logistic, score_calibration_record
 
 PREDICTION_SAMPLES = 8
 CALIBRATION_MIN_IMAGES = 10  # each half needs a few images' detections, right and wrong ones
@@ -189,6 +190,28 @@ class DetectionTask(Task):
             images.append(plots.draw_boxes(image, boxes, [data.class_names[c] for c in classes], (40, 220, 40)))
             titles.append(f"{len(boxes)} box(es)")
         return plots.plot_image_grid(images, titles, path, columns=6, title="augmented training samples")
+
+    # === Suspect labels ===
+    suspect_labels = "boxes"
+
+    def box_evidence(self, model, images, targets, metadata):
+        """What cleanlab judges box labels by: per image, the given (boxes, classes), and the model's (boxes,
+        probabilities, classes) at the model's size.
+
+        The probabilities are the scores mapped by Platt scaling fitted on these images' own matches
+        (`score_calibration`'s method, two numbers): cleanlab counts a predicted box as evidence from 0.95,
+        which CenterNet's raw peaks (0.2-0.4 after short training) never reach.
+        """
+        answers = []
+        for start in range(0, len(images), PREDICTION_SAMPLES):
+            answers += per_image(self.answers(model, images[start:start + PREDICTION_SAMPLES].astype(np.float32),
+                                              metadata))
+        given = [self.truth(image, target) for image, target in zip(images, targets)]
+        found = [(a["boxes"][:a["num_detections"]], a["scores"][:a["num_detections"]],
+                  a["class_ids"][:a["num_detections"]]) for a in answers]
+        scores, hits, _ = detection_hits(given, found, metadata["class_names"])
+        slope, intercept = fit_logistic(scores, hits) if 0 < hits.sum() < len(hits) else (1.0, 0.0)
+        return given, [(boxes, logistic(found_scores, slope, intercept), ids) for boxes, found_scores, ids in found]
 
     # === Robustness ===
     robustness_metric_name = "map50"

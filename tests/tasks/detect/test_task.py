@@ -1,3 +1,4 @@
+import csv
 import io
 import json
 
@@ -170,8 +171,13 @@ def test_run_writes_map_metrics_and_pictures(detect_run):
     assert 0.0 <= metrics["val_map"] <= metrics["val_map50"] <= 1.0
     history = (result.run_dir / "history.csv").read_text().splitlines()
     assert "val_map50" in history[0] and len(history) == 3
-    for name in ("curves.png", "augment_preview.png", "predictions.png"):
+    for name in ("curves.png", "augment_preview.png", "predictions.png", "suspect_labels.png"):
         assert (result.run_dir / name).is_file()
+    # every validation image's boxes ranked, most suspect first; the detection scores' calibration reported
+    rows = list(csv.DictReader((result.run_dir / "suspect_labels.csv").open()))
+    assert len(rows) == metrics["images_validation"] and set(rows[0]) == {"file", "score", "given_boxes", "sure_boxes"}
+    assert [float(row["score"]) for row in rows] == sorted(float(row["score"]) for row in rows)
+    assert "skipped" in metrics["calibration"] or metrics["calibration"]["used"] is False
 
 
 def encoded(picture):
