@@ -117,6 +117,7 @@ def cross_validated_run(tmp_path_factory):
     return root / "data", result
 
 
+@pytest.mark.slow
 def test_cross_validation_ranks_every_image_and_finds_wrong_training_labels(cross_validated_run):
     data, result = cross_validated_run
     rows = list(csv.DictReader((result.run_dir / "suspect_labels.csv").open()))
@@ -129,6 +130,7 @@ def test_cross_validation_ranks_every_image_and_finds_wrong_training_labels(cros
     assert all(f["images_train"] + f["images_validation"] == 80 for f in folds)
 
 
+@pytest.mark.slow
 def test_check_ranks_a_cross_validated_run_s_own_training_images(cross_validated_run, cli, tmp_path):
     data, result = cross_validated_run
     code, out, err = cli("check", "--data", data / "train", "--run", result.run_dir, "--report-dir", tmp_path)
@@ -146,3 +148,58 @@ def test_folds_deal_each_class_out_evenly_and_cover_every_item_once():
         counts = [int((labels[fold] == label).sum()) for fold in folds]
         assert max(counts) - min(counts) <= 1
     assert [f.tolist() for f in folds] == [f.tolist() for f in stratified_folds(labels, 3, seed=4)]
+
+
+def raccoon_crops(raccoon, folder, photos=100, side=48):
+    """folder/{raccoon,background}/: the first box of each of `photos` real photos, and a patch of the same size
+    from the corner farthest from every box (skipped when it would touch one)."""
+    from defusedxml import ElementTree
+    from PIL import Image
+
+    written = {"raccoon": [], "background": []}
+    for xml in sorted((raccoon / "annotations").glob("*.xml"))[:photos]:
+        tree = ElementTree.parse(xml)
+        image = Image.open(raccoon / "images" / tree.findtext("filename")).convert("RGB")
+        boxes = [[int(float(obj.findtext(f"bndbox/{key}"))) for key in ("xmin", "ymin", "xmax", "ymax")]
+                 for obj in tree.findall("object")]
+        x0, y0, x1, y1 = boxes[0]
+        for name, crop in (("raccoon", (x0, y0, x1, y1)), ("background", _free_corner(image.size, boxes, x1 - x0, y1 - y0))):
+            if crop is not None:
+                path = folder / name / f"{xml.stem}.png"
+                path.parent.mkdir(parents=True, exist_ok=True)
+                image.crop(crop).resize((side, side)).save(path)
+                written[name].append(path)
+    return written
+
+
+def _free_corner(size, boxes, width, height):
+    width, height = min(width, size[0] // 2), min(height, size[1] // 2)
+    for x, y in ((0, 0), (size[0] - width, 0), (0, size[1] - height), (size[0] - width, size[1] - height)):
+        if all(x + width <= b[0] or b[2] <= x or y + height <= b[1] or b[3] <= y for b in boxes):
+            return x, y, x + width, y + height
+    return None
+
+
+@pytest.mark.slow
+def test_planted_labels_in_real_photos_are_found_by_cross_validation(shared_data, tmp_path):
+    import keras
+
+    written = raccoon_crops(shared_data / "raccoon", tmp_path / "crops")
+    rng = np.random.default_rng(0)
+    planted = {}
+    for name, other in (("raccoon", "background"), ("background", "raccoon")):
+        for path in rng.choice(written[name], 3, replace=False):
+            moved = tmp_path / "crops" / other / f"moved_{path.name}"
+            path.rename(moved)
+            planted[str(moved)] = name
+    keras.utils.set_random_seed(0)
+    result = imgpipe.run("classify", ["train.epochs=12", "train.batch_size=16", "train.verbose=0", "data.image_size=48",
+                                      "model.weights=none", "evaluate.robustness=false", "export.enabled=false",
+                                      "train.tensorboard=false", "train.suspect_labels=cross_validation",
+                                      "train.folds=2", "train.deterministic=true", f"train.run_dir={tmp_path / 'run'}"], data=tmp_path / "crops")
+    rows = list(csv.DictReader((result.run_dir / "suspect_labels.csv").open()))
+    top = [row["file"] for row in rows[:2 * len(planted)]]
+    # The stated rate, in the first 12 of about 200 rows: every raccoon filed as background. Background
+    # patches filed as raccoon are not found reliably by these small from-scratch models (0.85-0.95 accurate):
+    # a patch of bark or fence is not unlike the fur around a raccoon.
+    assert [path for path, name in planted.items() if name == "raccoon" and path not in top] == [], rows[:12]
