@@ -143,7 +143,7 @@ def image_halves(image_of_row, seed):
     return np.flatnonzero(fitting), np.flatnonzero(~fitting)
 
 
-def calibrate(probabilities, labels, seed, halves=None, positive=False):
+def calibrate(probabilities, labels, seed, halves=None):
     """Fits T on one half of the (validation) images and scores it on the other half (halves stratified:
     the right answers by class, the wrong ones together; or `halves`, (fit, report) row indices).
 
@@ -160,10 +160,10 @@ def calibrate(probabilities, labels, seed, halves=None, positive=False):
     held_out, calibrated = probabilities[report], scale(probabilities[report], temperature)
     return {"temperature": round(temperature, 4), "fitted_on": int(len(fit)), "reported_on": int(len(report)),
             "wrong_in_fit": int(wrong[fit].sum()), "wrong_in_report": int(wrong[report].sum()),
-            "before": calibration_errors(held_out, labels[report], positive=positive),
-            "after": calibration_errors(calibrated, labels[report], positive=positive),
-            "bins_before": reliability_bins(held_out, labels[report], positive=positive),
-            "bins_after": reliability_bins(calibrated, labels[report], positive=positive)}
+            "before": calibration_errors(held_out, labels[report]),
+            "after": calibration_errors(calibrated, labels[report]),
+            "bins_before": reliability_bins(held_out, labels[report]),
+            "bins_after": reliability_bins(calibrated, labels[report])}
 
 
 def serving_decision(result):

@@ -17,12 +17,13 @@ Example:
     >>> scores, given, predicted = box_quality(task, model, images, targets, metadata)
 """
 
-import csv
 import pathlib
 
 import numpy as np
 
-from imgpipe.understand.suspect_masks import CSV_FILE, PICTURE_FILE, SUSPECTS_DRAWN
+from imgpipe.understand.suspect_report import PICTURE_FILE, keep_most_suspect, order_of, write_rows
+
+SUSPECTS_DRAWN = 6  # the most suspect images drawn in suspect_labels.png
 
 SURE = 0.5  # the model's boxes drawn and counted in the CSV: more likely right than not
 
@@ -52,38 +53,48 @@ def box_quality(task, model, images, targets, metadata):
     return np.asarray(scores, np.float64), given, predicted
 
 
-def write_box_suspects(image_set, scores, given, predicted, shown, class_names, folder):
-    """suspect_labels.csv (file, score, given_boxes, sure_boxes; most suspect first) and suspect_labels.png.
+class BoxRanking:
+    """Box annotations judged by the models that did not train on them; written most suspect first.
 
-    Args:
-        image_set: the ranked files, in the order of `scores`.
-        given, predicted: `box_quality`'s per-image boxes.
-        shown: {index: uint8 image} of the most suspect, or None.
-
-    Returns:
-        The CSV's path.
+    Example:
+        >>> ranking = BoxRanking(task, data, recipe, count=len(paths))
+        >>> ranking.add(model, np.arange(len(paths)), images, targets)
+        >>> ranking.write(image_set, "runs/detect/detect")
     """
-    from imgpipe.engine import plots
 
-    folder = pathlib.Path(folder)
-    order = np.argsort(scores, kind="stable")
-    with (folder / CSV_FILE).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "score", "given_boxes", "sure_boxes"])
-        for index in order:
-            writer.writerow([image_set.paths[index], round(float(scores[index]), 4), len(given[index][1]),
-                             int((np.asarray(predicted[index][1]) >= SURE).sum())])
-    if shown:
+    def __init__(self, task, data, recipe, count):
+        self.task, self.class_names = task, data.class_names
+        self.metadata = task.export_metadata(data, recipe)  # class names, score threshold, detection limit
+        self.scores, self.given, self.predicted, self.shown = np.ones(count), [None] * count, [None] * count, {}
+
+    def add(self, model, indices, images, targets):
+        """Judges `images` (uint8, the model's size) with `model`; `indices` place them in the ranking."""
+        scores, given, predicted = box_quality(self.task, model, images, targets, self.metadata)
+        self.scores[indices] = scores
+        for position, index in enumerate(indices):
+            self.given[index], self.predicted[index] = given[position], predicted[position]
+        self.shown = keep_most_suspect(self.shown, self.scores, indices, images, SUSPECTS_DRAWN)
+
+    def write(self, image_set, folder):
+        """suspect_labels.csv (file, score, given_boxes, sure_boxes) and suspect_labels.png (given boxes green, the
+        model's sure ones red); returns a line for the log."""
+        from imgpipe.engine import plots
+
+        order = order_of(self.scores)
+        written = write_rows(folder, ["file", "score", "given_boxes", "sure_boxes"], [
+            [image_set.paths[i], round(float(self.scores[i]), 4), len(self.given[i][1]),
+             int((np.asarray(self.predicted[i][1]) >= SURE).sum())] for i in order])
         pictures, titles = [], []
-        for index in [index for index in order if index in shown][:SUSPECTS_DRAWN]:
-            (boxes, ids), (found, probabilities, found_ids) = given[index], predicted[index]
+        for index in [index for index in order if index in self.shown]:
+            (boxes, ids), (found, probabilities, found_ids) = self.given[index], self.predicted[index]
             sure = np.asarray(probabilities) >= SURE
-            drawn = plots.draw_boxes(shown[index], boxes, [class_names[i] for i in ids], (40, 220, 40))
-            pictures.append(plots.draw_boxes(drawn, np.asarray(found)[sure], [
-                f"{class_names[i]} {p:.2f}" for i, p in zip(np.asarray(found_ids)[sure], np.asarray(probabilities)[sure])],
-                (230, 40, 40)))
-            titles.append(f"{pathlib.Path(image_set.paths[index]).name}: {scores[index]:.2f}")
-        plots.plot_image_grid(pictures, titles, folder / PICTURE_FILE, columns=3,
-                              title="most suspect boxes: given (green), the model's sure ones (red)")
-    return folder / CSV_FILE
-
+            names = [self.class_names[i] for i in ids]
+            drawn = plots.draw_boxes(self.shown[index], boxes, names, (40, 220, 40))
+            labels = [f"{self.class_names[i]} {p:.2f}" for i, p in zip(np.asarray(found_ids)[sure],
+                                                                        np.asarray(probabilities)[sure])]
+            pictures.append(plots.draw_boxes(drawn, np.asarray(found)[sure], labels, (230, 40, 40)))
+            titles.append(f"{pathlib.Path(image_set.paths[index]).stem} {self.scores[index]:.2f}")
+        if pictures:
+            plots.plot_image_grid(pictures, titles, pathlib.Path(folder) / PICTURE_FILE, columns=3,
+                                  title="suspect boxes: given green, model red")
+        return f"{len(order)} images' boxes ranked, most suspect first ({written})"

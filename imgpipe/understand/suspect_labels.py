@@ -25,7 +25,6 @@ Example:
     Suspect(index=17, given=0, suggested=1, score=0.021, flagged=True)
 """
 
-import csv
 import dataclasses
 import logging
 import os
@@ -38,9 +37,9 @@ from imgpipe.data.sources import ImageSet
 from imgpipe.data.split import stratified_folds
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.scoring import split_examples
-from imgpipe.engine.export.saved_model import export_metadata
-from imgpipe.understand.suspect_boxes import box_quality, write_box_suspects
-from imgpipe.understand.suspect_masks import CSV_FILE, PICTURE_FILE, mask_quality, most_suspect, write_mask_suspects
+from imgpipe.understand.suspect_boxes import BoxRanking
+from imgpipe.understand.suspect_masks import MaskRanking
+from imgpipe.understand.suspect_report import PICTURE_FILE, keep_most_suspect, write_rows
 
 log = logging.getLogger(__name__)
 
@@ -99,25 +98,54 @@ def rank_suspects(labels, probabilities):
 
 def write_suspects(suspects, paths, class_names, folder, images=None):
     """suspect_labels.csv (file, given label, suggested label, score, flagged; most suspect first), and
-    suspect_labels.png of the most suspect when `images` (uint8 [N, H, W, 3], in the order of `paths`) are
-    given."""
+    suspect_labels.png of the most suspect disputed ones among `images` ({index in `paths`: uint8 image}).
+    """
     from imgpipe.engine import plots
 
-    folder = pathlib.Path(folder)
-    with (folder / CSV_FILE).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "given_label", "suggested_label", "score", "flagged"])
-        for suspect in suspects:
-            writer.writerow([paths[suspect.index], class_names[suspect.given], class_names[suspect.suggested],
-                             suspect.score, "yes" if suspect.flagged else "no"])
-    if images is not None and suspects:
-        shown = [suspect for suspect in suspects[:GRID_IMAGES] if suspect.suggested != suspect.given] or \
-            suspects[:1]
+    written = write_rows(folder, ["file", "given_label", "suggested_label", "score", "flagged"], [
+        [paths[s.index], class_names[s.given], class_names[s.suggested], s.score, "yes" if s.flagged else "no"]
+        for s in suspects])
+    drawable = [suspect for suspect in suspects[:GRID_IMAGES] if suspect.index in (images or {})]
+    shown = [suspect for suspect in drawable if suspect.suggested != suspect.given] or drawable[:1]
+    if shown:
         plots.plot_image_grid([images[s.index] for s in shown],
                               [f"{class_names[s.given]} -> {class_names[s.suggested]}? {s.score:.2f}" for s in shown],
-                              folder / PICTURE_FILE, columns=6,
-                              title="suspect labels")
-    return folder / CSV_FILE
+                              pathlib.Path(folder) / PICTURE_FILE, columns=6, title="suspect labels")
+    return written
+
+
+class ClassRanking:
+    """Class labels judged by the models that did not train on them (their probabilities), ranked by cleanlab.
+
+    Example:
+        >>> ranking = ClassRanking(task, data, recipe, count=len(paths))
+        >>> ranking.add(model, np.arange(len(paths)), images, labels)
+        >>> ranking.write(image_set, "runs/classify/classify")
+    """
+
+    def __init__(self, task, data, recipe, count):
+        self.class_names = data.class_names
+        self.probabilities = np.zeros((count, data.num_classes), np.float32)
+        self.labels, self.shown = np.zeros(count, np.int64), {}
+
+    def add(self, model, indices, images, labels):
+        """Asks `model` about `images` (uint8, the model's size); `indices` place them in the ranking."""
+        self.probabilities[indices] = class_probabilities(model, images)
+        self.labels[indices] = labels
+        # The probability of the given label is the score cleanlab ranks by (self-confidence).
+        confidence = self.probabilities[np.arange(len(self.labels)), self.labels]
+        self.shown = keep_most_suspect(self.shown, confidence, indices, images, GRID_IMAGES)
+
+    def write(self, image_set, folder):
+        """suspect_labels.csv and suspect_labels.png; returns a line for the log."""
+        suspects = rank_suspects(self.labels, self.probabilities)
+        written = write_suspects(suspects, image_set.paths, self.class_names, folder, self.shown)
+        return f"{sum(s.flagged for s in suspects)} of {len(suspects)} images flagged ({written})"
+
+    def save_probabilities(self, image_set, path):
+        """The probabilities by real path, for `rank_folder` (`imgpipe check --run`)."""
+        np.savez(path, paths=np.array([os.path.realpath(p) for p in image_set.paths]), labels=self.labels,
+                 probabilities=self.probabilities)
 
 
 def class_probabilities(model, images, batch_size=64):
@@ -132,8 +160,8 @@ def class_probabilities(model, images, batch_size=64):
 def report_after_training(task, model, data, recipe, decoder, run_dir):
     """A run's report (`imgpipe.run`'s `reports`): ranks labels as `train.suspect_labels` asks.
 
-    Only tasks whose labels can be judged (`Task.suspect_labels`: classes or masks) and files on disk (not
-    tfds) are ranked.
+    Only tasks whose labels can be judged (`Task.suspect_labels`: classes, masks or boxes) and files on
+    disk (not tfds) are ranked.
     """
     mode = recipe.train.suspect_labels
     if mode == "none" or not task.suspect_labels or not data.val.is_files:
@@ -148,22 +176,9 @@ def report_after_training(task, model, data, recipe, decoder, run_dir):
     if len(images) != data.val.count:  # an unreadable file would shift every path after it
         log.warning("suspect labels: %d of %d validation images decoded; not ranked", len(images), data.val.count)
         return
-    if task.suspect_labels == "pixels":
-        scores, disputed, predicted = mask_quality(model, images, targets, data.state.ignore_index)
-        shown = {i: (images[i], targets[i], predicted[i]) for i in most_suspect(scores)}
-        written, _ = write_mask_suspects(task, data.val, scores, disputed, shown, data, run_dir)
-        log.info("suspect labels: %d validation masks ranked, most suspect first (%s)", len(scores), written)
-        return
-    if task.suspect_labels == "boxes":
-        scores, given, predicted = box_quality(task, model, images, targets, export_metadata(task, data, recipe))
-        written = write_box_suspects(data.val, scores, given, predicted, {i: images[i] for i in most_suspect(scores)},
-                                     data.class_names, run_dir)
-        log.info("suspect labels: %d validation images' boxes ranked, most suspect first (%s)", len(scores), written)
-        return
-    suspects = rank_suspects(targets, class_probabilities(model, images))
-    write_suspects(suspects, data.val.paths, data.class_names, run_dir, images)
-    log.info("suspect labels: %d of %d validation images flagged (%s)", sum(s.flagged for s in suspects),
-             len(targets), pathlib.Path(run_dir) / CSV_FILE)
+    ranking = RANKINGS[task.suspect_labels](task, data, recipe, data.val.count)
+    ranking.add(model, np.arange(data.val.count), images, targets)
+    log.info("suspect labels, validation images: %s", ranking.write(data.val, run_dir))
 
 
 def cross_validation_report(task, data, recipe, decoder, run_dir):
@@ -171,7 +186,7 @@ def cross_validation_report(task, data, recipe, decoder, run_dir):
 
     Each fold model is the run's own recipe (model, size, schedule) trained on the other folds, in
     `RUN_DIR/folds/<k>/`, without export, card or TensorBoard. Class probabilities are kept in
-    out_of_fold_probabilities.npz; masks are judged fold by fold (`mask_quality`).
+    out_of_fold_probabilities.npz for `imgpipe check --run`.
 
     Example:
         >>> cross_validation_report(task, data, recipe.update(**{"train.folds": 3}), decoder, "runs/classify/run")
@@ -179,15 +194,12 @@ def cross_validation_report(task, data, recipe, decoder, run_dir):
     from imgpipe.engine import runner
 
     everything = _joined(data.train, data.val)
-    pixels, boxes = task.suspect_labels == "pixels", task.suspect_labels == "boxes"
-    labels = np.asarray(everything.targets, np.int64) if task.suspect_labels == "class" else \
+    strata = np.asarray(everything.targets, np.int64) if task.suspect_labels == "class" else \
         np.zeros(everything.count, np.int64)
-    probabilities = np.zeros((everything.count, data.num_classes), np.float32)
-    scores, disputed, shown = np.ones(everything.count), np.zeros(everything.count), {}
-    given, predicted_boxes = [None] * everything.count, [None] * everything.count
+    ranking = RANKINGS[task.suspect_labels](task, data, recipe, everything.count)
     fold_recipe = recipe.update(**{"export.enabled": False, "train.suspect_labels": "none",
                                    "train.tensorboard": False, "train.run_dir": None})
-    folds = stratified_folds(labels, recipe.train.folds, recipe.data.seed)
+    folds = stratified_folds(strata, recipe.train.folds, recipe.data.seed)
     for number, held_out in enumerate(folds, 1):
         kept = np.setdiff1d(np.arange(everything.count), held_out)
         fold_data = dataclasses.replace(data, train=_subset(everything, kept), val=_subset(everything, held_out),
@@ -201,36 +213,11 @@ def cross_validation_report(task, data, recipe, decoder, run_dir):
         if len(images) != len(held_out):
             log.warning("suspect labels: %d of %d held-out images decoded; not ranked", len(images), len(held_out))
             return
-        if pixels:
-            scores[held_out], disputed[held_out], predicted = mask_quality(result.model, images, targets,
-                                                                           data.state.ignore_index)
-            shown.update({held_out[i]: (images[i], targets[i], predicted[i])
-                          for i in most_suspect(scores[held_out])})
-            shown = {i: shown[i] for i in most_suspect(scores) if i in shown}
-        elif boxes:
-            fold_scores, fold_given, fold_predicted = box_quality(task, result.model, images, targets,
-                                                                  export_metadata(task, data, recipe))
-            scores[held_out] = fold_scores
-            for position, index in enumerate(held_out):
-                given[index], predicted_boxes[index] = fold_given[position], fold_predicted[position]
-            shown.update({held_out[i]: images[i] for i in most_suspect(fold_scores)})
-            shown = {i: shown[i] for i in most_suspect(scores) if i in shown}
-        else:
-            probabilities[held_out] = class_probabilities(result.model, images)
+        ranking.add(result.model, held_out, images, targets)
         del result
-    if pixels or boxes:
-        written = write_box_suspects(everything, scores, given, predicted_boxes, shown, data.class_names, run_dir) \
-            if boxes else write_mask_suspects(task, everything, scores, disputed, shown, data, run_dir)[0]
-        log.info("suspect labels: %d images' %s ranked by %d-fold cross-validation (%s)", everything.count,
-                 task.suspect_labels, len(folds), written)
-        return
-    np.savez(pathlib.Path(run_dir) / OUT_OF_FOLD_FILE, paths=np.array([os.path.realpath(p) for p in everything.paths]),
-             labels=labels, probabilities=probabilities)
-    suspects = rank_suspects(labels, probabilities)
-    shown = _decoded(everything, [s.index for s in suspects[:GRID_IMAGES]], data.image_size, decoder, recipe)
-    write_suspects(suspects, everything.paths, data.class_names, run_dir, shown)
-    log.info("suspect labels: %d of %d images flagged by %d-fold cross-validation (%s)",
-             sum(s.flagged for s in suspects), everything.count, len(folds), pathlib.Path(run_dir) / CSV_FILE)
+    if task.suspect_labels == "class":
+        ranking.save_probabilities(everything, pathlib.Path(run_dir) / OUT_OF_FOLD_FILE)
+    log.info("suspect labels, %d-fold cross-validation: %s", len(folds), ranking.write(everything, run_dir))
 
 
 def _joined(first, second):
@@ -246,13 +233,6 @@ def _subset(image_set, indices):
                     count=len(indices), upright_jpeg=upright)
 
 
-def _decoded(image_set, indices, size, decoder, recipe):
-    """{index: uint8 image} of the given images (the picture shows only the most suspect)."""
-    images, _ = split_examples(_subset(image_set, np.asarray(indices, np.int64)), size, len(indices), decoder,
-                               recipe.data.max_pixels)
-    return dict(zip(indices, images)) if len(images) == len(indices) else None
-
-
 def rank_folder(run_dir, folder, report_dir):
     """`imgpipe check --data FOLDER --run RUN_DIR`: ranks a labelled folder's labels with a trained run's model.
 
@@ -265,6 +245,7 @@ def rank_folder(run_dir, folder, report_dir):
         (list of `Suspect`, the ranked paths, the class names, how many training images were left out,
         the CSV's path)
     """
+    from imgpipe.engine.export.saved_model import export_metadata
     from imgpipe.engine.run_folder import load_run
     from imgpipe.errors import DataError
 
@@ -295,7 +276,7 @@ def rank_folder(run_dir, folder, report_dir):
     suspects = rank_suspects(labels, probabilities)
     report_dir = pathlib.Path(report_dir)
     report_dir.mkdir(parents=True, exist_ok=True)
-    written = write_suspects(suspects, paths, run.data.class_names, report_dir, images)
+    written = write_suspects(suspects, paths, run.data.class_names, report_dir, dict(enumerate(images)))
     return suspects, paths, run.data.class_names, len(files.paths) - len(kept), written
 
 
@@ -306,3 +287,7 @@ def _out_of_fold_probabilities(run_dir):
         return {}
     with np.load(stored) as record:
         return dict(zip(record["paths"].tolist(), record["probabilities"]))
+
+
+# What a label is (`Task.suspect_labels`) -> how it is judged and written.
+RANKINGS = {"class": ClassRanking, "pixels": MaskRanking, "boxes": BoxRanking}

@@ -15,17 +15,15 @@ given mask | the model's mask). Nothing is moved.
 
 Example:
     >>> scores, disputed, predicted = mask_quality(model, images, masks, ignore_index=None)
-    >>> write_mask_suspects(task, image_set, scores, disputed, shown, data, "runs/segment/segment")
 """
 
-import csv
 import pathlib
 
 import numpy as np
 
-CSV_FILE = "suspect_labels.csv"
-PICTURE_FILE = "suspect_labels.png"
-SUSPECTS_DRAWN = 6  # the most suspect images drawn in suspect_labels.png
+from imgpipe.understand.suspect_report import PICTURE_FILE, keep_most_suspect, order_of, write_rows
+
+SUSPECTS_DRAWN = 6  # the most suspect masks drawn in suspect_labels.png
 BATCH = 8  # images judged at once (cleanlab wants [N, C, H, W] probabilities in memory)
 
 
@@ -60,34 +58,35 @@ def mask_quality(model, images, masks, ignore_index, batch_size=BATCH):
     return np.concatenate(scores), np.concatenate(disputed), np.concatenate(predicted)
 
 
-def write_mask_suspects(task, image_set, scores, disputed, shown, data, folder):
-    """suspect_labels.csv (file, mask, score, disputed_pixels; most suspect first) and suspect_labels.png.
+class MaskRanking:
+    """Masks judged by the models that did not train on them; written most suspect first.
 
-    Args:
-        task: the segmentation task (draws the picture: `plot_predictions`).
-        image_set: the ranked files (`paths`, mask paths in `targets`), in the order of `scores`.
-        scores, disputed: `mask_quality`'s first two answers, one per file.
-        shown: {index: (image, given mask, the model's mask)} for the most suspect, or None.
-        data: the run's `TaskData` (class names, mask encoding).
-
-    Returns:
-        The CSV's path and the indices, most suspect first.
+    Example:
+        >>> ranking = MaskRanking(task, data, recipe, count=len(paths))
+        >>> ranking.add(model, np.arange(len(paths)), images, masks)
+        >>> ranking.write(image_set, "runs/segment/segment")
     """
-    folder = pathlib.Path(folder)
-    order = np.argsort(scores, kind="stable")
-    with (folder / CSV_FILE).open("w", newline="") as handle:
-        writer = csv.writer(handle)
-        writer.writerow(["file", "mask", "score", "disputed_pixels"])
-        for index in order:
-            writer.writerow([image_set.paths[index], image_set.targets[index], round(float(scores[index]), 4),
-                             round(float(disputed[index]), 4)])
-    if shown:
-        top = [index for index in order if index in shown][:SUSPECTS_DRAWN]
-        task.plot_predictions([shown[index] for index in top], data, folder / PICTURE_FILE,
-                              title="most suspect masks: image | given mask | the model's mask")
-    return folder / CSV_FILE, order
 
+    def __init__(self, task, data, recipe, count):
+        self.task, self.data = task, data
+        self.scores, self.disputed, self.shown = np.ones(count), np.zeros(count), {}
 
-def most_suspect(scores, count=SUSPECTS_DRAWN):
-    """Indices of the `count` lowest scores (the images worth drawing)."""
-    return set(np.argsort(scores, kind="stable")[:count].tolist())
+    def add(self, model, indices, images, masks):
+        """Judges `images` (uint8, the model's size) with `model`; `indices` place them in the ranking."""
+        scores, disputed, predicted = mask_quality(model, images, masks, self.data.state.ignore_index)
+        self.scores[indices], self.disputed[indices] = scores, disputed
+        self.shown = keep_most_suspect(self.shown, self.scores, indices, zip(images, masks, predicted),
+                                       SUSPECTS_DRAWN)
+
+    def write(self, image_set, folder):
+        """suspect_labels.csv (file, mask, score, disputed_pixels) and suspect_labels.png (image | given mask |
+        the model's mask); returns a line for the log."""
+        order = order_of(self.scores)
+        written = write_rows(folder, ["file", "mask", "score", "disputed_pixels"], [
+            [image_set.paths[i], image_set.targets[i], round(float(self.scores[i]), 4),
+             round(float(self.disputed[i]), 4)] for i in order])
+        drawn = [self.shown[i] for i in order if i in self.shown]
+        if drawn:
+            self.task.plot_predictions(drawn, self.data, pathlib.Path(folder) / PICTURE_FILE,
+                                       title="most suspect masks: image | given mask | the model's mask")
+        return f"{len(order)} masks ranked, most suspect first ({written})"

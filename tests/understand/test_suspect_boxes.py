@@ -12,7 +12,7 @@ from imgpipe.engine import runner
 from imgpipe.engine.pipeline import FileDecoder
 from imgpipe.engine.scoring import split_examples
 from imgpipe.tasks.detect.task import DetectionTask
-from imgpipe.understand.suspect_boxes import box_quality, write_box_suspects
+from imgpipe.understand.suspect_boxes import BoxRanking, box_quality
 from imgpipe.understand.suspect_labels import cross_validation_report
 
 
@@ -36,15 +36,18 @@ class KnownBoxes:
     def box_evidence(self, model, images, targets, metadata):
         return self.given, self.predicted
 
+    def export_metadata(self, data, recipe):
+        return {"class_names": list(data.class_names)}
+
 
 def test_the_planted_box_mistakes_rank_first_and_the_csv_lists_every_image(tmp_path):
     task = KnownBoxes()
-    scores, given, predicted = box_quality(task, None, None, None, {"class_names": ["cat", "dog"]})
+    scores, _, _ = box_quality(task, None, None, None, {"class_names": ["cat", "dog"]})
     assert set(np.argsort(scores)[:3].tolist()) == {3, 7, 11} and scores[[3, 7, 11]].max() < 0.5 < np.delete(
         scores, [3, 7, 11]).min()
-    files = types.SimpleNamespace(paths=[f"{index}.jpg" for index in range(40)])
-    images = {index: np.zeros((150, 150, 3), np.uint8) for index in (3, 7, 11)}
-    write_box_suspects(files, scores, given, predicted, images, ["cat", "dog"], tmp_path)
+    ranking = BoxRanking(task, types.SimpleNamespace(class_names=["cat", "dog"]), None, count=40)
+    ranking.add(None, np.arange(40), np.zeros((40, 150, 150, 3), np.uint8), None)
+    ranking.write(types.SimpleNamespace(paths=[f"{index}.jpg" for index in range(40)]), tmp_path)
     rows = list(csv.DictReader((tmp_path / "suspect_labels.csv").open()))
     assert len(rows) == 40 and {row["file"] for row in rows[:3]} == {"3.jpg", "7.jpg", "11.jpg"}
     assert next(row for row in rows if row["file"] == "3.jpg")["given_boxes"] == "0"

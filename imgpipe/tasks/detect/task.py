@@ -34,6 +34,7 @@ from imgpipe.tasks.base import Task
 from imgpipe.understand.calibration import fit_logistic, logistic, score_calibration_record
 
 PREDICTION_SAMPLES = 8
+EVIDENCE_BATCH = 16  # images asked at once for suspect boxes
 CALIBRATION_MIN_IMAGES = 10  # each half needs a few images' detections, right and wrong ones
 
 
@@ -203,8 +204,8 @@ class DetectionTask(Task):
         which CenterNet's raw peaks (0.2-0.4 after short training) never reach.
         """
         answers = []
-        for start in range(0, len(images), PREDICTION_SAMPLES):
-            answers += per_image(self.answers(model, images[start:start + PREDICTION_SAMPLES].astype(np.float32),
+        for start in range(0, len(images), EVIDENCE_BATCH):
+            answers += per_image(self.answers(model, images[start:start + EVIDENCE_BATCH].astype(np.float32),
                                               metadata))
         given = [self.truth(image, target) for image, target in zip(images, targets)]
         found = [(a["boxes"][:a["num_detections"]], a["scores"][:a["num_detections"]],
