@@ -42,8 +42,8 @@ def _conv(x, filters, name, strides=1, kernel=3):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
-def _decoder_and_heads(features, num_classes, width=64):
-    """Upsamples the deepest features to stride 4 with skip connections, then the three heads.
+def stride4_features(features, width=64):
+    """Upsamples the deepest features to stride 4 with skip connections (what every head reads).
 
     `features`: feature maps at strides 4, 8, 16, 32 (shallow to deep).
     """
@@ -52,28 +52,33 @@ def _decoder_and_heads(features, num_classes, width=64):
         x = layers.UpSampling2D(2, interpolation="bilinear", name=f"up{stride}")(x)
         x = layers.Add(name=f"merge{stride}")([x, _conv(skip, x.shape[-1], f"lateral{stride}", kernel=1)])
         x = _conv(x, width if stride == 4 else width * 2, f"smooth{stride}")
+    return x
+
+
+def detection_heads(x, num_classes, width=64):
+    """The three CenterNet heads on stride-4 features: heat-map logits, log size, offset ([.., C + 4])."""
     bias = -math.log((1 - PRIOR_PROBABILITY) / PRIOR_PROBABILITY)
     heads = []
     for name, channels, initial in (("heatmap", num_classes, bias), ("size", 2, 0.0), ("offset", 2, 0.0)):
         h = layers.Conv2D(width, 3, padding="same", activation="relu", name=f"{name}_head_conv")(x)
         heads.append(layers.Conv2D(channels, 1, bias_initializer=keras.initializers.Constant(initial),
                                    name=f"{name}_head")(h))
-    return layers.Concatenate(dtype="float32", name="detections")(heads)
+    return heads
 
 
-def _require_multiple_of_32(name, input_shape):
+def _decoder_and_heads(features, num_classes, width=64):
+    return layers.Concatenate(dtype="float32", name="detections")(
+        detection_heads(stride4_features(features, width), num_classes, width))
+
+
+def require_multiple_of_32(name, input_shape):
     if input_shape[0] % 32 or input_shape[1] % 32:
         raise RecipeError(f"data.image_size: {name} needs a height and width divisible by 32, got "
                           f"{input_shape[0]}x{input_shape[1]}")
 
 
-@MODELS.register("centernet", task="detect", family="from scratch")
-def build_centernet(input_shape, num_classes, weights=None, dropout=0.0):
-    """A small residual-free backbone (32-64-128-256 filters, strides 4..32) for CPU training from scratch."""
-    if weights not in (None, "none"):
-        raise RecipeError("model.weights: centernet trains from scratch; use centernet_resnet50 for imagenet")
-    _require_multiple_of_32("centernet", input_shape)
-    inputs = keras.Input(input_shape, name="image")
+def scratch_features(inputs):
+    """Feature maps at strides 4, 8, 16 and 32 of a small residual-free backbone (32-64-128-256 filters)."""
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
     x = _conv(x, 24, "stem", strides=2)
     features = []
@@ -82,7 +87,23 @@ def build_centernet(input_shape, num_classes, weights=None, dropout=0.0):
         x = _conv(x, filters, f"stage{stage}_a")
         x = _conv(x, filters, f"stage{stage}_b")
         features.append(x)
-    return keras.Model(inputs, _decoder_and_heads(features, num_classes), name="centernet")
+    return features
+
+
+def pretrained_features(inputs, backbone_name, taps, weights):
+    """The feature maps `taps` of a keras.applications backbone, fed ImageNet-preprocessed pixels."""
+    x = ImagenetPreprocessing(preprocessing(backbone_name), name="preprocess")(inputs)
+    return tapped_backbone(backbone_name, tuple(inputs.shape[1:]), weights, taps, BACKBONE_LAYER)(x)
+
+
+@MODELS.register("centernet", task="detect", family="from scratch")
+def build_centernet(input_shape, num_classes, weights=None, dropout=0.0):
+    """A small residual-free backbone (32-64-128-256 filters, strides 4..32) for CPU training from scratch."""
+    if weights not in (None, "none"):
+        raise RecipeError("model.weights: centernet trains from scratch; use centernet_resnet50 for imagenet")
+    require_multiple_of_32("centernet", input_shape)
+    inputs = keras.Input(input_shape, name="image")
+    return keras.Model(inputs, _decoder_and_heads(scratch_features(inputs), num_classes), name="centernet")
 
 
 PRETRAINED_BACKBONES = {  # name: (backbone, its feature maps at strides 4, 8, 16 and 32)
@@ -97,11 +118,10 @@ PRETRAINED_BACKBONES = {  # name: (backbone, its feature maps at strides 4, 8, 1
 
 def _pretrained_builder(name, backbone_name, taps):
     def build(input_shape, num_classes, weights=None, dropout=0.0):
-        _require_multiple_of_32(name, input_shape)
+        require_multiple_of_32(name, input_shape)
         inputs = keras.Input(input_shape, name="image")
-        x = ImagenetPreprocessing(preprocessing(backbone_name), name="preprocess")(inputs)
-        backbone = tapped_backbone(backbone_name, input_shape, weights, taps, BACKBONE_LAYER)
-        return keras.Model(inputs, _decoder_and_heads(backbone(x), num_classes), name=name)
+        features = pretrained_features(inputs, backbone_name, taps, weights)
+        return keras.Model(inputs, _decoder_and_heads(features, num_classes), name=name)
 
     build.__name__ = f"build_{name}"
     build.__doc__ = f"CenterNet heads on a keras.applications {backbone_name} backbone."
@@ -141,6 +161,36 @@ def render_targets(padded_boxes, num_classes, output_size, stride=STRIDE):
     return heat, index, regression, valid
 
 
+def centernet_loss(padded_boxes, outputs, num_classes, size_weight=1.0, offset_weight=1.0):
+    """Per-image CenterNet loss of `outputs` [B, h, w, C + 4 + ...] against `padded_boxes` [B, M, 5].
+
+    Returns (loss [B], centre cell index [B, M'], valid [B, M']) where M' <= M is the batch's largest box
+    count: heads beyond the first C + 4 channels (a mask head's) read their targets at the same cells.
+    """
+    outputs = tf.cast(outputs, tf.float32)
+    padded_boxes = tf.cast(padded_boxes, tf.float32)
+    # Real boxes come first in each padded row, so the padding beyond the
+    # batch's largest box count can be skipped before rendering Gaussians.
+    used = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(padded_boxes[..., 4] >= 0, tf.int32), axis=1)), 1)
+    output_size = (tf.shape(outputs)[1], tf.shape(outputs)[2])
+    heat, index, regression, valid = render_targets(padded_boxes[:, :used], num_classes, output_size)
+    logits = outputs[..., :num_classes]
+    probability = tf.clip_by_value(tf.sigmoid(logits), 1e-4, 1 - 1e-4)
+    positive = tf.cast(heat >= 1.0 - 1e-6, tf.float32)
+    positive_loss = tf.math.log(probability) * tf.square(1 - probability) * positive
+    negative_loss = tf.math.log(1 - probability) * tf.square(probability) * tf.pow(1 - heat, 4) * (1 - positive)
+    count = tf.maximum(tf.reduce_sum(positive, axis=[1, 2, 3]), 1.0)
+    focal = -tf.reduce_sum(positive_loss + negative_loss, axis=[1, 2, 3]) / count
+    flat = tf.reshape(outputs[..., num_classes:num_classes + 4], [tf.shape(outputs)[0], -1, 4])
+    predicted = tf.gather(flat, index, batch_dims=1)
+    mask = tf.cast(valid, tf.float32)[..., None]
+    error = tf.abs(predicted - regression) * mask
+    boxes = tf.maximum(tf.reduce_sum(mask, axis=[1, 2]), 1.0)
+    size_loss = tf.reduce_sum(error[..., :2], axis=[1, 2]) / boxes
+    offset_loss = tf.reduce_sum(error[..., 2:], axis=[1, 2]) / boxes
+    return focal + size_weight * size_loss + offset_weight * offset_loss, index, valid
+
+
 @keras.saving.register_keras_serializable(package="imgpipe")
 class CenterNetLoss(keras.losses.Loss):
     """Penalty-reduced focal loss on the heat maps + L1 on log size and offset at object centres.
@@ -157,38 +207,17 @@ class CenterNetLoss(keras.losses.Loss):
         self.offset_weight = offset_weight
 
     def call(self, y_true, y_pred):
-        y_pred = tf.cast(y_pred, tf.float32)
-        y_true = tf.cast(y_true, tf.float32)
-        # Real boxes come first in each padded row, so the padding beyond the
-        # batch's largest box count can be skipped before rendering Gaussians.
-        used = tf.maximum(tf.reduce_max(tf.reduce_sum(tf.cast(y_true[..., 4] >= 0, tf.int32), axis=1)), 1)
-        output_size = (tf.shape(y_pred)[1], tf.shape(y_pred)[2])
-        heat, index, regression, valid = render_targets(y_true[:, :used], self.num_classes, output_size)
-        logits = y_pred[..., : self.num_classes]
-        probability = tf.clip_by_value(tf.sigmoid(logits), 1e-4, 1 - 1e-4)
-        positive = tf.cast(heat >= 1.0 - 1e-6, tf.float32)
-        positive_loss = tf.math.log(probability) * tf.square(1 - probability) * positive
-        negative_loss = tf.math.log(1 - probability) * tf.square(probability) * tf.pow(1 - heat, 4) * (1 - positive)
-        count = tf.maximum(tf.reduce_sum(positive, axis=[1, 2, 3]), 1.0)
-        focal = -tf.reduce_sum(positive_loss + negative_loss, axis=[1, 2, 3]) / count
-        flat = tf.reshape(y_pred[..., self.num_classes:], [tf.shape(y_pred)[0], -1, 4])
-        predicted = tf.gather(flat, index, batch_dims=1)
-        mask = tf.cast(valid, tf.float32)[..., None]
-        error = tf.abs(predicted - regression) * mask
-        boxes = tf.maximum(tf.reduce_sum(mask, axis=[1, 2]), 1.0)
-        size_loss = tf.reduce_sum(error[..., :2], axis=[1, 2]) / boxes
-        offset_loss = tf.reduce_sum(error[..., 2:], axis=[1, 2]) / boxes
-        return focal + self.size_weight * size_loss + self.offset_weight * offset_loss
+        loss, _, _ = centernet_loss(y_true, y_pred, self.num_classes, self.size_weight, self.offset_weight)
+        return loss
 
     def get_config(self):
         return {**super().get_config(), "num_classes": self.num_classes, "size_weight": self.size_weight,
                 "offset_weight": self.offset_weight}
 
 
-def decode_detections(outputs, num_classes, max_detections=MAX_DETECTIONS, iou=NMS_IOU, min_score=MIN_SCORE,
-                      stride=STRIDE):
-    """Raw outputs [B, h, w, C + 4] -> (boxes [B, K, 4] x_min y_min x_max y_max in input pixels,
-    scores [B, K], classes [B, K] int32, count [B] int32), padded with zeros beyond `count`."""
+def peak_candidates(outputs, num_classes, max_detections=MAX_DETECTIONS, stride=STRIDE):
+    """The 2 x `max_detections` highest heat-map peaks of raw outputs [B, h, w, C + 4 + ...]: (scores [B, K],
+    classes [B, K] int32, cells [B, K] int32 (flat h*w index), corners [B, K, 4] y_min x_min y_max x_max)."""
     outputs = tf.cast(outputs, tf.float32)
     batch, height, width = tf.shape(outputs)[0], tf.shape(outputs)[1], tf.shape(outputs)[2]
     heat = tf.sigmoid(outputs[..., :num_classes])
@@ -197,12 +226,21 @@ def decode_detections(outputs, num_classes, max_detections=MAX_DETECTIONS, iou=N
     scores, flat_index = tf.math.top_k(tf.reshape(peaks, [batch, -1]), k=candidates)
     classes = flat_index % num_classes
     cell = flat_index // num_classes
-    regression = tf.gather(tf.reshape(outputs[..., num_classes:], [batch, -1, 4]), cell, batch_dims=1)
+    regression = tf.gather(tf.reshape(outputs[..., num_classes:num_classes + 4], [batch, -1, 4]), cell,
+                           batch_dims=1)
     cx = (tf.cast(cell % width, tf.float32) + regression[..., 2]) * stride
     cy = (tf.cast(cell // width, tf.float32) + regression[..., 3]) * stride
     half_w = tf.exp(tf.minimum(regression[..., 0], 10.0)) * stride / 2
     half_h = tf.exp(tf.minimum(regression[..., 1], 10.0)) * stride / 2
     corners = tf.stack([cy - half_h, cx - half_w, cy + half_h, cx + half_w], axis=-1)
+    return scores, classes, cell, corners
+
+
+def decode_detections(outputs, num_classes, max_detections=MAX_DETECTIONS, iou=NMS_IOU, min_score=MIN_SCORE,
+                      stride=STRIDE):
+    """Raw outputs [B, h, w, C + 4] -> (boxes [B, K, 4] x_min y_min x_max y_max in input pixels,
+    scores [B, K], classes [B, K] int32, count [B] int32), padded with zeros beyond `count`."""
+    scores, classes, _, corners = peak_candidates(outputs, num_classes, max_detections, stride)
     per_class = scores[..., None] * tf.one_hot(classes, num_classes)
     nms = tf.image.combined_non_max_suppression(
         corners[:, :, None, :], per_class, max_output_size_per_class=max_detections,
