@@ -30,7 +30,15 @@ MIN_BOX_VISIBILITY = 0.3
 
 
 class LabelTarget:
-    """A target the image's geometry does not touch (a class label): it passes through."""
+    """A target the image's geometry does not touch (a class label): it passes through.
+
+    `border_mode`, when set, is how every geometric transform fills what it brings in from outside the
+    image. The viewpoint family mirrors the border, which shows the model no black wedges but copies
+    objects too: a kind whose target numbers each object (an instance map) sets `cv2.BORDER_CONSTANT`,
+    so no copy shares an object's number.
+    """
+
+    border_mode = None
 
     def compose_options(self):
         """Extra keyword arguments of `A.Compose` this kind of target needs."""
@@ -185,6 +193,9 @@ class Augmenter:
     def build(self):
         """A fresh albumentations `Compose` of the chosen families."""
         transforms = [t for family, make in FAMILIES.items() for t in make(self.strengths[family])]
+        for transform in transforms:
+            if self.target.border_mode is not None and hasattr(transform, "border_mode"):
+                transform.border_mode = self.target.border_mode
         return A.Compose(transforms, **self.target.compose_options())
 
     def apply(self, image, target, seed):

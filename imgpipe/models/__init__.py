@@ -12,4 +12,4 @@ from imgpipe.engine.registry import Registry
 
 MODELS = Registry("model")
 
-from imgpipe.models import centernet, classifiers, segmenters, transformer_net  # noqa: E402,F401  (registers the builders)
+from imgpipe.models import centermask, centernet, classifiers, segmenters, transformer_net  # noqa: E402,F401  (registers the builders)

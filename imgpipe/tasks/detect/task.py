@@ -13,7 +13,6 @@ Example:
 
 import pathlib
 
-import keras
 import numpy as np
 import tensorflow as tf
 
@@ -26,7 +25,8 @@ from imgpipe.data.images import load_image
 from imgpipe.data.sources import LabelledFiles
 from imgpipe.errors import DataError
 from imgpipe.engine.client import per_image
-from imgpipe.engine.scoring import first_images, model_answers
+from imgpipe.engine.periodic_scores import PeriodicScores
+from imgpipe.engine.scoring import first_images
 from imgpipe.models import MODELS
 from imgpipe.models.centernet import NMS_IOU, STRIDE, CenterNetLoss, decode_detections
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
@@ -62,26 +62,6 @@ def scale_boxes(boxes, from_size, to_size):
     """Boxes [.., 4] (x_min, y_min, x_max, y_max) from an image of `from_size` (h, w) to `to_size`."""
     scale = np.array([to_size[1] / from_size[1], to_size[0] / from_size[0]] * 2, np.float32)
     return np.asarray(boxes, np.float32) * scale
-
-
-class MeanAveragePrecisionCallback(keras.callbacks.Callback):
-    """Adds `val_map` and `val_map50` to the epoch logs, computed every `every` epochs.
-
-    Every epoch gets the two keys (NaN until the first computation) because
-    Keras' CSV logger fixes its columns at the first epoch.
-    """
-
-    def __init__(self, task, val_ds, metadata, every):
-        super().__init__()
-        self.task, self.val_ds, self.metadata, self.every = task, val_ds, metadata, every
-        self.latest = {"map": float("nan"), "map50": float("nan")}
-
-    def on_epoch_end(self, epoch, logs=None):
-        if (epoch + 1) % self.every == 0:
-            answers, truths = model_answers(self.task, self.model, self.val_ds, self.metadata)
-            self.latest = self.task.score(answers, truths, self.metadata)
-        if logs is not None:
-            logs["val_map"], logs["val_map50"] = self.latest["map"], self.latest["map50"]
 
 
 class DetectionTask(Task):
@@ -150,7 +130,7 @@ class DetectionTask(Task):
         if not recipe.options.map_every:
             return []
         metadata = {"class_names": list(data.class_names), **self.export_metadata(data, recipe)}
-        return [MeanAveragePrecisionCallback(self, val_ds, metadata, recipe.options.map_every)]
+        return [PeriodicScores(self, val_ds, metadata, recipe.options.map_every, ("map", "map50"))]
 
     # === Scoring ===
     def answers(self, model, images, metadata):

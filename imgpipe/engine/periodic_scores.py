@@ -1,0 +1,34 @@
+"""Task scores every N epochs during training, as epoch metrics (mAP is not a Keras metric).
+
+Scores such as pycocotools' mAP need the whole validation split decoded and
+matched, so they cannot be a per-batch Keras metric; this callback runs the
+task's one scoring path (`Task.answers` + `Task.score`) every `every` epochs.
+
+Example:
+    >>> PeriodicScores(task, val_ds, metadata, every=5, keys=("map", "map50"))
+"""
+
+import keras
+
+from imgpipe.engine.scoring import model_answers
+
+
+class PeriodicScores(keras.callbacks.Callback):
+    """Adds `val_<key>` for each of `keys` of `task.score` to the epoch logs, computed every `every` epochs.
+
+    Every epoch gets the keys (NaN until the first computation) because
+    Keras' CSV logger fixes its columns at the first epoch.
+    """
+
+    def __init__(self, task, val_ds, metadata, every, keys):
+        super().__init__()
+        self.task, self.val_ds, self.metadata, self.every, self.keys = task, val_ds, metadata, every, tuple(keys)
+        self.latest = {key: float("nan") for key in self.keys}
+
+    def on_epoch_end(self, epoch, logs=None):
+        if (epoch + 1) % self.every == 0:
+            answers, truths = model_answers(self.task, self.model, self.val_ds, self.metadata)
+            scores = self.task.score(answers, truths, self.metadata)
+            self.latest = {key: scores[key] for key in self.keys}
+        if logs is not None:
+            logs.update({f"val_{key}": value for key, value in self.latest.items()})
