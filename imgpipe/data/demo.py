@@ -139,7 +139,7 @@ def demo_detection_folder(images=200, size=64):
 
 
 def _touching_pair(size, rng):
-    """Two shapes of one class and colour side by side, overlapping by 0-2 pixels: [(shape, box, colour)] * 2."""
+    """Two shapes of one class and colour side by side, the second box starting 0-2 pixels inside the first."""
     side = int(rng.uniform(0.2, 0.35) * size)
     overlap = int(rng.integers(0, 3))
     x_min = int(rng.integers(0, size - 2 * side + overlap))
