@@ -196,7 +196,7 @@ def make_instances_folder(folder, images=160, size=64, seed=0):
 
 def demo_instances_folder(images=160, size=64):
     """The instance segmentation demo: touching shapes of one class to tell apart, in the ID-mask layout."""
-    return _cached(f"instance-shapes-{images}-{size}", lambda folder: make_instances_folder(folder, images, size))
+    return _cached(f"instance-pairs-{images}-{size}", lambda folder: make_instances_folder(folder, images, size))
 
 
 def make_scenes_folder(folder, images=64, size=64, seed=0):
