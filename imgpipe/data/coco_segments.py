@@ -52,7 +52,7 @@ def _shape(segmentation, number, path):
     if isinstance(segmentation, dict):
         height, width = (int(v) for v in segmentation["size"])
         if isinstance(segmentation["counts"], str):
-            return {"size": [height, width], "counts": segmentation["counts"].encode("ascii")}
+            return {"size": [height, width], "counts": segmentation["counts"]}
         return pycocotools.mask.frPyObjects({"size": [height, width], "counts": list(segmentation["counts"])},
                                             height, width)
     parts = []

@@ -138,25 +138,28 @@ def demo_detection_folder(images=200, size=64):
     return _cached(f"detect-shapes-{images}-{size}", lambda folder: make_detection_folder(folder, images, size))
 
 
-def _touching_box(box, size, rng):
-    """A box of `box`'s size and row beside it, overlapping it by 0-2 pixels (None when neither side fits)."""
-    side = box[2] - box[0]
+def _touching_pair(size, rng):
+    """Two shapes of one class and colour side by side, the second box starting 0-2 pixels inside the first."""
+    side = int(rng.uniform(0.2, 0.35) * size)
     overlap = int(rng.integers(0, 3))
-    for x_min in (box[2] - overlap, box[0] - side + overlap):
-        if 0 <= x_min and x_min + side < size:
-            return [x_min, box[1], x_min + side, box[3]]
-    return None
+    x_min = int(rng.integers(0, size - 2 * side + overlap))
+    y_min = int(rng.integers(0, size - side))
+    shape = DETECTION_SHAPES[rng.integers(len(DETECTION_SHAPES))]
+    colour = tuple(int(c) for c in rng.integers(0, 256, 3))
+    second = x_min + side - overlap
+    return [(shape, [x_min, y_min, x_min + side, y_min + side], colour),
+            (shape, [second, y_min, second + side, y_min + side], colour)]
 
 
 def make_instances_folder(folder, images=160, size=64, seed=0):
-    """Writes an instance ID-mask layout of 2-5 shapes per image, same-class pairs often touching.
+    """Writes an instance ID-mask layout of 2-5 shapes per image, a touching same-class pair in every other one.
 
     `images/shapes_0000.png`, `instances/shapes_0000.png` (0 = background, k = the
-    k-th shape) and `instances/shapes_0000.json` (the class of each id). In every
-    other image a second shape of the same class and colour touches the first, so
-    the two merge in a semantic mask and only an instance model can tell them
-    apart; shapes drawn later cover earlier ones, and a shape covered entirely is
-    not listed.
+    k-th shape) and `instances/shapes_0000.json` (the class of each id). The two
+    shapes of a pair have one class and one colour, so they merge in a semantic
+    mask and only an instance model can tell them apart; the pair is drawn last
+    so no other shape parts it. Shapes drawn later cover earlier ones, and a
+    shape covered entirely is not listed.
     """
     folder = pathlib.Path(folder)
     (folder / "images").mkdir(parents=True, exist_ok=True)
@@ -166,22 +169,21 @@ def make_instances_folder(folder, images=160, size=64, seed=0):
         image = Image.fromarray(textured_background(size, rng))
         ids = Image.new("L", (size, size), 0)
         draw, draw_ids = ImageDraw.Draw(image), ImageDraw.Draw(ids)
+        count = int(rng.integers(2, 6))
+        pair = _touching_pair(size, rng) if index % 2 == 0 else []
         objects = []
-        for number in range(int(rng.integers(2, 6))):
+        for _ in range(count - len(pair)):
             side = int(rng.uniform(0.2, 0.35) * size)
             x_min, y_min = (int(v) for v in rng.integers(0, size - side, 2))
-            box = [x_min, y_min, x_min + side, y_min + side]
             shape = DETECTION_SHAPES[rng.integers(len(DETECTION_SHAPES))]
-            colour = tuple(int(c) for c in rng.integers(0, 256, 3))
-            objects.append((shape, box, colour))
-            beside = _touching_box(box, size, rng) if number == 0 and index % 2 == 0 else None
-            if beside is not None:
-                objects.append((shape, beside, colour))
+            objects.append((shape, [x_min, y_min, x_min + side, y_min + side],
+                            tuple(int(c) for c in rng.integers(0, 256, 3))))
+        objects += pair
         for number, (shape, box, colour) in enumerate(objects, start=1):
             _draw_shape_in(draw, shape, box, colour)
             _draw_shape_in(draw_ids, shape, box, number)
         drawn = np.asarray(ids)
-        visible = [number for number in np.unique(drawn) if number > 0]
+        visible = [int(number) for number in np.unique(drawn) if number > 0]
         renumbered = np.zeros(len(objects) + 1, np.uint8)
         renumbered[visible] = np.arange(1, len(visible) + 1)
         name = f"shapes_{index:04d}"
@@ -194,7 +196,7 @@ def make_instances_folder(folder, images=160, size=64, seed=0):
 
 def demo_instances_folder(images=160, size=64):
     """The instance segmentation demo: touching shapes of one class to tell apart, in the ID-mask layout."""
-    return _cached(f"instance-shapes-{images}-{size}", lambda folder: make_instances_folder(folder, images, size))
+    return _cached(f"instance-pairs-{images}-{size}", lambda folder: make_instances_folder(folder, images, size))
 
 
 def make_scenes_folder(folder, images=64, size=64, seed=0):

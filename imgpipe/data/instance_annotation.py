@@ -115,7 +115,7 @@ class InstanceAnnotation:
 
     @property
     def boxes(self):
-        """float32 [K, 4] x_min, y_min, x_max, y_max: the tight box of each instance's mask (x_max = last column + 1)."""
+        """float32 [K, 4] x_min, y_min, x_max, y_max: each instance's tight box (x_max = last column + 1)."""
         return self._measures[1]
 
     @functools.cached_property
