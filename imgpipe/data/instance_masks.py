@@ -1,6 +1,7 @@
 """Instance ID masks: `images/NAME.ext` + `instances/NAME.png`, one value per object.
 
-In `instances/NAME.png` 0 is background and k marks the pixels of the k-th
+`train/` + `val/`, each laid out so, keep the user's split. In
+`instances/NAME.png` 0 is background and k marks the pixels of the k-th
 object: an 8-bit greyscale PNG, or 16-bit where an image has more than 255
 objects. An optional sidecar `instances/NAME.json` names each object's class,
 `{"1": "cat", "2": "dog"}`; an image without a sidecar has objects of class
@@ -20,14 +21,22 @@ from imgpipe.data.masks import find_pairs
 from imgpipe.errors import DataError
 
 INSTANCE_DIR = "instances"
+SPLITS = ("train", "val")  # train/ + val/, each images/ + instances/: a split the user chose, kept as it is
 DEFAULT_CLASS = "object"
 
 
+def _is_one_folder(root):
+    return (root / "images").is_dir() and (root / INSTANCE_DIR).is_dir() and any((root / INSTANCE_DIR).rglob("*.png"))
+
+
+def _has_splits(root):
+    return all(_is_one_folder(root / split) for split in SPLITS)
+
+
 def is_instance_mask_layout(root):
-    """True for images/ beside an instances/ folder holding PNGs."""
+    """True for images/ beside an instances/ folder holding PNGs, or train/ and val/ each laid out so."""
     root = pathlib.Path(root)
-    return (root / "images").is_dir() and (root / INSTANCE_DIR).is_dir() and any(
-        (root / INSTANCE_DIR).rglob("*.png"))
+    return _is_one_folder(root) or _has_splits(root)
 
 
 def read_sidecar(path):
@@ -52,25 +61,31 @@ def read_sidecar(path):
 
 
 def read_instance_masks(root):
-    """({None: [IdMaskInstances]}, class names) for an images/ + instances/ layout.
+    """({None or "train"/"val": [IdMaskInstances]}, class names) for an images/ + instances/ layout.
 
     The ID PNGs themselves are read when the annotations are cleaned (`IdMaskInstances.cleaned`).
     """
     root = pathlib.Path(root)
     if not is_instance_mask_layout(root):
-        raise DataError(f"{root}: expected images/ + {INSTANCE_DIR}/ holding one ID PNG per image")
-    images, masks = find_pairs(root / "images", root / INSTANCE_DIR)
-    sidecars = [pathlib.Path(mask).with_suffix(".json") for mask in masks]
-    names_by_id = [read_sidecar(path) if path.is_file() else None for path in sidecars]
-    names = {name for found in names_by_id if found for name in found.values()}
-    if any(found is None for found in names_by_id):
+        raise DataError(f"{root}: expected images/ + {INSTANCE_DIR}/ holding one ID PNG per image (or train/ and "
+                        "val/ each laid out so)")
+    folders = {split: root / split for split in SPLITS} if _has_splits(root) else {None: root}
+    pairs = {split: find_pairs(folder / "images", folder / INSTANCE_DIR) for split, folder in folders.items()}
+    found = {split: [(image, mask, pathlib.Path(mask).with_suffix(".json")) for image, mask in zip(*pair)]
+             for split, pair in pairs.items()}
+    names_by_id = {split: [read_sidecar(sidecar) if sidecar.is_file() else None for _, _, sidecar in rows]
+                   for split, rows in found.items()}
+    every = [ids for rows in names_by_id.values() for ids in rows]
+    names = {name for ids in every if ids for name in ids.values()}
+    if any(ids is None for ids in every):
         names.add(DEFAULT_CLASS)
     names = sorted(names)
     index_of = {name: index for index, name in enumerate(names)}
-    annotations = [
-        IdMaskInstances(image, [], mask=mask, sidecar=str(sidecar) if found is not None else None,
-                        class_of_id=None if found is None else {i: index_of[n] for i, n in found.items()},
-                        default_class=index_of.get(DEFAULT_CLASS, 0))
-        for image, mask, sidecar, found in zip(images, masks, sidecars, names_by_id)
-    ]
-    return {None: annotations}, names
+    splits = {}
+    for split, rows in found.items():
+        splits[split] = [
+            IdMaskInstances(image, [], mask=mask, sidecar=str(sidecar) if ids is not None else None,
+                            class_of_id=None if ids is None else {i: index_of[n] for i, n in ids.items()},
+                            default_class=index_of.get(DEFAULT_CLASS, 0))
+            for (image, mask, sidecar), ids in zip(rows, names_by_id[split])]
+    return splits, names

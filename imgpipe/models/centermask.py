@@ -9,9 +9,9 @@ and trains in minutes on a CPU; Mask R-CNN needs RoIAlign and a second stage,
 and CondInst generates a small network per object, neither of which exports
 as cleanly.
 
-The network outputs one float32 tensor [B, H/4, W/4, C + 4 + 2P]: CenterNet's
+The network outputs one float32 tensor [B, H/4, W/4, C + 4 + 5P]: CenterNet's
 C heat-map logits and 4 box channels, then P mask coefficients, then P
-prototypes. Training targets are instance-ID maps [B, H, W, 2] (instance
+prototypes at stride 2 packed four cells to a stride-4 cell (`SpaceToDepth`). Training targets are instance-ID maps [B, H, W, 2] (instance
 number, class), from which boxes, centres and masks are derived in the loss.
 
 Example:
@@ -30,22 +30,50 @@ from imgpipe.models.centernet import (MAX_DETECTIONS, MIN_SCORE, NMS_IOU, PRETRA
                                       require_multiple_of_32, scratch_features, stride4_features)
 
 PROTOTYPES = 16  # YOLACT uses 32 at 550 px; 16 held the demo's and membrane's shapes at 64-256 px
+MASK_STRIDE = 2  # prototypes at half the input's resolution: at stride 4 a 64 px image's 16 px shape is 4 cells
 MASK_THRESHOLD = 0.5
+STRIDE2_TAPS = {"mobilenet_v2": "block_1_expand_relu", "resnet50": "conv1_relu"}  # beside PRETRAINED_BACKBONES'
 
 
-def _mask_heads(x, prototypes, width):
-    """P coefficients per cell (what each object reads at its centre) and P prototype maps."""
+@keras.saving.register_keras_serializable(package="imgpipe")
+class SpaceToDepth(layers.Layer):
+    """[B, 2h, 2w, P] -> [B, h, w, 4P]: the stride-2 prototypes ride in the stride-4 output tensor
+    (`prototypes_at_stride2` undoes it), so the model keeps one output and the loss one y_pred."""
+
+    def call(self, x):
+        height, width, channels = x.shape[1] // 2, x.shape[2] // 2, x.shape[3]
+        x = keras.ops.reshape(x, (-1, height, 2, width, 2, channels))
+        x = keras.ops.transpose(x, (0, 1, 3, 2, 4, 5))
+        return keras.ops.reshape(x, (-1, height, width, 4 * channels))
+
+
+def prototypes_at_stride2(packed):
+    """[B, h, w, 4P] packed by `SpaceToDepth` -> the prototypes [B, 2h, 2w, P]."""
+    batch, height, width = tf.shape(packed)[0], tf.shape(packed)[1], tf.shape(packed)[2]
+    channels = packed.shape[-1] // 4
+    x = tf.reshape(packed, [batch, height, width, 2, 2, channels])
+    x = tf.transpose(x, [0, 1, 3, 2, 4, 5])
+    return tf.reshape(x, [batch, height * 2, width * 2, channels])
+
+
+def _mask_heads(x, stride2, prototypes, width):
+    """P coefficients per stride-4 cell (what each object reads at its centre) and P prototype maps at
+    stride 2, from the stride-4 features upsampled and joined by the backbone's stride-2 features."""
     h = layers.Conv2D(width, 3, padding="same", activation="relu", name="coefficient_head_conv")(x)
     coefficients = layers.Conv2D(prototypes, 1, name="coefficient_head")(h)
-    p = layers.Conv2D(width, 3, padding="same", activation="relu", name="prototype_conv_a")(x)
+    p = layers.UpSampling2D(2, interpolation="bilinear", name="prototype_up")(x)
+    skip = layers.Conv2D(width, 1, use_bias=False, name="prototype_lateral")(stride2)
+    p = layers.Add(name="prototype_merge")([p, skip])
+    p = layers.Conv2D(width, 3, padding="same", activation="relu", name="prototype_conv_a")(p)
     p = layers.Conv2D(width, 3, padding="same", activation="relu", name="prototype_conv_b")(p)
-    return [coefficients, layers.Conv2D(prototypes, 1, name="prototypes")(p)]
+    return [coefficients, SpaceToDepth(name="prototypes")(layers.Conv2D(prototypes, 1, name="prototype_maps")(p))]
 
 
 def _instance_outputs(features, num_classes, prototypes, width=64):
-    x = stride4_features(features, width)
+    """`features`: maps at strides 2, 4, 8, 16 and 32."""
+    x = stride4_features(features[1:], width)
     return layers.Concatenate(dtype="float32", name="instances")(
-        detection_heads(x, num_classes, width) + _mask_heads(x, prototypes, width))
+        detection_heads(x, num_classes, width) + _mask_heads(x, features[0], prototypes, width))
 
 
 @MODELS.register("centermask", task="instances", family="from scratch")
@@ -55,15 +83,15 @@ def build_centermask(input_shape, num_classes, weights=None, dropout=0.0, protot
         raise RecipeError("model.weights: centermask trains from scratch; use centermask_mobilenet_v2 for imagenet")
     require_multiple_of_32("centermask", input_shape)
     inputs = keras.Input(input_shape, name="image")
-    return keras.Model(inputs, _instance_outputs(scratch_features(inputs), num_classes, prototypes),
-                       name="centermask")
+    features = scratch_features(inputs, with_stride2=True)
+    return keras.Model(inputs, _instance_outputs(features, num_classes, prototypes), name="centermask")
 
 
 def _pretrained_builder(name, backbone_name, taps):
     def build(input_shape, num_classes, weights=None, dropout=0.0, prototypes=PROTOTYPES):
         require_multiple_of_32(name, input_shape)
         inputs = keras.Input(input_shape, name="image")
-        features = pretrained_features(inputs, backbone_name, taps, weights)
+        features = pretrained_features(inputs, backbone_name, (STRIDE2_TAPS[backbone_name],) + taps, weights)
         return keras.Model(inputs, _instance_outputs(features, num_classes, prototypes), name=name)
 
     build.__name__ = f"build_{name}"
@@ -72,7 +100,8 @@ def _pretrained_builder(name, backbone_name, taps):
 
 
 for _backbone_name, _taps in PRETRAINED_BACKBONES.values():
-    _pretrained_builder(f"centermask_{_backbone_name}", _backbone_name, _taps)
+    if _backbone_name in STRIDE2_TAPS:
+        _pretrained_builder(f"centermask_{_backbone_name}", _backbone_name, _taps)
 
 
 def instance_boxes(id_maps):
@@ -118,13 +147,14 @@ def _inside_boxes(boxes, height, width, stride, margin):
 
 
 def _mask_logits(outputs, num_classes, cells):
-    """[B, N, h, w]: each object's prototype combination, with the coefficients at its centre `cells` [B, N]."""
+    """[B, N, 2h, 2w]: each object's prototype combination (at stride 2), with the coefficients at its centre
+    `cells` [B, N] of the stride-4 grid."""
     batch = tf.shape(outputs)[0]
     start = num_classes + 4
-    prototypes = (outputs.shape[-1] - start) // 2
+    prototypes = (outputs.shape[-1] - start) // 5
     coefficients = tf.gather(tf.reshape(outputs[..., start:start + prototypes], [batch, -1, prototypes]), cells,
                              batch_dims=1)
-    return tf.einsum("bhwp,bnp->bnhw", outputs[..., start + prototypes:], coefficients)
+    return tf.einsum("bhwp,bnp->bnhw", prototypes_at_stride2(outputs[..., start + prototypes:]), coefficients)
 
 
 @keras.saving.register_keras_serializable(package="imgpipe")
@@ -151,12 +181,13 @@ class InstanceLoss(keras.losses.Loss):
         detection_loss, cells, valid = centernet_loss(padded, y_pred, self.num_classes)
         used = tf.shape(cells)[1]
         logits = _mask_logits(y_pred, self.num_classes, cells)
-        # truth at the output cells' centres, the pixels the stride-4 masks stand for
-        truth_numbers = tf.cast(y_true, tf.int32)[:, STRIDE // 2::STRIDE, STRIDE // 2::STRIDE, 0]
+        # truth at the mask cells' centres, the pixels the stride-2 masks stand for
+        truth_numbers = tf.cast(y_true, tf.int32)[:, MASK_STRIDE // 2::MASK_STRIDE, MASK_STRIDE // 2::MASK_STRIDE, 0]
         truth = tf.cast(tf.equal(truth_numbers[:, None], numbers[:, :used, None, None]), tf.float32)
-        height, width = tf.shape(y_pred)[1], tf.shape(y_pred)[2]
+        height, width = tf.shape(logits)[2], tf.shape(logits)[3]
         # grown by half a cell, so an object narrower than a cell still covers one
-        inside = tf.cast(_inside_boxes(padded[:, :used, :4], height, width, STRIDE, STRIDE / 2), tf.float32)
+        inside = tf.cast(_inside_boxes(padded[:, :used, :4], height, width, MASK_STRIDE, MASK_STRIDE / 2),
+                         tf.float32)
         cross_entropy = tf.nn.sigmoid_cross_entropy_with_logits(labels=truth, logits=logits) * inside
         per_instance = tf.reduce_sum(cross_entropy, axis=[2, 3]) / tf.maximum(tf.reduce_sum(inside, axis=[2, 3]), 1.0)
         valid = tf.cast(valid, tf.float32)
@@ -169,8 +200,8 @@ class InstanceLoss(keras.losses.Loss):
 
 def decode_instances(outputs, num_classes, max_detections=MAX_DETECTIONS, iou=NMS_IOU, min_score=MIN_SCORE,
                      stride=STRIDE):
-    """Raw outputs [B, h, w, C + 4 + 2P] -> (boxes [B, N, 4] x_min y_min x_max y_max in input pixels, scores
-    [B, N], classes [B, N] int32, count [B] int32, mask logits [B, N, h, w]), zeros beyond `count`.
+    """Raw outputs [B, h, w, C + 4 + 5P] -> (boxes [B, N, 4] x_min y_min x_max y_max in input pixels, scores
+    [B, N], classes [B, N] int32, count [B] int32, mask logits [B, N, 2h, 2w]), zeros beyond `count`.
 
     Non-maximum suppression is per class (boxes of different classes are moved apart before one
     class-blind pass), and keeps the indices, which say where each object's coefficients are.

@@ -77,11 +77,12 @@ def require_multiple_of_32(name, input_shape):
                           f"{input_shape[0]}x{input_shape[1]}")
 
 
-def scratch_features(inputs):
-    """Feature maps at strides 4, 8, 16 and 32 of a small residual-free backbone (32-64-128-256 filters)."""
+def scratch_features(inputs, with_stride2=False):
+    """Feature maps at strides 4, 8, 16 and 32 of a small residual-free backbone (32-64-128-256 filters),
+    after its stride-2 stem's when `with_stride2`."""
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
     x = _conv(x, 24, "stem", strides=2)
-    features = []
+    features = [x] if with_stride2 else []
     for stage, filters in enumerate((32, 64, 128, 256), start=1):
         x = _conv(x, filters, f"stage{stage}_down", strides=2)
         x = _conv(x, filters, f"stage{stage}_a")

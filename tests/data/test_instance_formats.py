@@ -363,3 +363,13 @@ def test_demo_has_touching_instances_of_one_class(tmp_path):
         if index % 2 == 0:  # every other image ends with a pair of one class, touching: one connected component
             masks, classes = annotation.masks(), annotation.classes
             assert classes[-1] == classes[-2] and scipy.ndimage.label(masks[-1] | masks[-2])[1] == 1
+
+
+def test_id_masks_in_train_and_val_folders_keep_their_split(tmp_path):
+    root = tmp_path / "data"
+    make_id_masks(root / "train", {"a": OBJECTS["a"], "c": []})
+    make_id_masks(root / "val", {"b": OBJECTS["b"]}, sidecars=False)
+    assert has_instance_layout(root)
+    data = read_instances(root, image_size=[32, 32])
+    assert [p.rsplit("/", 1)[-1] for p in data.val.paths] == ["b.png"] and data.train.count == 2
+    assert "object" in data.class_names  # the val image has no sidecar: its objects are of class "object"

@@ -64,7 +64,6 @@ def _evaluate(images, annotations, results, class_names, iou_type, max_detection
         evaluation.params.maxDets = [1, 10, int(max_detections)]
         evaluation.evaluate()
         evaluation.accumulate()
-        evaluation.summarize()
     return evaluation
 
 
@@ -87,11 +86,18 @@ def instance_map_scores(truths, detections, class_names, max_detections):
         return scores
     for prefix, iou_type, results in (("mask", "segm", masks), ("box", "bbox", boxes)):
         evaluation = _evaluate(images, annotations, results, class_names, iou_type, max_detections)
-        scores[f"{prefix}_map"] = max(float(evaluation.stats[0]), 0.0)
-        scores[f"{prefix}_map50"] = max(float(evaluation.stats[1]), 0.0)
+        # From the precision table, not `stats`: pycocotools' summary asks for maxDets=100 by name for
+        # mAP@[.5:.95], and answers -1 when the largest maxDets is another number.
+        precision = evaluation.eval["precision"][..., 0, -1]  # [IoU thresholds, recall, class] at area "all"
+        scores[f"{prefix}_map"] = _mean_precision(precision)
+        scores[f"{prefix}_map50"] = _mean_precision(precision[0])
         if prefix == "mask":
-            precision = evaluation.eval["precision"]  # [IoU thresholds, recall, class, area, max detections]
             for index, name in enumerate(class_names):
-                at_50 = precision[0, :, index, 0, -1]
-                scores[f"mask_ap50/{name}"] = float(at_50[at_50 > -1].mean()) if np.any(at_50 > -1) else None
+                at_50 = precision[0, :, index]
+                scores[f"mask_ap50/{name}"] = _mean_precision(at_50) if np.any(at_50 > -1) else None
     return scores
+
+
+def _mean_precision(precision):
+    """Mean of pycocotools' interpolated precision over the cells that have ground truth (-1: none)."""
+    return float(precision[precision > -1].mean()) if np.any(precision > -1) else 0.0

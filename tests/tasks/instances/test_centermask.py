@@ -5,7 +5,8 @@ import math
 import numpy as np
 import tensorflow as tf
 
-from imgpipe.models.centermask import InstanceLoss, build_centermask, decode_instances, instance_boxes, instance_id_map
+from imgpipe.models.centermask import (InstanceLoss, SpaceToDepth, build_centermask, decode_instances, instance_boxes,
+                                      instance_id_map, prototypes_at_stride2)
 
 
 def id_map(size, *objects):
@@ -27,11 +28,11 @@ def test_boxes_classes_and_numbers_come_from_the_id_map_present_ones_first():
 
 
 def hand_made_outputs(size, objects, prototype_masks, coefficients, num_classes=1):
-    """Raw outputs [1, size/4, size/4, C + 4 + 2P]: a heat peak, exact box and the given coefficients at each
-    object's centre cell, and the given prototypes (cell-resolution masks, +10 inside and -5 outside)."""
+    """Raw outputs [1, size/4, size/4, C + 4 + 5P]: a heat peak, exact box and the given coefficients at each
+    object's centre cell, and the given prototypes (masks at stride 2, +10 inside and -5 outside), packed."""
     cells = size // 4
     prototypes = len(prototype_masks)
-    outputs = np.zeros((1, cells, cells, num_classes + 4 + 2 * prototypes), np.float32)
+    outputs = np.zeros((1, cells, cells, num_classes + 4 + prototypes), np.float32)
     outputs[..., :num_classes] = -10.0
     for (cls, x0, y0, x1, y1), weights in zip(objects, coefficients):
         cx, cy = (x0 + x1) / 2 / 4, (y0 + y1) / 2 / 4
@@ -39,17 +40,18 @@ def hand_made_outputs(size, objects, prototype_masks, coefficients, num_classes=
         outputs[0, row, col, cls] = 10.0
         outputs[0, row, col, num_classes:num_classes + 4] = [math.log((x1 - x0) / 4), math.log((y1 - y0) / 4),
                                                               cx - col, cy - row]
-        outputs[0, row, col, num_classes + 4:num_classes + 4 + prototypes] = weights
-    for index, cell_mask in enumerate(prototype_masks):
-        outputs[0, ..., num_classes + 4 + prototypes + index] = np.where(cell_mask, 10.0, -5.0)
-    return outputs
+        outputs[0, row, col, num_classes + 4:] = weights
+    maps = np.stack([np.where(mask, 10.0, -5.0) for mask in prototype_masks], axis=-1)[None].astype(np.float32)
+    packed = SpaceToDepth()(maps)
+    np.testing.assert_array_equal(prototypes_at_stride2(packed), maps)  # the packing round-trips
+    return np.concatenate([outputs, np.asarray(packed)], axis=-1)
 
 
 def test_the_mask_term_rewards_the_true_masks_and_nothing_else_moves():
-    # two touching 8x8 squares in a 16x16 image: cells (4 px) 0-1 and 2-3 of rows 0-1
+    # two touching 8x8 squares in a 16x16 image: mask cells (2 px) 0-3 and 4-7 of rows 0-3
     target = id_map(16, (1, 0, 0, 8, 0, 8), (2, 0, 0, 8, 8, 16))[None]
-    left, right = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
-    left[:2, :2], right[:2, 2:] = True, True
+    left, right = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    left[:4, :4], right[:4, 4:] = True, True
     objects = [(0, 0, 0, 8, 8), (0, 8, 0, 16, 8)]
     right_way = hand_made_outputs(16, objects, [left, right], [[1.0, 0.0], [0.0, 1.0]])
     swapped = hand_made_outputs(16, objects, [left, right], [[0.0, 1.0], [1.0, 0.0]])
@@ -59,8 +61,8 @@ def test_the_mask_term_rewards_the_true_masks_and_nothing_else_moves():
 
 
 def test_decoding_gives_each_object_its_own_pixels_even_when_they_touch():
-    left, right = np.zeros((4, 4), bool), np.zeros((4, 4), bool)
-    left[:2, :2], right[:2, 2:] = True, True
+    left, right = np.zeros((8, 8), bool), np.zeros((8, 8), bool)
+    left[:4, :4], right[:4, 4:] = True, True
     outputs = hand_made_outputs(16, [(0, 0, 0, 8, 8), (0, 8, 0, 16, 8)], [left, right], [[1.0, 0.0], [0.0, 1.0]])
     boxes, scores, classes, count, logits = decode_instances(tf.constant(outputs), 1, max_detections=5)
     assert int(count[0]) == 2
@@ -73,7 +75,7 @@ def test_decoding_gives_each_object_its_own_pixels_even_when_they_touch():
 
 
 def test_overlapping_masks_go_to_the_higher_score():
-    everywhere = np.ones((8, 8), bool)
+    everywhere = np.ones((16, 16), bool)
     outputs = hand_made_outputs(32, [(0, 0, 0, 20, 20), (0, 12, 12, 32, 32)], [everywhere], [[1.0], [1.0]])
     outputs[0, 2, 2, 0] = 1.0  # the first object's peak is fainter than the second's (10)
     boxes, scores, _, count, logits = decode_instances(tf.constant(outputs), 1, max_detections=5, iou=0.9)

@@ -31,5 +31,7 @@ def test_max_detections_lifts_pycocotools_cap_of_100():
         truth[2:8, 2 * number:2 * number + 2, 0] = number + 1
     boxes = np.array([[2 * n, 2, 2 * n + 2, 8] for n in range(150)], np.float32)
     answer = (truth[..., 0], boxes, np.linspace(0.9, 0.5, 150), np.zeros(150, np.int64))
-    assert instance_map_scores([truth], [answer], ["cell"], 200)["mask_map50"] == 1.0
-    assert instance_map_scores([truth], [answer], ["cell"], 100)["mask_map50"] < 0.7
+    every = instance_map_scores([truth], [answer], ["cell"], 200)
+    assert every["mask_map50"] == every["mask_map"] == every["box_map"] == 1.0
+    capped = instance_map_scores([truth], [answer], ["cell"], 100)
+    assert capped["mask_map50"] < 0.7 and capped["mask_map"] < 0.7
