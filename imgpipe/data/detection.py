@@ -13,23 +13,17 @@ Example:
 """
 
 import dataclasses
-import logging
 import pathlib
 import typing
 
-import numpy as np
-
+from imgpipe.data.annotated_split import clean_annotations, read_annotated
 from imgpipe.data.boxes import clean_annotation
 from imgpipe.data.coco import coco_files, read_coco
-from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
-from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
-from imgpipe.data.grouped_split import split_keeping_duplicates
-from imgpipe.data.split import stratified_split
+from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.data.voc import read_voc, voc_folders
 from imgpipe.data.yolo import is_yolo, read_yolo
 from imgpipe.errors import DataError
 
-log = logging.getLogger("imgpipe")
 
 FORMATS = ("voc", "coco", "yolo")
 MAX_BOXES = 100
@@ -93,18 +87,7 @@ def read_annotations(root, format="auto", max_pixels=DEFAULT_MAX_PIXELS):
 
 def clean_split(annotations, max_pixels):
     """Reads each image's header and cleans its boxes; returns (annotations, headers, skipped)."""
-    kept, headers, skipped = [], [], []
-    for annotation in annotations:
-        try:
-            header = read_header(annotation.image, max_pixels)
-        except UnreadableImage as error:
-            log.warning("skipped %s", error)
-            skipped.append(str(error))
-            continue
-        width, height = header.upright_size
-        kept.append(clean_annotation(annotation, width, height))
-        headers.append(header)
-    return kept, headers, skipped
+    return clean_annotations(annotations, clean_annotation, max_pixels)
 
 
 def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=None, image_size="auto",
@@ -115,38 +98,5 @@ def read_detection(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
         raise DataError(f"{root}: data folder not found" if not root.exists() else f"{root}: not a folder")
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     splits, names, format = read_annotations(root, format, max_pixels)
-    if not names:
-        raise DataError(f"{root}: no object classes found in the {format} annotations")
-    all_annotations, all_headers, skipped, split_of = [], [], [], []
-    for split, annotations in splits.items():
-        kept, headers, missed = clean_split(annotations, max_pixels)
-        all_annotations += kept
-        all_headers += headers
-        skipped += missed
-        split_of += [split] * len(kept)
-    if not all_annotations:
-        raise DataError(f"{root}: no readable images")
-    if sum(len(a.boxes) for a in all_annotations) == 0:
-        raise DataError(f"{root}: the annotations hold no usable boxes")
-    split_report = None
-    if None in splits:
-        # Stratify on each image's first class (negatives apart), so rare classes reach validation.
-        strata = [int(a.classes[0]) if len(a.classes) else -1 for a in all_annotations]
-        if len(stratified_split(strata, val_split, seed)[1]) == 0:
-            strata = [0] * len(all_annotations)  # every stratum a singleton (tiny sets): split them as one group
-        train_index, val_index, split_report = split_keeping_duplicates(
-            [a.image for a in all_annotations], strata, val_split, seed, split_groups, max_pixels)
-    else:
-        train_index = np.array([i for i, s in enumerate(split_of) if s == "train"])
-        val_index = np.array([i for i, s in enumerate(split_of) if s == "val"])
-    if len(train_index) == 0 or len(val_index) == 0:
-        raise DataError(f"{root}: need images in both training and validation "
-                        f"(found {len(train_index)} and {len(val_index)})")
-
-    def subset(indices):
-        return ImageSet.from_files([all_annotations[i].image for i in indices], np.asarray(indices, np.int32))
-
-    size = auto_image_size(all_headers, low=64, high=256, step=32) if image_size == "auto" else list(image_size)
-    return TaskData(train=subset(train_index), val=subset(val_index), class_names=list(names), image_size=size,
-                    source=str(root), skipped=skipped, state=DetectionLabels(all_annotations, format),
-                    split_report=split_report)
+    return read_annotated(root, splits, names, format, clean_annotation, DetectionLabels, "boxes", val_split, seed,
+                          max_pixels, image_size, split_groups)

@@ -14,26 +14,20 @@ Example:
 """
 
 import dataclasses
-import logging
 import pathlib
 import typing
 
-import numpy as np
-
+from imgpipe.data.annotated_split import clean_annotations, read_annotated
 from imgpipe.data.coco_segments import coco_segment_files, read_coco_segments
-from imgpipe.data.grouped_split import split_keeping_duplicates
-from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.data.instance_annotation import IdMaskInstances, InstanceAnnotation, ShapeInstances
 from imgpipe.data.instance_masks import is_instance_mask_layout, read_instance_masks
-from imgpipe.data.sources import ImageSet, TaskData, auto_image_size
-from imgpipe.data.split import stratified_split
 from imgpipe.data.yolo_segments import is_yolo_segments, read_yolo_segments
 from imgpipe.errors import DataError
 
 __all__ = ["FORMATS", "IdMaskInstances", "InstanceAnnotation", "InstanceLabels", "ShapeInstances",
            "detect_instance_format", "has_instance_layout", "read_instance_annotations", "read_instances"]
 
-log = logging.getLogger("imgpipe")
 
 FORMATS = ("coco", "yolo", "masks")
 MAX_INSTANCES = 200
@@ -106,19 +100,13 @@ def _read_format(root, format, max_pixels):
     return splits, names, format
 
 
+def _cleaned(annotation, width, height):
+    return annotation.cleaned(width, height)
+
+
 def clean_split(annotations, max_pixels):
     """Reads each image's header and cleans its instances; returns (annotations, headers, skipped)."""
-    kept, headers, skipped = [], [], []
-    for annotation in annotations:
-        try:
-            header = read_header(annotation.image, max_pixels)
-            kept.append(annotation.cleaned(*header.upright_size))
-        except UnreadableImage as error:
-            log.warning("skipped %s", error)
-            skipped.append(str(error))
-            continue
-        headers.append(header)
-    return kept, headers, skipped
+    return clean_annotations(annotations, _cleaned, max_pixels)
 
 
 def read_instance_annotations(root, format="auto", max_pixels=DEFAULT_MAX_PIXELS):
@@ -156,38 +144,5 @@ def read_instances(root, format="auto", val_split=0.2, seed=1337, max_pixels=Non
         raise DataError(f"{root}: data folder not found" if not root.exists() else f"{root}: not a folder")
     max_pixels = max_pixels or DEFAULT_MAX_PIXELS
     splits, names, format = _read_format(root, format, max_pixels)
-    if not names:
-        raise DataError(f"{root}: no object classes found in the {format} annotations")
-    all_annotations, all_headers, skipped, split_of = [], [], [], []
-    for split, annotations in splits.items():
-        kept, headers, missed = clean_split(annotations, max_pixels)
-        all_annotations += kept
-        all_headers += headers
-        skipped += missed
-        split_of += [split] * len(kept)
-    if not all_annotations:
-        raise DataError(f"{root}: no readable images")
-    if sum(len(a.classes) for a in all_annotations) == 0:
-        raise DataError(f"{root}: the {format} annotations hold no usable instance")
-    split_report = None
-    if None in splits:
-        # Stratify on each image's first class (images without objects apart), so rare classes reach validation.
-        strata = [int(a.classes[0]) if len(a.classes) else -1 for a in all_annotations]
-        if len(stratified_split(strata, val_split, seed)[1]) == 0:
-            strata = [0] * len(all_annotations)  # every stratum a singleton (tiny sets): split them as one group
-        train_index, val_index, split_report = split_keeping_duplicates(
-            [a.image for a in all_annotations], strata, val_split, seed, split_groups, max_pixels)
-    else:
-        train_index = np.array([i for i, s in enumerate(split_of) if s == "train"])
-        val_index = np.array([i for i, s in enumerate(split_of) if s == "val"])
-    if len(train_index) == 0 or len(val_index) == 0:
-        raise DataError(f"{root}: need images in both training and validation "
-                        f"(found {len(train_index)} and {len(val_index)})")
-
-    def subset(indices):
-        return ImageSet.from_files([all_annotations[i].image for i in indices], np.asarray(indices, np.int32))
-
-    size = auto_image_size(all_headers, low=64, high=256, step=32) if image_size == "auto" else list(image_size)
-    return TaskData(train=subset(train_index), val=subset(val_index), class_names=list(names), image_size=size,
-                    source=str(root), skipped=skipped, state=InstanceLabels(all_annotations, format),
-                    split_report=split_report)
+    return read_annotated(root, splits, names, format, _cleaned, InstanceLabels, "instance", val_split, seed,
+                          max_pixels, image_size, split_groups)

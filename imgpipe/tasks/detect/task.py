@@ -18,6 +18,7 @@ import tensorflow as tf
 
 from imgpipe.engine import plots
 from imgpipe.tasks.detect.coco_eval import coco_map, detection_hits
+from imgpipe.data.annotated_split import objects_per_class
 from imgpipe.data.boxes import pad_boxes, unpad_boxes
 from imgpipe.data.demo import demo_detection_folder
 from imgpipe.data.detection import DetectionLabels, clean_split, read_annotations, read_detection
@@ -84,25 +85,13 @@ class DetectionTask(Task):
         return data
 
     def describe_data(self, recipe, data):
-        annotations = data.state.annotations
-        rows = {name: {"class": name, "training objects": 0, "validation objects": 0, "images": 0}
-                for name in data.class_names}
-        empty = {"training": 0, "validation": 0}
-        for split, image_set in (("training", data.train), ("validation", data.val)):
-            for index in image_set.targets:
-                classes = annotations[int(index)].classes
-                if len(classes) == 0:
-                    empty[split] += 1
-                for class_index in classes.tolist():
-                    rows[data.class_names[class_index]][f"{split} objects"] += 1
-                for class_index in set(classes.tolist()):
-                    rows[data.class_names[class_index]]["images"] += 1
+        rows, empty = objects_per_class(data, "objects")
         return {
             "annotation format": data.state.format,
             "class names found": ", ".join(data.class_names),
             "images without objects": f"{empty['training']} training, {empty['validation']} validation "
                                       "(kept as negatives)",
-            "objects per class": list(rows.values()),
+            "objects per class": rows,
         }
 
     def target_signature(self, data):

@@ -20,6 +20,7 @@ import numpy as np
 import tensorflow as tf
 from PIL import Image
 
+from imgpipe.data.annotated_split import objects_per_class
 from imgpipe.data.demo import demo_instances_folder
 from imgpipe.data.images import load_image
 from imgpipe.data.instances import InstanceLabels, read_instance_annotations, read_instances
@@ -94,25 +95,15 @@ class InstanceSegmentationTask(Task):
                               settings.image_size, settings.split_groups)
 
     def describe_data(self, recipe, data):
-        annotations = data.state.annotations
-        rows = {name: {"class": name, "training instances": 0, "validation instances": 0, "images": 0}
-                for name in data.class_names}
-        most, empty = 0, 0
-        for split, image_set in (("training", data.train), ("validation", data.val)):
-            for index in image_set.targets:
-                classes = annotations[int(index)].classes
-                most, empty = max(most, len(classes)), empty + (len(classes) == 0)
-                for class_index in classes.tolist():
-                    rows[data.class_names[class_index]][f"{split} instances"] += 1
-                for class_index in set(classes.tolist()):
-                    rows[data.class_names[class_index]]["images"] += 1
+        rows, empty = objects_per_class(data, "instances")
+        most = max(len(annotation.classes) for annotation in data.state.annotations)
         return {
             "annotation format": data.state.format,
             "class names found": ", ".join(data.class_names),
-            "most instances in one image": f"{most} (instances.max_detections is "
-                                           f"{recipe.options.max_detections})",
-            "images without instances": f"{empty} (kept as negatives)",
-            "instances per class": list(rows.values()),
+            "most instances in one image": f"{most} (instances.max_detections is {recipe.options.max_detections})",
+            "images without instances": f"{empty['training']} training, {empty['validation']} validation "
+                                        "(kept as negatives)",
+            "instances per class": rows,
         }
 
     def target_signature(self, data):
