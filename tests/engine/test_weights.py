@@ -149,6 +149,7 @@ def test_auto_model_choice_follows_image_size_and_weights(clean_places, caplog):
     ("mobilenet_v2", (64, 64, 3), (None, 3)),
     ("unet_mobilenet_v2", (64, 64, 3), (None, 64, 64, 3)),
     ("centernet_mobilenet_v2", (64, 64, 3), (None, 16, 16, 7)),
+    ("centermask_mobilenet_v2", (64, 64, 3), (None, 16, 16, 3 + 4 + 5 * 16)),
 ])
 def test_every_task_builds_its_mobilenet_v2_variant(name, shape, output):
     model = MODELS.get(name)(shape, 3, weights=None)
