@@ -35,6 +35,7 @@ on every invocation; ../shared is only read.
 Usage (from the repository root; with each recipe's default epochs a run takes a long time on
 2 cores, membrane most):
     .venv/bin/python benchmarks/instances_baseline.py [--case membrane|demo|all] [--epochs N] [--json PATH]
+        [--weights-dir ../shared/weights]   # adds a row: the instance model with ImageNet weights
 """
 
 import argparse
@@ -146,10 +147,13 @@ def case_folders(case):
 
 # === imgpipe, as a user types it ===
 
-def imgpipe(arguments, log_path, cwd):
-    """Runs the imgpipe CLI offline without a weights folder; returns (stdout, wall seconds from spawn to exit)."""
+def imgpipe(arguments, log_path, cwd, weights_dir=None):
+    """Runs the imgpipe CLI offline, with no weights folder unless `weights_dir`; returns (stdout, wall seconds
+    from spawn to exit)."""
     environment = {**os.environ, "IMGPIPE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
     environment.pop("IMGPIPE_WEIGHTS_DIR", None)
+    if weights_dir is not None:
+        environment["IMGPIPE_WEIGHTS_DIR"] = str(weights_dir)
     command = [str(pathlib.Path(sys.executable).parent / "imgpipe"), *map(str, arguments)]
     print("$", " ".join(command), flush=True)
     started = time.perf_counter()
@@ -161,16 +165,18 @@ def imgpipe(arguments, log_path, cwd):
     return completed.stdout, wall
 
 
-def train(task, data, work, epochs):
-    """`imgpipe run TASK --data DATA` with its own run and export folders; returns (export version folder, wall)."""
-    arguments = ["run", task, "--data", data, "--output", work / f"{task}_run",
+def train(task, data, work, epochs, weights_dir=None, label=None):
+    """`imgpipe run TASK --data DATA` with its own run and export folders (named `label`, default the task);
+    returns (export version folder, wall)."""
+    label = label or task
+    arguments = ["run", task, "--data", data, "--output", work / f"{label}_run",
                  "--export-dir", work / "saved_models", "--set", "train.verbose=2"]
     if epochs is not None:
         arguments += ["--epochs", epochs]
-    stdout, wall = imgpipe(arguments, work / f"{task}_run.log", work)
+    stdout, wall = imgpipe(arguments, work / f"{label}_run.log", work, weights_dir)
     exports = [line.split(":", 1)[1].strip() for line in stdout.splitlines() if line.startswith("export:")]
     if not exports:
-        sys.exit(f"imgpipe run {task} printed no export line; output in {work / f'{task}_run.log'}")
+        sys.exit(f"imgpipe run {task} printed no export line; output in {work / f'{label}_run.log'}")
     return pathlib.Path(exports[-1]), wall
 
 
@@ -237,8 +243,9 @@ def baseline_scores(export, val_dir, class_names, min_pixels):
 
 # === One case ===
 
-def measure(case, epochs):
-    """Both runs of one case and their scores: {"instance": {...}, "baseline": {...}}."""
+def measure(case, epochs, weights_dir=None):
+    """Both runs of one case and their scores: {"instance": {...}, "baseline": {...}}, and "pretrained" (the
+    instance model with `weights_dir` as its weights folder) when given."""
     from imgpipe.data.instances import read_instance_annotations
 
     instance_root, semantic_root = case_folders(case)
@@ -250,7 +257,11 @@ def measure(case, epochs):
     instance = {**instance_model_scores(export, instance_root / "val", work), "wall": wall}
     export, wall = train("segment", semantic_root, work, epochs)
     baseline = {**baseline_scores(export, instance_root / "val", class_names, MIN_PIXELS[case]), "wall": wall}
-    return {"class_names": class_names, "instance": instance, "baseline": baseline}
+    result = {"class_names": class_names, "instance": instance, "baseline": baseline}
+    if weights_dir is not None:
+        export, wall = train("instances", instance_root, work, epochs, weights_dir, "instances_pretrained")
+        result["pretrained"] = {**instance_model_scores(export, instance_root / "val", work), "wall": wall}
+    return result
 
 
 def ratio(numerator, denominator):
@@ -261,8 +272,14 @@ def ratio(numerator, denominator):
 def table_rows(result):
     """The case's two rows: scores and wall; the instance row also its ratios to the baseline's."""
     instance, baseline = result["instance"], result["baseline"]
-    ratios = [ratio(instance["mask_map50"], baseline["mask_map50"]), ratio(instance["wall"], baseline["wall"])]
-    sides = (("instance model", instance, ratios), ("semantic U-Net + connected components", baseline, ["", ""]))
+
+    def ratios(scores):
+        return [ratio(scores["mask_map50"], baseline["mask_map50"]), ratio(scores["wall"], baseline["wall"])]
+
+    sides = [("instance model", instance, ratios(instance))]
+    if "pretrained" in result:
+        sides.append(("instance model, ImageNet weights folder", result["pretrained"], ratios(result["pretrained"])))
+    sides.append(("semantic U-Net + connected components", baseline, ["", ""]))
     return [[side, *(f"{scores[key]:.4f}" for key in SCORES), round(scores["wall"], 1), *side_ratios]
             for side, scores, side_ratios in sides]
 
@@ -272,6 +289,8 @@ def main():
     parser.add_argument("--case", choices=(*CASES, "all"), default="all")
     parser.add_argument("--epochs", type=int, help="passed to both runs (default: each recipe's own)")
     parser.add_argument("--json", type=pathlib.Path, help="also write the results here")
+    parser.add_argument("--weights-dir", type=pathlib.Path,
+                        help="also run the instance model with this ImageNet weights folder (../shared/weights)")
     args = parser.parse_args()
     print(machine_summary(), flush=True)
     epochs = "recipe default epochs" if args.epochs is None else f"{args.epochs} epochs"
@@ -280,7 +299,7 @@ def main():
         if case == "membrane" and not (MEMBRANE / "images").is_dir():
             print(f"membrane skipped: {MEMBRANE}/images is absent", flush=True)
             continue
-        results[case] = measure(case, args.epochs)
+        results[case] = measure(case, args.epochs, args.weights_dir)
         floor = (f"components under {MIN_PIXELS[case]} px dropped in truth and baseline"
                  if MIN_PIXELS[case] else "no size floor")
         print_table(f"{case}: {epochs}, {results[case]['baseline']['images']} validation images, "
