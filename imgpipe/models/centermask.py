@@ -32,9 +32,6 @@ from imgpipe.models.centernet import (MAX_DETECTIONS, MIN_SCORE, NMS_IOU, PRETRA
 PROTOTYPES = 16  # YOLACT uses 32 at 550 px; 16 held the demo's and membrane's shapes at 64-256 px
 MASK_STRIDE = 2  # prototypes at half the input's resolution: at stride 4 a 64 px image's 16 px shape is 4 cells
 MASK_THRESHOLD = 0.5
-# A mask is learnt and kept inside its box grown by this fraction of its side (YOLACT crops at the box
-# itself): a box predicted too small then no longer cuts its object square, as it did on membrane cells.
-BOX_MARGIN = 0.2
 STRIDE2_TAPS = {"mobilenet_v2": "block_1_expand_relu", "resnet50": "conv1_relu"}  # beside PRETRAINED_BACKBONES'
 
 
@@ -141,15 +138,11 @@ def instance_boxes(id_maps):
 
 
 def _inside_boxes(boxes, height, width, stride, margin):
-    """[B, N, height, width] bool: which cells' centres ((i + 0.5) * stride) lie in each box, grown on every
-    side by `margin` pixels plus `BOX_MARGIN` of its side."""
+    """[B, N, height, width] bool: which cells' centres ((i + 0.5) * stride) lie in each box, grown by `margin`."""
     xs = (tf.range(width, dtype=tf.float32) + 0.5) * stride
     ys = (tf.range(height, dtype=tf.float32) + 0.5) * stride
-    grow = margin + BOX_MARGIN * (boxes[..., 2:] - boxes[..., :2])
-    inside_x = (xs[None, None, :] >= boxes[..., 0:1] - grow[..., 0:1]) & \
-               (xs[None, None, :] <= boxes[..., 2:3] + grow[..., 0:1])
-    inside_y = (ys[None, None, :] >= boxes[..., 1:2] - grow[..., 1:2]) & \
-               (ys[None, None, :] <= boxes[..., 3:4] + grow[..., 1:2])
+    inside_x = (xs[None, None, :] >= boxes[..., 0:1] - margin) & (xs[None, None, :] <= boxes[..., 2:3] + margin)
+    inside_y = (ys[None, None, :] >= boxes[..., 1:2] - margin) & (ys[None, None, :] <= boxes[..., 3:4] + margin)
     return inside_y[..., :, None] & inside_x[..., None, :]
 
 

@@ -82,7 +82,7 @@ def test_overlapping_masks_go_to_the_higher_score():
     numbers = instance_id_map(logits, boxes, scores, count, (32, 32)).numpy()[0]
     stronger = int(np.argmax(scores.numpy()[0])) + 1
     assert int(count[0]) == 2
-    assert np.all(numbers[12:20, 12:20] == stronger) and np.all(numbers[:8, :8] == 3 - stronger)
+    assert np.all(numbers[12:20, 12:20] == stronger) and np.all(numbers[:12, :12] == 3 - stronger)
 
 
 def test_a_few_steps_of_training_lower_the_loss_on_a_tiny_batch():
