@@ -32,6 +32,7 @@ from imgpipe.models.centernet import (MAX_DETECTIONS, MIN_SCORE, NMS_IOU, PRETRA
 PROTOTYPES = 16  # YOLACT uses 32 at 550 px; 16 held the demo's and membrane's shapes at 64-256 px
 MASK_STRIDE = 2  # prototypes at half the input's resolution: at stride 4 a 64 px image's 16 px shape is 4 cells
 MASK_THRESHOLD = 0.5
+PAINT_CHUNK = 8  # masks resized at once when painting: 8 maps of a megapixel are 32 MB of floats
 STRIDE2_TAPS = {"mobilenet_v2": "block_1_expand_relu", "resnet50": "conv1_relu"}  # beside PRETRAINED_BACKBONES'
 
 
@@ -221,22 +222,43 @@ def decode_instances(outputs, num_classes, max_detections=MAX_DETECTIONS, iou=NM
     return boxes, scores, classes, count, logits
 
 
-def instance_id_map(mask_logits, boxes, scores, count, size):
-    """One instance-ID map [B, H, W] int32 at `size` (H, W): 0 background, n + 1 for the n-th detection.
+def paint_instances(mask_logits, boxes, scores, count, size):
+    """One image's instance-ID map [H, W] int32 at `size` (H, W): 0 background, n + 1 for the n-th detection.
 
     Each detection's mask is its logits resized to `size` (bilinear), kept inside its box and above
     probability 0.5. Where masks overlap, the pixel goes to the higher-scoring detection (painting in
     score order, as panoptic merging does), so a faint duplicate cannot take a confident object's pixels.
-    Only the batch's largest `count` of masks are resized: a membrane slice with 140 cells at 256 px
-    holds 37 MB of them, a batch of 16 at the full 200 would hold 840 MB.
+    `PAINT_CHUNK` detections are resized at a time: memory is a few maps of `size`, whatever the count.
+
+    Args:
+        mask_logits: [N, h, w] (`decode_instances`' for one image); boxes: [N, 4] x_min y_min x_max y_max in
+        pixels of `size`; scores: [N]; count: how many of the N are detections.
     """
-    used = tf.maximum(tf.reduce_max(count), 1)
-    logits, boxes, scores = mask_logits[:, :used], tf.cast(boxes[:, :used], tf.float32), scores[:, :used]
-    probabilities = tf.sigmoid(tf.image.resize(tf.transpose(logits, [0, 2, 3, 1]), size, "bilinear"))
-    inside = tf.transpose(_inside_boxes(boxes, size[0], size[1], 1, 0.0), [0, 2, 3, 1])
-    present = tf.sequence_mask(count, used)[:, None, None, :]
-    covered = inside & present & (probabilities > MASK_THRESHOLD)
-    # scores in 0..1 lifted by 1, so a covered pixel of a 0-score detection still beats "no instance"
-    claim = tf.where(covered, 1.0 + tf.cast(scores, tf.float32)[:, None, None, :], 0.0)
-    winner = tf.argmax(claim, axis=-1, output_type=tf.int32) + 1
-    return tf.where(tf.reduce_any(covered, axis=-1), winner, 0)
+    size = tf.cast(tf.convert_to_tensor(size), tf.int32)
+    boxes = tf.cast(boxes, tf.float32)
+    total = tf.shape(mask_logits)[0]
+
+    def paint(index, best, winner):
+        start = index * PAINT_CHUNK
+        stop = tf.minimum(start + PAINT_CHUNK, total)
+        probabilities = tf.sigmoid(tf.image.resize(tf.transpose(mask_logits[start:stop], [1, 2, 0]), size, "bilinear"))
+        inside = tf.transpose(_inside_boxes(boxes[None, start:stop], size[0], size[1], 1, 0.0)[0], [1, 2, 0])
+        present = tf.range(start, stop) < count
+        # scores in 0..1 lifted by 1, so a covered pixel of a 0-score detection still beats "no instance"
+        claim = tf.where(inside & present & (probabilities > MASK_THRESHOLD), 1.0 + scores[start:stop], 0.0)
+        chunk_best = tf.reduce_max(claim, axis=-1)
+        better = chunk_best > best
+        chunk_winner = tf.argmax(claim, axis=-1, output_type=tf.int32) + start + 1
+        return index + 1, tf.where(better, chunk_best, best), tf.where(better, chunk_winner, winner)
+
+    chunks = (tf.minimum(tf.cast(count, tf.int32), total) + PAINT_CHUNK - 1) // PAINT_CHUNK
+    _, _, winner = tf.while_loop(lambda index, *_: index < chunks, paint,
+                                 [tf.constant(0), tf.zeros(size, tf.float32), tf.zeros(size, tf.int32)])
+    return winner
+
+
+def instance_id_map(mask_logits, boxes, scores, count, size):
+    """`paint_instances` for each image of a batch, all at `size` (H, W) with boxes in its pixels: [B, H, W]."""
+    return tf.map_fn(lambda args: paint_instances(*args, size), (mask_logits, tf.cast(boxes, tf.float32),
+                                                                 tf.cast(scores, tf.float32), count),
+                     fn_output_signature=tf.TensorSpec([None, None], tf.int32))

@@ -32,7 +32,8 @@ from imgpipe.engine.scoring import first_images
 from imgpipe.engine.serving import decode_batch, resize_float, with_status
 from imgpipe.errors import DataError
 from imgpipe.models import MODELS
-from imgpipe.models.centermask import MASK_THRESHOLD, InstanceLoss, decode_instances, instance_id_map
+from imgpipe.models.centermask import (MASK_THRESHOLD, InstanceLoss, decode_instances, instance_id_map,
+                                      paint_instances)
 from imgpipe.models.centernet import NMS_IOU, STRIDE
 from imgpipe.tasks.base import Task
 from imgpipe.tasks.instances.instance_target import InstanceMapTarget
@@ -42,7 +43,9 @@ register_target_kind("instances", InstanceMapTarget())
 
 PREDICTION_SAMPLES = 8
 SURE_SCORE = 0.5  # predictions.png counts the instances scored at least this beside all it found
-ANSWER_CHUNK = 4  # images whose masks are resized at once (140 masks at 256 px are 37 MB an image)
+# Served instance maps are painted at the image's own size up to this many pixels, and scaled up with
+# nearest neighbour beyond it: painting resizes each mask to the painted size.
+MASK_PIXELS = 1 << 20
 
 
 def instance_palette(count):
@@ -137,12 +140,10 @@ class InstanceSegmentationTask(Task):
             model(images, training=False), len(metadata["class_names"]), max_detections=metadata["max_detections"],
             min_score=metadata["score_threshold"])
         height, width = images.shape[1:3]
-        maps = [instance_id_map(logits[start:start + ANSWER_CHUNK], boxes[start:start + ANSWER_CHUNK],
-                                scores[start:start + ANSWER_CHUNK], counts[start:start + ANSWER_CHUNK],
-                                (height, width)).numpy() for start in range(0, int(images.shape[0]), ANSWER_CHUNK)]
+        maps = instance_id_map(logits, boxes, scores, counts, (height, width)).numpy()
         boxes = np.clip(boxes.numpy(), 0.0, np.array([width, height, width, height], np.float32))
         return {"boxes": boxes, "scores": scores.numpy(), "class_ids": classes.numpy(),
-                "num_detections": counts.numpy(), "instance_map": np.concatenate(maps)}
+                "num_detections": counts.numpy(), "instance_map": maps}
 
     def score(self, answers, truths, metadata):
         detections = []
@@ -180,10 +181,8 @@ class InstanceSegmentationTask(Task):
         max_pixels = recipe.export.max_pixels
 
         def detect(images):
-            boxes, scores, classes, counts, logits = decode_instances(
-                model(images, training=False), num_classes, max_detections=settings.max_detections,
-                min_score=settings.score_threshold)
-            return boxes, scores, classes, counts, instance_id_map(logits, boxes, scores, counts, size)
+            return decode_instances(model(images, training=False), num_classes, max_detections=settings.max_detections,
+                                    min_score=settings.score_threshold)
 
         def in_user_terms(boxes, scores, classes, counts, sizes):
             scale = tf.cast(sizes, tf.float32) / tf.constant(size, tf.float32)
@@ -195,20 +194,29 @@ class InstanceSegmentationTask(Task):
             return {"boxes": boxes, "scores": scores, "class_ids": classes, "num_detections": counts,
                     "class_names": tf.gather(class_names, tf.where(present, classes, num_classes))}
 
-        def pngs(id_maps, boxes, counts, sizes):
+        def painted(logits, boxes, scores, count, original):
+            """One image's ID map at its `original` size: painted there up to MASK_PIXELS, scaled up beyond."""
+            pixels = tf.cast(original[0] * original[1], tf.float32)
+            shrink = tf.minimum(1.0, tf.sqrt(MASK_PIXELS / pixels))
+            paint_size = tf.maximum(tf.cast(tf.round(tf.cast(original, tf.float32) * shrink), tf.int32), 1)
+            factor = tf.cast(paint_size, tf.float32) / tf.constant(size, tf.float32)
+            id_map = paint_instances(logits, boxes * tf.stack([factor[1], factor[0]] * 2), scores, count, paint_size)
+            return tf.image.resize(id_map[..., None], original, method="nearest")[..., 0]
+
+        def pngs(logits, boxes, scores, counts, sizes, user_boxes):
             """Per image, its instance-ID PNG at its own size and one PNG per instance cropped to its box.
 
-            One image at a time: the full-size map of a 89-megapixel image is 178 MB of uint16, and
+            One image at a time: the full-size map of a 25-megapixel image is 50 MB of uint16, and
             several at once are not bounded by the pixel budget.
             """
             def one(args):
-                id_map, image_boxes, count, original = args
+                image_logits, image_boxes, image_scores, count, original, placed = args
 
                 def answer():
-                    full = tf.image.resize(id_map[..., None], original, method="nearest")[..., 0]
+                    full = painted(image_logits, image_boxes, image_scores, count, original)
 
                     def crop(number):
-                        box = image_boxes[number]
+                        box = placed[number]
                         x0 = tf.clip_by_value(tf.cast(tf.floor(box[0]), tf.int32), 0, original[1] - 1)
                         y0 = tf.clip_by_value(tf.cast(tf.floor(box[1]), tf.int32), 0, original[0] - 1)
                         x1 = tf.clip_by_value(tf.cast(tf.math.ceil(box[2]), tf.int32), x0 + 1, original[1])
@@ -218,32 +226,33 @@ class InstanceSegmentationTask(Task):
                                        lambda: tf.io.encode_png(tf.cast(pixels, tf.uint8)[..., None] * 255),
                                        lambda: tf.constant(b""))
 
-                    crops = tf.map_fn(crop, tf.range(tf.shape(image_boxes)[0]), parallel_iterations=1,
+                    crops = tf.map_fn(crop, tf.range(tf.shape(placed)[0]), parallel_iterations=1,
                                       fn_output_signature=tf.TensorSpec([], tf.string))
                     return tf.io.encode_png(tf.cast(full, tf.uint16)[..., None]), crops
 
                 def refused():  # an image serving_default did not decode (its size is 0 x 0): no masks
-                    return tf.constant(b""), tf.fill([tf.shape(image_boxes)[0]], "")
+                    return tf.constant(b""), tf.fill([tf.shape(placed)[0]], "")
 
                 return tf.cond(tf.reduce_all(original > 0), answer, refused)
 
-            return tf.map_fn(one, (id_maps, boxes, counts, sizes), parallel_iterations=1, fn_output_signature=(
-                tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.string)))
+            return tf.map_fn(one, (logits, boxes, scores, counts, sizes, user_boxes), parallel_iterations=1,
+                             fn_output_signature=(tf.TensorSpec([], tf.string), tf.TensorSpec([None], tf.string)))
 
         def serve_image_bytes(image_bytes):
             batch = decode_batch(image_bytes, size, max_pixels)
-            boxes, scores, classes, counts, id_maps = detect(batch.images)
+            boxes, scores, classes, counts, logits = detect(batch.images)
             answer = in_user_terms(boxes, scores, classes, counts, batch.sizes)
             answer["instance_png_bytes"], answer["instance_mask_png_bytes"] = pngs(
-                id_maps, answer["boxes"], counts, batch.sizes)
+                logits, boxes, scores, counts, batch.sizes, answer["boxes"])
             answer["height"], answer["width"] = batch.sizes[:, 0], batch.sizes[:, 1]
             return with_status(answer, batch.status, max_pixels, neutral={"class_ids": -1})
 
         def serve_images(images):
             sizes = tf.tile(tf.shape(images)[1:3][None], [tf.shape(images)[0], 1])
-            boxes, scores, classes, counts, id_maps = detect(resize_float(images, size))
+            boxes, scores, classes, counts, logits = detect(resize_float(images, size))
             answer = in_user_terms(boxes, scores, classes, counts, sizes)
-            answer["instance_map"] = tf.image.resize(id_maps[..., None], tf.shape(images)[1:3], method="nearest")[..., 0]
+            answer["instance_map"] = tf.map_fn(lambda args: painted(*args), (logits, boxes, scores, counts, sizes),
+                                               fn_output_signature=tf.TensorSpec([None, None], tf.int32))
             return answer
 
         return serve_image_bytes, serve_images
