@@ -30,27 +30,25 @@ __all__ = ["FORMATS", "IdMaskInstances", "InstanceAnnotation", "InstanceLabels",
 
 
 FORMATS = ("coco", "yolo", "masks")
-MAX_INSTANCES = 200
 
 
 @dataclasses.dataclass
 class InstanceLabels:
     """The instances task's state: every image's `InstanceAnnotation` (targets index them), and how they were stored.
 
-    Only `max_instances` is needed to rebuild a trained model, so only it is
-    kept in the run folder; the annotations stay with the data.
+    A trained model needs none of it (the class names say all), so the run folder keeps only the format;
+    the annotations stay with the data.
     """
 
     annotations: list = dataclasses.field(default_factory=list)
     format: typing.Optional[str] = None
-    max_instances: int = MAX_INSTANCES
 
     def to_json(self):
-        return {"max_instances": self.max_instances}
+        return {"format": self.format}
 
     @classmethod
     def from_json(cls, saved):
-        return cls(max_instances=saved.get("max_instances", MAX_INSTANCES))
+        return cls(format=saved.get("format"))
 
 
 def detect_instance_format(root):

@@ -331,7 +331,7 @@ def test_read_instances_splits_by_seed_with_index_targets(tmp_path):
     annotation = data.state.annotations[data.val.targets[0]]
     assert annotation.image == data.val.paths[0]
     assert data.image_size == [64, 64] and isinstance(data.state, InstanceLabels)
-    assert InstanceLabels.from_json(data.state.to_json()).max_instances == 200
+    assert InstanceLabels.from_json(data.state.to_json()).format == "masks"
 
 
 def test_coco_instances_files_keep_their_train_and_val_split(tmp_path):
