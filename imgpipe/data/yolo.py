@@ -70,21 +70,30 @@ def parse_label_file(path, width, height, num_classes):
     return boxes, classes
 
 
+def image_label_pairs(root):
+    """{split or None: [(image path, its label path)]} of a YOLO layout; `images/train` + `images/val` (with
+    the same under `labels/`) keep their split. A label path may not exist (the image is a negative)."""
+    root = pathlib.Path(root)
+    has_splits = (root / "images" / "train").is_dir() and (root / "images" / "val").is_dir()
+    pairs = {}
+    for split in (("train", "val") if has_splits else (None,)):
+        image_dir = root / "images" / split if split else root / "images"
+        label_dir = root / "labels" / split if split else root / "labels"
+        pairs[split] = [(image, label_dir / pathlib.Path(image).relative_to(image_dir).with_suffix(".txt"))
+                        for image in list_images(image_dir)]
+    return pairs
+
+
 def read_yolo(root, max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: annotations}, class names) for a YOLO layout."""
     root = pathlib.Path(root)
     if not is_yolo(root):
         raise DataError(f"{root}: expected images/ + labels/ (YOLO)")
     names = read_class_names(root)
-    has_splits = (root / "images" / "train").is_dir() and (root / "images" / "val").is_dir()
     splits = {}
-    for split in (("train", "val") if has_splits else (None,)):
-        image_dir = root / "images" / split if split else root / "images"
-        label_dir = root / "labels" / split if split else root / "labels"
+    for split, pairs in image_label_pairs(root).items():
         annotations = []
-        for image in list_images(image_dir):
-            relative = pathlib.Path(image).relative_to(image_dir).with_suffix(".txt")
-            label = label_dir / relative
+        for image, label in pairs:
             boxes, classes = [], []
             if label.is_file():
                 try:

@@ -16,10 +16,9 @@ import pathlib
 
 import numpy as np
 
-from imgpipe.data.folders import list_images
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.instance_annotation import ShapeInstances, is_usable_part
-from imgpipe.data.yolo import is_yolo, read_class_names
+from imgpipe.data.yolo import image_label_pairs, is_yolo, read_class_names
 from imgpipe.errors import DataError
 
 log = logging.getLogger("imgpipe")
@@ -80,14 +79,10 @@ def read_yolo_segments(root, max_pixels=DEFAULT_MAX_PIXELS):
     if not is_yolo(root):
         raise DataError(f"{root}: expected images/ + labels/ (YOLO)")
     names = read_class_names(root)
-    has_splits = (root / "images" / "train").is_dir() and (root / "images" / "val").is_dir()
     splits = {}
-    for split in (("train", "val") if has_splits else (None,)):
-        image_dir = root / "images" / split if split else root / "images"
-        label_dir = root / "labels" / split if split else root / "labels"
+    for split, pairs in image_label_pairs(root).items():
         annotations = []
-        for image in list_images(image_dir):
-            label = label_dir / pathlib.Path(image).relative_to(image_dir).with_suffix(".txt")
+        for image, label in pairs:
             shapes, classes = [], []
             if label.is_file():
                 try:
