@@ -53,9 +53,7 @@ def read_coco_file(path, image_root, data_root):
     if not isinstance(document, dict) or not {"images", "annotations", "categories"} <= set(document):
         raise DataError(f"{path}: not a COCO detection file (needs images, annotations and categories)")
     try:
-        categories = sorted(document["categories"], key=lambda c: c["id"])
-        index_of = {category["id"]: index for index, category in enumerate(categories)}
-        names = [str(category["name"]) for category in categories]
+        index_of, names = class_indices(document)
         boxes_by_image = {}
         for number, item in enumerate(document["annotations"]):
             if item.get("iscrowd"):
@@ -75,17 +73,29 @@ def read_coco_file(path, image_root, data_root):
     return annotations, names
 
 
-def read_coco(root):
-    """({split or None: annotations}, class names) for a COCO layout."""
+def class_indices(document):
+    """({category id: class index}, class names) of a COCO document: contiguous indices in category id order."""
+    categories = sorted(document["categories"], key=lambda c: c["id"])
+    return {category["id"]: index for index, category in enumerate(categories)}, [str(c["name"]) for c in categories]
+
+
+def read_coco_layout(root, read_file):
+    """({split or None: annotations}, class names) of every COCO file under `root`, each read by
+    `read_file(path, image_root, data_root)` -> (annotations, class names); the splits must agree on classes."""
     root = pathlib.Path(root).resolve()
     files = coco_files(root)
     if not files:
         raise DataError(f"{root}: expected annotations.json or instances_*.json (COCO)")
     splits, names = {}, None
     for split, path in files.items():
-        annotations, split_names = read_coco_file(path, _image_root(root, split), root)
+        annotations, split_names = read_file(path, _image_root(root, split), root)
         if names is not None and split_names != names:
             raise DataError(f"{path}: categories differ from the other split's")
         names = split_names
         splits[split] = annotations
     return splits, names
+
+
+def read_coco(root):
+    """({split or None: annotations}, class names) for a COCO layout."""
+    return read_coco_layout(root, read_coco_file)

@@ -19,7 +19,7 @@ import numpy as np
 import pycocotools.mask
 
 from imgpipe.data.boxes import inside
-from imgpipe.data.coco import _image_root, _load_json, coco_files
+from imgpipe.data.coco import _load_json, class_indices, coco_files, read_coco_layout
 from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
 from imgpipe.data.instance_annotation import ShapeInstances, is_usable_part
 from imgpipe.errors import DataError
@@ -80,9 +80,7 @@ def read_coco_segments_file(path, image_root, data_root, max_pixels=DEFAULT_MAX_
         raise DataError(f"{path}: not a COCO file (needs images, annotations and categories)")
     dropped = []
     try:
-        categories = sorted(document["categories"], key=lambda c: c["id"])
-        index_of = {category["id"]: index for index, category in enumerate(categories)}
-        names = [str(category["name"]) for category in categories]
+        index_of, names = class_indices(document)
         objects_by_image = {}
         for number, item in enumerate(document["annotations"]):
             if item.get("iscrowd"):
@@ -120,15 +118,5 @@ def read_coco_segments_file(path, image_root, data_root, max_pixels=DEFAULT_MAX_
 
 def read_coco_segments(root, max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: [ShapeInstances]}, class names) for a COCO layout with segmentations."""
-    root = pathlib.Path(root).resolve()
-    files = coco_files(root)
-    if not files:
-        raise DataError(f"{root}: expected annotations.json or instances_*.json (COCO)")
-    splits, names = {}, None
-    for split, path in files.items():
-        annotations, split_names = read_coco_segments_file(path, _image_root(root, split), root, max_pixels)
-        if names is not None and split_names != names:
-            raise DataError(f"{path}: categories differ from the other split's")
-        names = split_names
-        splits[split] = annotations
-    return splits, names
+    return read_coco_layout(root, lambda path, image_root, data_root: read_coco_segments_file(
+        path, image_root, data_root, max_pixels))

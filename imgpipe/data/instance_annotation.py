@@ -28,7 +28,7 @@ import numpy as np
 import pycocotools.mask
 import scipy.ndimage
 
-from imgpipe.data.masks import read_mask_array
+from imgpipe.data.masks import read_mask_array, resize_nearest
 from imgpipe.errors import DataError
 
 log = logging.getLogger("imgpipe")
@@ -46,14 +46,6 @@ def fill_polygon(canvas, parts, value, scale_x=1.0, scale_y=1.0):
     for part in parts:
         corners = (np.asarray(part, np.float64) * (scale_x, scale_y) - 0.5) * (1 << SUBPIXEL_BITS)
         cv2.fillPoly(canvas, [np.round(corners).astype(np.int32)], value, shift=SUBPIXEL_BITS)
-
-
-def resize_nearest(array, size):
-    """`array` [H, W, ...] at `size` = (height, width), each output pixel taking the input pixel under its centre."""
-    height, width = array.shape[:2]
-    rows = np.minimum(((np.arange(size[0]) + 0.5) * height / size[0]).astype(np.int64), height - 1)
-    cols = np.minimum(((np.arange(size[1]) + 0.5) * width / size[1]).astype(np.int64), width - 1)
-    return array[rows[:, None], cols]
 
 
 def polygon_area(part):

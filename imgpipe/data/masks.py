@@ -112,14 +112,18 @@ def read_mask_array(path):
         raise UnreadableImage(f"{path}: cannot read mask ({str(error).splitlines()[0]})") from None
 
 
+def resize_nearest(raw, size):
+    """A mask array ([H, W] values or [H, W, 3] colours) at `size` = (height, width), by nearest neighbour."""
+    if raw.shape[:2] == tuple(size):
+        return raw
+    mode = "RGB" if raw.ndim == 3 else ("I" if raw.dtype.itemsize > 1 else "L")
+    return np.asarray(Image.fromarray(raw.astype(np.int32) if mode == "I" else raw, mode)
+                      .resize((size[1], size[0]), Image.NEAREST))
+
+
 def load_mask(path, size, encoding):
     """A mask file as int32 class indices, resized to `size` = (height, width) with nearest neighbour."""
-    raw = read_mask_array(path)
-    if raw.shape[:2] != tuple(size):
-        mode = "RGB" if raw.ndim == 3 else ("I" if raw.dtype.itemsize > 1 else "L")
-        raw = np.asarray(Image.fromarray(raw.astype(np.int32) if mode == "I" else raw, mode)
-                         .resize((size[1], size[0]), Image.NEAREST))
-    return encoding.encode(raw)
+    return encoding.encode(resize_nearest(read_mask_array(path), size))
 
 
 def read_colour_table(root):

@@ -70,38 +70,39 @@ def parse_label_file(path, width, height, num_classes):
     return boxes, classes
 
 
-def image_label_pairs(root):
-    """{split or None: [(image path, its label path)]} of a YOLO layout; `images/train` + `images/val` (with
-    the same under `labels/`) keep their split. A label path may not exist (the image is a negative)."""
+def parsed_label_files(root, max_pixels, parse):
+    """{split or None: [(image path, its label path, parse(label, width, height) or None)]} of a YOLO layout.
+
+    `images/train` + `images/val` (with the same under `labels/`) keep their split. The parse is None
+    where an image has no label file (a negative) or cannot be read (skipped with a warning when the
+    split is cleaned); `width` and `height` are the upright image's.
+    """
     root = pathlib.Path(root)
+    if not is_yolo(root):
+        raise DataError(f"{root}: expected images/ + labels/ (YOLO)")
     has_splits = (root / "images" / "train").is_dir() and (root / "images" / "val").is_dir()
-    pairs = {}
+    splits = {}
     for split in (("train", "val") if has_splits else (None,)):
         image_dir = root / "images" / split if split else root / "images"
         label_dir = root / "labels" / split if split else root / "labels"
-        pairs[split] = [(image, label_dir / pathlib.Path(image).relative_to(image_dir).with_suffix(".txt"))
-                        for image in list_images(image_dir)]
-    return pairs
+        rows = []
+        for image in list_images(image_dir):
+            label = label_dir / pathlib.Path(image).relative_to(image_dir).with_suffix(".txt")
+            parsed = None
+            if label.is_file():
+                try:
+                    parsed = parse(label, *read_header(image, max_pixels).upright_size)
+                except UnreadableImage:
+                    pass
+            rows.append((image, label, parsed))
+        splits[split] = rows
+    return splits
 
 
 def read_yolo(root, max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: annotations}, class names) for a YOLO layout."""
-    root = pathlib.Path(root)
-    if not is_yolo(root):
-        raise DataError(f"{root}: expected images/ + labels/ (YOLO)")
-    names = read_class_names(root)
-    splits = {}
-    for split, pairs in image_label_pairs(root).items():
-        annotations = []
-        for image, label in pairs:
-            boxes, classes = [], []
-            if label.is_file():
-                try:
-                    width, height = read_header(image, max_pixels).upright_size
-                except UnreadableImage:
-                    pass  # skipped with a warning when the split is cleaned
-                else:
-                    boxes, classes = parse_label_file(label, width, height, len(names))
-            annotations.append(Annotation(image, boxes, classes))
-        splits[split] = annotations
-    return splits, names
+    names = read_class_names(root) if is_yolo(root) else []
+    splits = parsed_label_files(root, max_pixels, lambda label, width, height: parse_label_file(
+        label, width, height, len(names)))
+    return {split: [Annotation(image, *(parsed or ([], []))) for image, _, parsed in rows]
+            for split, rows in splits.items()}, names

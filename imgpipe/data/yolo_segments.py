@@ -16,9 +16,9 @@ import pathlib
 
 import numpy as np
 
-from imgpipe.data.images import DEFAULT_MAX_PIXELS, UnreadableImage, read_header
+from imgpipe.data.images import DEFAULT_MAX_PIXELS
 from imgpipe.data.instance_annotation import ShapeInstances, is_usable_part
-from imgpipe.data.yolo import image_label_pairs, is_yolo, read_class_names
+from imgpipe.data.yolo import is_yolo, parsed_label_files, read_class_names
 from imgpipe.errors import DataError
 
 log = logging.getLogger("imgpipe")
@@ -75,25 +75,18 @@ def parse_polygon_file(path, width, height, num_classes):
 
 def read_yolo_segments(root, max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: [ShapeInstances]}, class names) for a YOLO-seg layout."""
-    root = pathlib.Path(root)
-    if not is_yolo(root):
-        raise DataError(f"{root}: expected images/ + labels/ (YOLO)")
-    names = read_class_names(root)
+    names = read_class_names(root) if is_yolo(root) else []
+
+    def parse(label, width, height):
+        shapes, classes, dropped = parse_polygon_file(label, width, height, len(names))
+        if dropped:
+            log.warning("%s: %d polygon(s) with fewer than 3 corners or no area dropped", label, dropped)
+        return shapes, classes
+
     splits = {}
-    for split, pairs in image_label_pairs(root).items():
-        annotations = []
-        for image, label in pairs:
-            shapes, classes = [], []
-            if label.is_file():
-                try:
-                    width, height = read_header(image, max_pixels).upright_size
-                except UnreadableImage:
-                    pass  # skipped with a warning when the split is cleaned
-                else:
-                    shapes, classes, dropped = parse_polygon_file(label, width, height, len(names))
-                    if dropped:
-                        log.warning("%s: %d polygon(s) with fewer than 3 corners or no area dropped", label,
-                                    dropped)
-            annotations.append(ShapeInstances(image, classes, shapes=shapes, source=str(label)))
-        splits[split] = annotations
+    for split, rows in parsed_label_files(root, max_pixels, parse).items():
+        splits[split] = []
+        for image, label, parsed in rows:
+            shapes, classes = parsed or ([], [])
+            splits[split].append(ShapeInstances(image, classes, shapes=shapes, source=str(label)))
     return splits, names

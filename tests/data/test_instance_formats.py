@@ -8,7 +8,6 @@ import scipy.ndimage
 from PIL import Image
 
 from imgpipe.data.demo import make_instances_folder
-from imgpipe.data.instance_annotation import resize_nearest
 from imgpipe.data.instances import (InstanceLabels, detect_instance_format, has_instance_layout,
                                     read_instance_annotations, read_instances)
 from imgpipe.errors import DataError
@@ -192,13 +191,6 @@ def test_render_at_the_image_size_is_the_masks(tmp_path):
     rendered = annotation.render((HEIGHT, WIDTH))
     assert np.array_equal(rendered[..., 0] == 1, annotation.masks()[0])
     assert np.array_equal(rendered[..., 1], np.where(annotation.masks()[0], 1, 0))
-
-
-def test_nearest_resize_picks_the_pixels_pillow_picks():
-    values = np.random.default_rng(0).integers(0, 255, (13, 17), dtype=np.uint8)
-    for size in [(5, 7), (13, 6), (29, 40)]:
-        expected = np.asarray(Image.fromarray(values).resize((size[1], size[0]), Image.NEAREST))
-        assert np.array_equal(resize_nearest(values, size), expected)
 
 
 def test_16_bit_id_png_with_300_instances(tmp_path):
