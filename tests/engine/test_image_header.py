@@ -27,7 +27,11 @@ def header(data, max_pixels=None):
 @pytest.mark.parametrize("format, options", [("JPEG", {}), ("PNG", {}), ("GIF", {}), ("BMP", {}), ("WEBP", {}),
                                              ("WEBP", {"lossless": True})])
 def test_sizes_are_read_from_the_header_as_pillow_reads_them(format, options):
-    found = header(encoded(format, size=(53, 31), **options))
+    data = encoded(format, size=(53, 31), **options)
+    found = header(data)
+    if format == "JPEG":  # libjpeg's header read, in the decode step where its failure is caught
+        assert (found["height"], found["width"]) == (0, 0)
+        found["height"], found["width"] = image_header.jpeg_size(tf.constant(data)).numpy().tolist()
     assert (found["status"], found["height"], found["width"], found["complete"]) == (image_header.OK, 31, 53, 1)
 
 
@@ -41,7 +45,7 @@ def test_bad_bytes_get_their_reason():
     jpeg, png = encoded("JPEG"), encoded("PNG")
     assert header(b"")["status"] == image_header.EMPTY
     assert header(b"plain text, not an image")["status"] == image_header.NOT_AN_IMAGE
-    assert header(jpeg[:60])["status"] == image_header.TRUNCATED
+    assert header(jpeg[:60])["complete"] == 0  # told apart from a corrupt JPEG when its decode fails
     assert header(png[:20])["status"] == image_header.TRUNCATED
     assert header(png[:-12])["complete"] == 0
     assert header(png, max_pixels=50 * 30 - 1)["status"] == image_header.OVER_MAX_PIXELS
@@ -68,3 +72,24 @@ def test_each_image_of_a_batch_is_read_as_if_it_were_alone():
         alone = image_header.read_headers(tf.constant([data]))
         assert {key: int(value[index]) for key, value in together.items()} == {
             key: int(value[0]) for key, value in alone.items()}, index
+
+
+def jpeg_segment(marker, payload):
+    return bytes([0xFF, marker]) + (len(payload) + 2).to_bytes(2, "big") + payload
+
+
+def test_a_jpegs_exif_is_the_first_exif_app1_on_its_segment_chain():
+    """The substring search only says whether to walk: "Exif\\0\\0" inside another segment is not EXIF."""
+    plain = encoded("JPEG")
+
+    def exif_app1(orientation):
+        tagged = encoded("JPEG", orientation=orientation)
+        start = tagged.index(b"Exif\0\0") - 4
+        return tagged[start:start + 2 + int.from_bytes(tagged[start + 2:start + 4], "big")]
+
+    app1, sideways = exif_app1(8), exif_app1(6)
+    decoy = jpeg_segment(0xFE, app1)  # a comment holding a whole Exif APP1
+    after_comment = plain[:2] + decoy + sideways + plain[2:]
+    assert header(after_comment)["orientation"] == 6
+    assert header(plain[:2] + decoy + plain[2:])["orientation"] == 1
+    assert header(plain[:2] + jpeg_segment(0xE2, b"ICC_PROFILE\0" + bytes(300)) + app1 + plain[2:])["orientation"] == 8

@@ -140,6 +140,31 @@ def test_a_forged_size_is_refused_before_decoding_even_when_the_data_is_tiny():
     assert status_strings(within.status, 6_000_000).numpy().tolist() == [b"corrupt"]
 
 
+def forged_jpeg(height, width):
+    """A real 70 x 100 JPEG whose SOF announces `height` x `width`."""
+    jpeg = bytearray(encoded(Image.fromarray(BASE), "JPEG", quality=90))
+    sof = jpeg.index(b"\xff\xc0")
+    jpeg[sof + 5:sof + 9] = struct.pack(">HH", height, width)
+    return bytes(jpeg)
+
+
+def test_a_jpeg_is_held_to_the_pixel_budget_by_the_size_libjpeg_reads_and_fails_alone():
+    """A JPEG's size comes from libjpeg's header read inside the decode step: a forged SOF is refused before
+    decoding, and a JPEG whose header libjpeg rejects costs only its own answer."""
+    good = CASES["jpeg_orientation_6"]()
+    forged = forged_jpeg(5000, 6000)
+    broken_table = good.replace(b"\xff\xdb\x00\x43", b"\xff\xdb\x00\x03", 1)  # a DQT too short to hold a table
+    payloads = [forged, good, good[:len(good) // 2], broken_table, good]
+    batch = decode_checked(tf.constant(payloads), 25_000_000, [32, 32])
+    statuses = [value.decode() for value in status_strings(batch.status, 25_000_000).numpy()]
+    assert statuses == ["over max_pixels 25000000", "ok", "truncated", "corrupt", "ok"]
+    assert batch.sizes.numpy().tolist() == [[0, 0], [100, 70], [0, 0], [0, 0], [100, 70]]
+    assert not batch.images[0].numpy().any()
+    np.testing.assert_array_equal(batch.images[1].numpy(), batch.images[4].numpy())
+    within = decode_checked(tf.constant([forged]), 30_000_001, [32, 32])
+    assert status_strings(within.status, 30_000_001).numpy().tolist() != [b"over max_pixels 30000001"]
+
+
 def test_with_status_answers_the_neutral_value_for_refused_images():
     status = tf.constant([0, 4, 0])
     answers = {"score": tf.constant([0.9, 0.8, 0.7]), "class_name": tf.constant([b"cat", b"dog", b"cat"]),
