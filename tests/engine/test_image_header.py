@@ -93,3 +93,11 @@ def test_a_jpegs_exif_is_the_first_exif_app1_on_its_segment_chain():
     assert header(after_comment)["orientation"] == 6
     assert header(plain[:2] + decoy + plain[2:])["orientation"] == 1
     assert header(plain[:2] + jpeg_segment(0xE2, b"ICC_PROFILE\0" + bytes(300)) + app1 + plain[2:])["orientation"] == 8
+
+
+@pytest.mark.parametrize("format", ["JPEG", "PNG"])
+def test_exif_is_found_in_a_file_too_long_to_be_searched_first(format):
+    """Files over `_SEARCHED_BYTES` skip the substring search and are walked."""
+    data = encoded(format, orientation=6, size=(700, 700), **({"quality": 100} if format == "JPEG" else {}))
+    assert len(data) > image_header._SEARCHED_BYTES
+    assert header(data)["orientation"] == 6
