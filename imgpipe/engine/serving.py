@@ -9,15 +9,17 @@ the same reduced DCT scale, and every image shrunk by the same area average
 trained on.
 
 Every image's header is read first (`imgpipe.engine.image_header`), and only
-those that pass are decoded: an empty file, a file that is not an image, a
-truncated one or one over the pixel budget is refused before a byte of it is
-decoded. A JPEG's size is read by libjpeg's own header parser in the decode
-step (`image_header.jpeg_size`), and the budget checked there, before its
-pixels are decoded. A graph cannot catch an op's error, but a tf.data pipeline can drop
-the elements whose decode failed (`ignore_errors`), so the decodes run as a
-small dataset inside the signature and a corrupt image costs only its own
-answer. Each image gets a status code (`image_header.OK` or a reason), and
-`status_strings` turns them into the `status` output every signature returns.
+those that pass are decoded: an empty file, a file that is not an image, or
+one whose header announces more pixels than the budget is refused before a
+byte of it is decoded. A JPEG's size is read by libjpeg's own header parser
+in the decode step (`image_header.jpeg_size`), and its budget checked there,
+before its pixels are decoded. A graph cannot catch an op's error, but a
+tf.data pipeline can drop the elements whose decode failed
+(`ignore_errors`), so the decodes run as a small dataset inside the
+signature, and a truncated or corrupt file costs only its own answer. Each
+image gets a status code (`image_header.OK` or a reason), and
+`status_strings` turns them into the `status` output every signature
+returns.
 
 Example:
     >>> batch = decode_batch(tf.constant([png_bytes, b"junk"]), [64, 64], max_pixels=25_000_000)
