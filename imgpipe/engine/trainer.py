@@ -25,6 +25,7 @@ import csv
 import functools
 import json
 import logging
+import math
 import os
 import pathlib
 import shutil
@@ -236,11 +237,17 @@ class Trainer:
                                 self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
                                 fixed_steps, monitor_ceiling=monitor_ceiling)
                 save_weights_atomically(model, warmup_done)
-            if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while fine-tuning
-                set_trainable(backbone, True, self.settings.fine_tune_fraction)
-            self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
-                            self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks, fixed_steps,
-                            slow_backbone=backbone if warmup else None, monitor_ceiling=monitor_ceiling)
+            if warmup and self._warm_up_reached(monitor, monitor_ceiling, warmup):
+                log.info("the warm-up reached the best %s there is (%s): no fine-tuning", monitor[0], monitor_ceiling)
+            else:
+                if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while tuning
+                    set_trainable(backbone, True, self.settings.fine_tune_fraction)
+                self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
+                                self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
+                                fixed_steps, slow_backbone=backbone if warmup else None,
+                                monitor_ceiling=monitor_ceiling)
+                if warmup:
+                    self._keep_the_warm_up_if_better(model, monitor, warmup, warmup_done)
             if not is_multi_worker(self.strategy):
                 save_weights_atomically(model, trained)
         history = read_history(self.run_dir / "history.csv")
@@ -251,6 +258,39 @@ class Trainer:
             "warmup_epochs": warmup,
             **time_to_best(history, monitor),
         }
+
+    def _warm_up_reached(self, monitor, ceiling, warmup):
+        """True when early stopping is on and a warm-up epoch reached `ceiling`, the best `monitor` can be.
+
+        Early stopping would stop there and return that epoch's weights in any
+        case: a fine-tuning epoch can at best tie, and a tie keeps the first.
+        A pretrained run on an easy folder often gets there while frozen (the
+        raccoon crops: 1.0 at the second warm-up epoch in two of three seeds).
+        """
+        if not self.settings.patience or ceiling is None:
+            return False
+        best = _best_in(read_history(self.run_dir / "history.csv"), monitor, 0, warmup)
+        return best is not None and _at_least_as_good(best, ceiling, monitor[1])
+
+    def _keep_the_warm_up_if_better(self, model, monitor, warmup, warmup_done):
+        """Returns (and checkpoints as best) the warm-up's weights when fine-tuning never beat them.
+
+        Each phase's early stopping restores the best epoch of that phase only,
+        so without this a fine-tuning that made things worse would be what the
+        run returns and exports. A tie keeps the warm-up, the earlier epoch, as
+        early stopping does within a phase and as `best_epoch` reports.
+        """
+        if not self.settings.patience:
+            return
+        history = read_history(self.run_dir / "history.csv")
+        warmed, tuned = _best_in(history, monitor, 0, warmup), _best_in(history, monitor, warmup, None)
+        if warmed is None or (tuned is not None and not _at_least_as_good(warmed, tuned, monitor[1])):
+            return
+        log.info("fine-tuning never beat the warm-up's %s %.4f: the run keeps the warm-up's weights", monitor[0],
+                 warmed)
+        model.load_weights(warmup_done)
+        if not is_multi_worker(self.strategy):
+            save_weights_atomically(model, self.checkpoint_dir / "best.weights.h5")
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
                    steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None,
@@ -394,6 +434,21 @@ class LastWeightsAtEnd(keras.callbacks.Callback):
 
     def on_train_end(self, logs=None):
         self.model.save_weights(str(self.path), overwrite=True)
+
+
+def _best_in(history, monitor, first_epoch, last_epoch):
+    """The best `monitor` value of the epochs from `first_epoch` up to (not including) `last_epoch` (None: to
+    the end) in `history` ({column: [values]}), or None when none was recorded."""
+    metric, mode = monitor
+    values = [value for epoch, value in zip(history.get("epoch", []), history.get(metric, []))
+              if first_epoch <= epoch and (last_epoch is None or epoch < last_epoch) and not math.isnan(value)]
+    if not values:
+        return None
+    return min(values) if mode == "min" else max(values)
+
+
+def _at_least_as_good(value, other, mode):
+    return value <= other if mode == "min" else value >= other
 
 
 def read_history(path):

@@ -445,3 +445,48 @@ def test_training_stops_at_the_epoch_that_reaches_a_perfect_score(class_folder, 
     assert result.metrics["best_epoch"] == 2
     for final, best in zip(result.model.get_weights(), script.weights[1]):
         np.testing.assert_array_equal(final, best)
+
+
+def pretrained_args(fast_recipe_args, weights_file, epochs, warmup_epochs):
+    return fast_recipe_args + ["data.image_size=32", f"train.epochs={epochs}", f"train.warmup_epochs={warmup_epochs}",
+                               "train.patience=10", "train.devices=1", "export.enabled=false",
+                               "model.name=mobilenet_v3_small", f"model.weights={weights_file}"]
+
+
+def assert_weights_equal(model, expected):
+    for found, wanted in zip(model.get_weights(), expected):
+        np.testing.assert_array_equal(found, wanted)
+
+
+@pytest.mark.slow
+def test_a_warm_up_that_reaches_a_perfect_score_is_not_fine_tuned(class_folder, fast_recipe_args, tmp_path,
+                                                                 monkeypatch):
+    from imgpipe.tasks.classify.task import ClassificationTask
+
+    _, weights_file = backbone_weights_file(tmp_path)
+    script = ScriptedValidationScore("val_accuracy", [0.5, 1.0, 0.9, 1.0, 1.0, 1.0])
+    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, *args: [script])
+    result = imgpipe.run("classify", pretrained_args(fast_recipe_args, weights_file, 6, 2), data=class_folder)
+    assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1]
+    assert result.metrics["best_epoch"] == 2
+    assert not result.model.get_layer("backbone").trainable
+    assert_weights_equal(result.model, script.weights[1])
+
+
+@pytest.mark.slow
+def test_a_fine_tuning_that_never_beats_the_warm_up_returns_the_warm_up(class_folder, fast_recipe_args, tmp_path,
+                                                                       monkeypatch):
+    """Each phase's early stopping knows only its own epochs; the run keeps the best of both."""
+    from imgpipe.tasks.classify.task import ClassificationTask
+
+    _, weights_file = backbone_weights_file(tmp_path)
+    script = ScriptedValidationScore("val_accuracy", [0.9, 0.5, 0.6, 0.7])
+    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, *args: [script])
+    result = imgpipe.run("classify", pretrained_args(fast_recipe_args, weights_file, 4, 1), data=class_folder)
+    assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1, 2, 3]  # fine-tuning ran
+    assert result.metrics["best_epoch"] == 1
+    assert not all(np.array_equal(a, b) for a, b in zip(script.weights[0], script.weights[3]))
+    assert_weights_equal(result.model, script.weights[0])
+    result.model.set_weights(script.weights[3])
+    result.model.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")  # what `imgpipe export` reads
+    assert_weights_equal(result.model, script.weights[0])
