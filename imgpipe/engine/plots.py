@@ -19,7 +19,8 @@ import numpy as np  # noqa: E402
 def plot_curves(history, path, fine_tune_from=0):
     """One panel per metric (loss, accuracy, ...), training and validation per epoch.
 
-    `fine_tune_from` > 0: the first epoch after a frozen-backbone warm-up, marked by a dashed line.
+    `fine_tune_from` > 0: the number of frozen-backbone warm-up epochs; the first epoch after them is
+    marked by a dashed line, when the run got there.
     """
     not_metrics = ("epoch", "learning_rate", "wall_seconds")
     names = [key for key in history if key not in not_metrics and not key.startswith("val_")]
@@ -33,7 +34,7 @@ def plot_curves(history, path, fine_tune_from=0):
         axis.plot(epochs, history[name], marker="o", markersize=3, label="train")
         if f"val_{name}" in history:
             axis.plot(epochs, history[f"val_{name}"], marker="o", markersize=3, label="validation")
-        if fine_tune_from:
+        if fine_tune_from and epochs.max() > fine_tune_from:  # a warm-up can end a run (trainer.py)
             axis.axvline(fine_tune_from + 0.5, color="grey", linestyle="--", linewidth=1, label="fine-tuning starts")
         axis.set_title(name)
         axis.set_xlabel("epoch")

@@ -1,9 +1,11 @@
-"""The image grid shows every image, in order, enlarged without blurring."""
+"""The image grid shows every image, in order, enlarged without blurring; the curves mark fine-tuning only when
+it ran."""
 
 import numpy as np
+import pytest
 from PIL import Image
 
-from imgpipe.engine.plots import plot_image_grid
+from imgpipe.engine.plots import plot_curves, plot_image_grid
 
 
 def _solid(colour, size=8):
@@ -31,3 +33,14 @@ def test_grid_places_each_image_in_order_enlarged_with_sharp_pixels(tmp_path):
     block = canvas[green_rows.min():green_rows.min() + tile, blue_columns.min():blue_columns.min() + tile]
     assert set(np.unique(block)) == {0, 255}
     assert np.array_equal(block[:12, :12], np.full((12, 12, 3), 255)) and not block[:12, 12:24].any()
+
+
+@pytest.mark.parametrize("epochs, marked", [(4, True), (2, False)])
+def test_the_fine_tuning_mark_is_drawn_only_when_fine_tuning_ran(tmp_path, monkeypatch, epochs, marked):
+    import matplotlib.axes
+
+    drawn = []
+    monkeypatch.setattr(matplotlib.axes.Axes, "axvline", lambda self, x, **kwargs: drawn.append(x))
+    history = {"epoch": list(range(epochs)), "loss": [1.0] * epochs, "val_loss": [1.0] * epochs}
+    plot_curves(history, tmp_path / "curves.png", fine_tune_from=2)
+    assert drawn == ([2.5] if marked else [])
