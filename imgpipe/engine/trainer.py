@@ -218,6 +218,7 @@ class Trainer:
         backbone = _find_backbone(model)
         warmup = min(self.settings.warmup_epochs, epochs - 1) if backbone is not None and pretrained else 0
         warmup_done = self.checkpoint_dir / "warmup_done.weights.h5"
+        warmup_best = self.checkpoint_dir / "warmup_done.json"
         # Keras deletes its backup when fit ends, so without this a run killed in its evaluation, robustness
         # card or export would train again from epoch 0 on --resume. Not in a multi-worker run: every worker
         # must take the same path, and only the chief writes.
@@ -229,25 +230,36 @@ class Trainer:
             with self.strategy.scope():  # evaluation needs the loss and metrics; the optimizer is never used
                 model.compile(optimizer=keras.optimizers.AdamW(), **compile_settings)
         else:
+            warmed = None  # the warm-up's best monitored value, as its weights in warmup_done score it
             if warmup and self.resume and warmup_done.exists():
                 model.load_weights(warmup_done)
+                warmed = _read_best(warmup_best, monitor)
             elif warmup:
                 set_trainable(backbone, False)
-                self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
-                                self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
-                                fixed_steps, monitor_ceiling=monitor_ceiling)
+                warmed = self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
+                                         self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
+                                         fixed_steps, monitor_ceiling=monitor_ceiling)
                 save_weights_atomically(model, warmup_done)
-            if warmup and self._warm_up_reached(monitor, monitor_ceiling, warmup):
+                _write_best(warmup_best, monitor, warmed)
+            # Early stopping across the two phases. Not in a multi-worker run, where every worker must take the
+            # same path and a kill can leave the workers' records one epoch apart.
+            across = warmed is not None and bool(self.settings.patience) and not is_multi_worker(self.strategy)
+            if across and monitor_ceiling is not None and _at_least_as_good(warmed, monitor_ceiling, monitor[1]):
                 log.info("the warm-up reached the best %s there is (%s): no fine-tuning", monitor[0], monitor_ceiling)
+                with self.strategy.scope():  # a resumed model has not been compiled; evaluation needs it
+                    model.compile(optimizer=keras.optimizers.AdamW(), **compile_settings)
             else:
                 if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while tuning
                     set_trainable(backbone, True, self.settings.fine_tune_fraction)
-                self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
-                                self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
-                                fixed_steps, slow_backbone=backbone if warmup else None,
-                                monitor_ceiling=monitor_ceiling)
-                if warmup:
-                    self._keep_the_warm_up_if_better(model, monitor, warmup, warmup_done)
+                tuned = self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
+                                        self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
+                                        fixed_steps, slow_backbone=backbone if warmup else None,
+                                        monitor_ceiling=monitor_ceiling)
+                if across and tuned is not None and _at_least_as_good(warmed, tuned, monitor[1]):
+                    log.info("fine-tuning never beat the warm-up's %s %.4f: the run keeps the warm-up's weights",
+                             monitor[0], warmed)
+                    model.load_weights(warmup_done)
+                    save_weights_atomically(model, self.checkpoint_dir / "best.weights.h5")
             if not is_multi_worker(self.strategy):
                 save_weights_atomically(model, trained)
         history = read_history(self.run_dir / "history.csv")
@@ -259,43 +271,14 @@ class Trainer:
             **time_to_best(history, monitor),
         }
 
-    def _warm_up_reached(self, monitor, ceiling, warmup):
-        """True when early stopping is on and a warm-up epoch reached `ceiling`, the best `monitor` can be.
-
-        Early stopping would stop there and return that epoch's weights in any
-        case: a fine-tuning epoch can at best tie, and a tie keeps the first.
-        A pretrained run on an easy folder often gets there while frozen (the
-        raccoon crops: 1.0 at the second warm-up epoch in two of three seeds).
-        """
-        if not self.settings.patience or ceiling is None:
-            return False
-        best = _best_in(read_history(self.run_dir / "history.csv"), monitor, 0, warmup)
-        return best is not None and _at_least_as_good(best, ceiling, monitor[1])
-
-    def _keep_the_warm_up_if_better(self, model, monitor, warmup, warmup_done):
-        """Returns (and checkpoints as best) the warm-up's weights when fine-tuning never beat them.
-
-        Each phase's early stopping restores the best epoch of that phase only,
-        so without this a fine-tuning that made things worse would be what the
-        run returns and exports. A tie keeps the warm-up, the earlier epoch, as
-        early stopping does within a phase and as `best_epoch` reports.
-        """
-        if not self.settings.patience:
-            return
-        history = read_history(self.run_dir / "history.csv")
-        warmed, tuned = _best_in(history, monitor, 0, warmup), _best_in(history, monitor, warmup, None)
-        if warmed is None or (tuned is not None and not _at_least_as_good(warmed, tuned, monitor[1])):
-            return
-        log.info("fine-tuning never beat the warm-up's %s %.4f: the run keeps the warm-up's weights", monitor[0],
-                 warmed)
-        model.load_weights(warmup_done)
-        if not is_multi_worker(self.strategy):
-            save_weights_atomically(model, self.checkpoint_dir / "best.weights.h5")
-
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
                    steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None,
                    monitor_ceiling=None):
-        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at FINE_TUNE_LR_FACTOR."""
+        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at FINE_TUNE_LR_FACTOR.
+
+        Returns the best `monitor` value its early stopping saw, the one of the weights it restored (None
+        without early stopping, or when it saw none: a resumed phase sees only the epochs after the resume).
+        """
         with self.strategy.scope():
             schedule = learning_rate_schedule(peak, steps_per_epoch * (last_epoch - first_epoch))
             if slow_backbone is None:
@@ -304,6 +287,7 @@ class Trainer:
                 optimizer = BackboneRateAdamW(slow_backbone.trainable_variables, FINE_TUNE_LR_FACTOR,
                                               learning_rate=schedule, weight_decay=self.settings.weight_decay)
             model.compile(optimizer=optimizer, **compile_settings)
+        callbacks = self._callbacks(phase, monitor, task_callbacks, monitor_ceiling)
         with multi_worker_fit(model, self.strategy):
             model.fit(
                 train_ds,
@@ -312,12 +296,14 @@ class Trainer:
                 initial_epoch=first_epoch,
                 steps_per_epoch=fixed_steps[0] if fixed_steps else None,
                 validation_steps=fixed_steps[1] if fixed_steps else None,
-                callbacks=self._callbacks(phase, monitor, task_callbacks, monitor_ceiling) +
-                [KnownStepsProgbarLogger(fixed_steps[0] if fixed_steps else steps_per_epoch)],
+                callbacks=callbacks + [KnownStepsProgbarLogger(fixed_steps[0] if fixed_steps else steps_per_epoch)],
                 class_weight=class_weight,
                 shuffle=False,  # the pipeline shuffles, seeded
                 verbose=self.settings.verbose,
             )
+        stopping = [callback for callback in callbacks if isinstance(callback, CeilingEarlyStopping)]
+        best = stopping[0].best if stopping and stopping[0].best_weights is not None else None
+        return None if best is None or math.isnan(best) else float(best)
 
     def _callbacks(self, phase, monitor, task_callbacks=(), monitor_ceiling=None):
         metric, mode = monitor
@@ -436,15 +422,21 @@ class LastWeightsAtEnd(keras.callbacks.Callback):
         self.model.save_weights(str(self.path), overwrite=True)
 
 
-def _best_in(history, monitor, first_epoch, last_epoch):
-    """The best `monitor` value of the epochs from `first_epoch` up to (not including) `last_epoch` (None: to
-    the end) in `history` ({column: [values]}), or None when none was recorded."""
-    metric, mode = monitor
-    values = [value for epoch, value in zip(history.get("epoch", []), history.get(metric, []))
-              if first_epoch <= epoch and (last_epoch is None or epoch < last_epoch) and not math.isnan(value)]
-    if not values:
+def _read_best(path, monitor):
+    """The warm-up's best `monitor` value recorded in `path` by `_write_best`, or None."""
+    try:
+        record = json.loads(pathlib.Path(path).read_text())
+    except (OSError, ValueError):
         return None
-    return min(values) if mode == "min" else max(values)
+    return record.get("best") if record.get("monitor") == monitor[0] else None
+
+
+def _write_best(path, monitor, best):
+    """Records the warm-up's best value beside its weights, so a resumed run compares what those weights
+    scored (history.csv can hold epochs from before a kill that the weights no longer reflect)."""
+    partial = pathlib.Path(path).with_name(f".partial.{pathlib.Path(path).name}")
+    partial.write_text(json.dumps({"monitor": monitor[0], "best": best}))
+    os.replace(partial, path)
 
 
 def _at_least_as_good(value, other, mode):

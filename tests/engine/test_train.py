@@ -472,6 +472,15 @@ def test_a_warm_up_that_reaches_a_perfect_score_is_not_fine_tuned(class_folder, 
     assert not result.model.get_layer("backbone").trainable
     assert_weights_equal(result.model, script.weights[1])
 
+    # Killed after the warm-up's weights were kept but before the trained weights and metrics were written:
+    # --resume neither fine-tunes nor fails to evaluate the model it loads.
+    for finished in [result.run_dir / "metrics.json", *(result.run_dir / "checkpoints").glob("trained_*")]:
+        finished.unlink()
+    resumed = imgpipe.run("classify", resume=True, output=result.run_dir)
+    assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1]
+    assert resumed.metrics["val_accuracy"] == result.metrics["val_accuracy"]
+    assert_weights_equal(resumed.model, script.weights[1])
+
 
 @pytest.mark.slow
 def test_a_fine_tuning_that_never_beats_the_warm_up_returns_the_warm_up(class_folder, fast_recipe_args, tmp_path,
