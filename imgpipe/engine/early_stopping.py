@@ -32,7 +32,11 @@ class CeilingEarlyStopping(keras.callbacks.EarlyStopping):
         current = self.get_monitor_value(logs)
         if self.ceiling is None or current is None or epoch < self.start_from_epoch:
             return
-        reached = current >= self.ceiling if self.mode == "max" else current <= self.ceiling
-        if reached:
+        if at_least_as_good(current, self.ceiling, self.mode):
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+
+def at_least_as_good(value, other, mode):
+    """True where `value` is as good as `other` or better, for a metric whose best is its `mode` ('min', 'max')."""
+    return value <= other if mode == "min" else value >= other

@@ -137,19 +137,6 @@ class _Reader:
         read = tf.strings.substr(images, start, tf.fill(tf.shape(start), width))
         return tf.cast(tf.io.decode_raw(read, tf.uint8, fixed_length=width), tf.int32)
 
-    def byte(self, offset):
-        """The byte at `offset` as int32 [B, ...]."""
-        return self.bytes_at(offset, 1)[..., 0]
-
-    def bytes_equal(self, offset, expected):
-        return _equal(self.bytes_at(offset, len(expected)), expected)
-
-    def big_endian(self, offset, width):
-        return _big_endian(self.bytes_at(offset, width))
-
-    def little_endian(self, offset, width):
-        return _little_endian(self.bytes_at(offset, width))
-
     def fits(self, end):
         """True where the data holds `end` bytes."""
         end = self._batched(end)

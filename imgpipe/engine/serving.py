@@ -139,7 +139,7 @@ def _decode_checked(image_bytes, max_pixels, size):
         answer = _decode_jpeg if size is not None else _decode_jpeg_whole
         code, image, upright = tf.cond(tf.equal(header["format"], JPEG),
                                        lambda: answer(encoded, header, max_pixels, size),
-                                       lambda: _decode_other(encoded, header, max_pixels, size))
+                                       lambda: _decode_other(encoded, header, size))
         return tf.reshape(image, [-1]) if size is None else image, tf.concat([[header["position"], code], upright], 0)
 
     # One placeholder past the batch's end, so the batch below is never empty; images that were not decoded
@@ -173,7 +173,8 @@ def _decode_checked(image_bytes, max_pixels, size):
 
 
 def _within(stored, max_pixels, decode, size):
-    """(code, image, upright size): `decode()` if `stored` [height, width] is within the budget, else a refusal."""
+    """(code, image, upright size): `decode()` if a JPEG's `stored` [height, width] is within the budget, else a
+    refusal (the other formats' sizes are the header's, held to the budget before the decode step)."""
     over = tf.cast(stored[0], tf.int64) * tf.cast(stored[1], tf.int64) > max_pixels
 
     def refused():
@@ -205,20 +206,17 @@ def _decode_jpeg_whole(encoded, header, max_pixels, size):
     return _within(jpeg_size(encoded), max_pixels, decode, size)
 
 
-def _decode_other(encoded, header, max_pixels, size):
-    """A PNG, GIF (its first frame), BMP or WebP, upright, at `size` if given; its size is the header's."""
+def _decode_other(encoded, header, size):
+    """A PNG, GIF (its first frame), BMP or WebP, upright, at `size` if given. Its size is the header's, which
+    `read_headers` already held to the pixel budget."""
+    first_frame = tf.cond(tf.equal(header["format"], GIF),
+                          lambda: tf.strings.substr(encoded, 0, header["end"]) + b";", lambda: encoded)
+    image = _to_rgb(tf.io.decode_image(first_frame, channels=0, expand_animations=False, dtype=tf.uint8))
+    image = orient(image, header["orientation"])
+    if size is None:
+        return OK, image, tf.shape(image)[:2]
     stored = tf.stack([header["height"], header["width"]])
-
-    def decode():
-        first_frame = tf.cond(tf.equal(header["format"], GIF),
-                              lambda: tf.strings.substr(encoded, 0, header["end"]) + b";", lambda: encoded)
-        image = _to_rgb(tf.io.decode_image(first_frame, channels=0, expand_animations=False, dtype=tf.uint8))
-        image = orient(image, header["orientation"])
-        if size is None:
-            return OK, image, tf.shape(image)[:2]
-        return OK, resize_uint8(image, size), _upright(stored, header["orientation"])
-
-    return _within(stored, max_pixels, decode, size)
+    return OK, resize_uint8(image, size), _upright(stored, header["orientation"])
 
 
 def _upright(stored, orientation):

@@ -37,7 +37,7 @@ import tensorflow as tf
 
 from imgpipe.engine.backbone_rate import BackboneRateAdamW
 from imgpipe.engine.distributed.cluster import cluster_from_environment
-from imgpipe.engine.early_stopping import CeilingEarlyStopping
+from imgpipe.engine.early_stopping import CeilingEarlyStopping, at_least_as_good
 from imgpipe.engine.progress_bar import KnownStepsProgbarLogger
 from imgpipe.engine.tensorboard_log import epoch_scalars
 from imgpipe.errors import RecipeError
@@ -227,8 +227,7 @@ class Trainer:
         if self.resume and trained.exists() and not is_multi_worker(self.strategy):
             log.info("resume: training had finished; its final weights come from %s", trained)
             model.load_weights(trained)
-            with self.strategy.scope():  # evaluation needs the loss and metrics; the optimizer is never used
-                model.compile(optimizer=keras.optimizers.AdamW(), **compile_settings)
+            self._compile_for_evaluation(model, compile_settings)
         else:
             warmed = None  # the warm-up's best monitored value, as its weights in warmup_done score it
             if warmup and self.resume and warmup_done.exists():
@@ -244,10 +243,9 @@ class Trainer:
             # Early stopping across the two phases. Not in a multi-worker run, where every worker must take the
             # same path and a kill can leave the workers' records one epoch apart.
             across = warmed is not None and bool(self.settings.patience) and not is_multi_worker(self.strategy)
-            if across and monitor_ceiling is not None and _at_least_as_good(warmed, monitor_ceiling, monitor[1]):
+            if across and monitor_ceiling is not None and at_least_as_good(warmed, monitor_ceiling, monitor[1]):
                 log.info("the warm-up reached the best %s there is (%s): no fine-tuning", monitor[0], monitor_ceiling)
-                with self.strategy.scope():  # a resumed model has not been compiled; evaluation needs it
-                    model.compile(optimizer=keras.optimizers.AdamW(), **compile_settings)
+                self._compile_for_evaluation(model, compile_settings)  # a resumed model was never compiled
             else:
                 if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while tuning
                     set_trainable(backbone, True, self.settings.fine_tune_fraction)
@@ -255,7 +253,7 @@ class Trainer:
                                         self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
                                         fixed_steps, slow_backbone=backbone if warmup else None,
                                         monitor_ceiling=monitor_ceiling)
-                if across and tuned is not None and _at_least_as_good(warmed, tuned, monitor[1]):
+                if across and tuned is not None and at_least_as_good(warmed, tuned, monitor[1]):
                     log.info("fine-tuning never beat the warm-up's %s %.4f: the run keeps the warm-up's weights",
                              monitor[0], warmed)
                     model.load_weights(warmup_done)
@@ -270,6 +268,11 @@ class Trainer:
             "warmup_epochs": warmup,
             **time_to_best(history, monitor),
         }
+
+    def _compile_for_evaluation(self, model, compile_settings):
+        """Evaluation needs the loss and metrics; the optimizer is never used."""
+        with self.strategy.scope():
+            model.compile(optimizer=keras.optimizers.AdamW(), **compile_settings)
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
                    steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None,
@@ -342,9 +345,14 @@ class Trainer:
 
 def save_weights_atomically(model, path):
     """`model.save_weights(path)` written beside it and renamed: a kill mid-write leaves no half file at `path`."""
+    _written_atomically(path, model.save_weights)
+
+
+def _written_atomically(path, write):
+    """`write(partial)` beside `path`, then renamed to it: a kill mid-write leaves no half file at `path`."""
     path = pathlib.Path(path)
     partial = path.with_name(f".partial.{path.name}")
-    model.save_weights(partial)
+    write(partial)
     os.replace(partial, path)
 
 
@@ -434,13 +442,7 @@ def _read_best(path, monitor):
 def _write_best(path, monitor, best):
     """Records the warm-up's best value beside its weights, so a resumed run compares what those weights
     scored (history.csv can hold epochs from before a kill that the weights no longer reflect)."""
-    partial = pathlib.Path(path).with_name(f".partial.{pathlib.Path(path).name}")
-    partial.write_text(json.dumps({"monitor": monitor[0], "best": best}))
-    os.replace(partial, path)
-
-
-def _at_least_as_good(value, other, mode):
-    return value <= other if mode == "min" else value >= other
+    _written_atomically(path, lambda partial: partial.write_text(json.dumps({"monitor": monitor[0], "best": best})))
 
 
 def read_history(path):
