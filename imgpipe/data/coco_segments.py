@@ -12,6 +12,7 @@ Example:
     >>> splits, class_names = read_coco_segments("./coco_subset")
 """
 
+import functools
 import logging
 import pathlib
 
@@ -118,5 +119,4 @@ def read_coco_segments_file(path, image_root, data_root, max_pixels=DEFAULT_MAX_
 
 def read_coco_segments(root, max_pixels=DEFAULT_MAX_PIXELS):
     """({split or None: [ShapeInstances]}, class names) for a COCO layout with segmentations."""
-    return read_coco_layout(root, lambda path, image_root, data_root: read_coco_segments_file(
-        path, image_root, data_root, max_pixels))
+    return read_coco_layout(root, functools.partial(read_coco_segments_file, max_pixels=max_pixels))

@@ -83,10 +83,9 @@ def read_yolo_segments(root, max_pixels=DEFAULT_MAX_PIXELS):
             log.warning("%s: %d polygon(s) with fewer than 3 corners or no area dropped", label, dropped)
         return shapes, classes
 
-    splits = {}
-    for split, rows in parsed_label_files(root, max_pixels, parse).items():
-        splits[split] = []
-        for image, label, parsed in rows:
-            shapes, classes = parsed or ([], [])
-            splits[split].append(ShapeInstances(image, classes, shapes=shapes, source=str(label)))
-    return splits, names
+    def instances(image, label, parsed):
+        shapes, classes = parsed or ([], [])
+        return ShapeInstances(image, classes, shapes=shapes, source=str(label))
+
+    splits = parsed_label_files(root, max_pixels, parse)
+    return {split: [instances(*row) for row in rows] for split, rows in splits.items()}, names
