@@ -8,8 +8,8 @@ so that `--resume` continues an interrupted run to the same total epochs.
 
 With pretrained weights the backbone is first frozen for `train.warmup_epochs`
 while the new head learns, then everything is fine-tuned (or only the top
-`train.fine_tune_fraction` of the backbone's layers): the backbone at a tenth of
-the learning rate, the layers built on it at the full rate
+`train.fine_tune_fraction` of the backbone's layers): the backbone at
+`train.backbone_rate` times the learning rate, the layers built on it at the full rate
 (`imgpipe.engine.backbone_rate`). Each phase has its own backup, so a run can
 be resumed in either.
 
@@ -48,9 +48,6 @@ from imgpipe.engine.wall_clock import WallSecondsLogger, time_to_best
 log = logging.getLogger("imgpipe")
 
 BACKBONE_LAYER = "backbone"
-FINE_TUNE_LR_FACTOR = 0.1
-
-
 def select_strategy(devices="auto"):
     """The `tf.distribute` strategy for `train.devices`.
 
@@ -277,7 +274,7 @@ class Trainer:
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
                    steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None,
                    monitor_ceiling=None):
-        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at FINE_TUNE_LR_FACTOR.
+        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at `train.backbone_rate`.
 
         Returns the best `monitor` value its early stopping saw, the one of the weights it restored (None
         without early stopping, or when it saw none: a resumed phase sees only the epochs after the resume).
@@ -287,7 +284,7 @@ class Trainer:
             if slow_backbone is None:
                 optimizer = keras.optimizers.AdamW(learning_rate=schedule, weight_decay=self.settings.weight_decay)
             else:
-                optimizer = BackboneRateAdamW(slow_backbone.trainable_variables, FINE_TUNE_LR_FACTOR,
+                optimizer = BackboneRateAdamW(slow_backbone.trainable_variables, self.settings.backbone_rate,
                                               learning_rate=schedule, weight_decay=self.settings.weight_decay)
             model.compile(optimizer=optimizer, **compile_settings)
         callbacks = self._callbacks(phase, monitor, task_callbacks, monitor_ceiling)
