@@ -71,6 +71,17 @@ def test_transformer_output_has_the_input_size_and_pixel_range(build, shape):
     assert output.min() >= 0.0 and output.max() <= 255.0
 
 
+@pytest.mark.parametrize("build", [build_johnson, build_johnson_light])
+def test_transformer_output_is_the_photo_plus_the_networks_change(build):
+    network = build((None, None, 3))
+    photo = tf.random.uniform((1, 21, 30, 3), 0, 255, seed=1)
+    to_rgb = network.get_layer("to_rgb")
+    to_rgb.set_weights([np.zeros_like(w) for w in to_rgb.get_weights()])  # no change at all
+    np.testing.assert_allclose(network(photo).numpy(), photo.numpy(), atol=1e-4)
+    to_rgb.set_weights([to_rgb.get_weights()[0], np.full(3, np.arctanh(0.5), np.float32)])  # +63.75 everywhere
+    np.testing.assert_allclose(network(photo).numpy(), np.clip(photo.numpy() + 63.75, 0, 255), atol=1e-3)
+
+
 @pytest.mark.slow
 def test_short_training_lowers_the_style_loss(random_vgg):
     keras.utils.set_random_seed(0)  # the starting network, whatever ran before this test
