@@ -33,6 +33,7 @@ from imgpipe.tasks.stylize.perceptual import (LossWeights, StyleTransferModel, c
                                 perceptual_terms, style_grams)
 from imgpipe.engine.serving import images_at_original_size
 from imgpipe.tasks.base import Task
+from imgpipe.tasks.stylize.settings import style_weight
 from imgpipe.tasks.stylize.state import StyleState
 
 log = logging.getLogger("imgpipe")
@@ -99,7 +100,9 @@ class StylizeTask(Task):
         data = self.read_examples(recipe)
         data.state = dataclasses.replace(data.state,
                                          loss_weights=self._loss_weights(recipe, demo=recipe.data.path is None))
-        log.info("loss network: %s, weights %s", recipe.options.loss_network, data.state.loss_weights)
+        log.info("loss network: %s, weights %s; style weight %g%s", recipe.options.loss_network,
+                 data.state.loss_weights, style_weight(recipe.options, data.state.loss_weights),
+                 " (auto)" if recipe.options.style_weight == "auto" else "")
         return data
 
     def read_examples(self, recipe):
@@ -151,7 +154,8 @@ class StylizeTask(Task):
         options = recipe.options
         model = StyleTransferModel(transformer, features,
                                    style_grams(features, style_at_size(data.state.style, data.image_size)),
-                                   LossWeights(options.content_weight, options.style_weight, options.tv_weight))
+                                   LossWeights(options.content_weight, style_weight(options, data.state.loss_weights),
+                                               options.tv_weight))
         model(tf.zeros([1] + list(data.image_size) + [3]))
         # The run's final scores use this very loss network: no second VGG is built for them.
         self._loss_key = _loss_terms_key(options.loss_network, data.state.loss_weights, recipe.data.seed,
@@ -258,7 +262,8 @@ class StylizeTask(Task):
         return {"style_image": data.state.style_path, "max_side": recipe.options.max_side,
                 "loss_network": recipe.options.loss_network, "loss_weights": data.state.loss_weights,
                 "loss_seed": recipe.data.seed,
-                "loss_weighting": {"content": recipe.options.content_weight, "style": recipe.options.style_weight,
+                "loss_weighting": {"content": recipe.options.content_weight,
+                                   "style": style_weight(recipe.options, data.state.loss_weights),
                                    "tv": recipe.options.tv_weight}}
 
     # === Using an export ===

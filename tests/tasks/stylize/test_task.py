@@ -177,3 +177,14 @@ def test_loss_network_weights_come_from_the_one_resolver(tmp_path, monkeypatch):
 def test_a_run_builds_one_loss_network_for_training_and_its_final_scores(stylize_run):
     result, _ = stylize_run
     assert len(result.loss_networks_built) == 1 and np.isfinite(result.metrics["val_style_loss_identity"])
+
+
+def test_auto_style_weight_follows_the_loss_network_and_a_number_wins(stylize_run):
+    from imgpipe.tasks.stylize.settings import StylizeSettings, style_weight
+
+    result, _ = stylize_run  # random features, style weight auto
+    assert result.model.loss_weights_.style == 2.0
+    _, metadata, _ = load_export(result.export_path)
+    assert metadata["loss_weighting"]["style"] == 2.0
+    assert style_weight(StylizeSettings(), "/weights/vgg16_imagenet_notop.weights.h5") == 16.0
+    assert style_weight(StylizeSettings(style_weight=7), "random") == 7.0
