@@ -48,6 +48,8 @@ from imgpipe.engine.wall_clock import WallSecondsLogger, time_to_best
 log = logging.getLogger("imgpipe")
 
 BACKBONE_LAYER = "backbone"
+
+
 def select_strategy(devices="auto"):
     """The `tf.distribute` strategy for `train.devices`.
 

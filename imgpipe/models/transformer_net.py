@@ -9,13 +9,14 @@ but the last are followed by instance normalisation (Ulyanov et al. 2016),
 which is what lets one network restyle images of any contrast.
 
 One departure from the paper: the network's output is a change added to the
-photo (`keeps_photo`), not an image drawn from nothing. Johnson et al. trained
+photo (`AddToImage`), not an image drawn from nothing. Johnson et al. trained
 for 40,000 steps; a CPU run has a few hundred, in which a network that has to
 redraw the photo learns only a colour wash, and turning the style weight up
 paints the style over everything (raccoon photos, 320 steps, ImageNet VGG16:
 style loss 0.50x the photos' with the structure's SSIM at 0.36, then 0.34x at
-0.18). Starting from the photo, the same steps reach 0.25x at 0.33
-(benchmarks/README.md, "Style transfer ... photo plus change").
+0.18). Starting from the photo, the same steps reach 0.29x at 0.37 with the
+default style weight (benchmarks/README.md, "Style transfer ... photo plus
+change").
 
 The network is fully convolutional and takes any height and width: the input
 is reflect-padded to a multiple of 4 and the output cropped back, so the
@@ -113,11 +114,10 @@ def _residual(x, filters, name):
     return layers.Add(name=f"{name}_add")([x, y])
 
 
-def transformer_net(input_shape, width=32, residual_blocks=5, name="johnson", keeps_photo=True):
+def transformer_net(input_shape, width=32, residual_blocks=5, name="johnson"):
     """The transformation network with `width` filters in the first layer (32 in the paper).
 
-    `keeps_photo`: the output is the input plus the network's change (up to ±127.5), not an image drawn
-    from nothing (the paper's). See the module docstring.
+    Its output is the input plus the network's change (up to ±127.5), clipped to 0..255.
     """
     inputs = keras.Input((None, None, 3) if input_shape is None else (None, None, input_shape[-1]), name="image")
     x = ReflectPadToMultiple(DOWNSAMPLING, name="pad")(inputs)
@@ -133,9 +133,6 @@ def transformer_net(input_shape, width=32, residual_blocks=5, name="johnson", ke
     x = _conv(x, width, 3, "decode2")
     x = ReflectPad(4, name="to_rgb_pad")(x)
     x = layers.Conv2D(3, 9, padding="valid", activation="tanh", name="to_rgb")(x)
-    if not keeps_photo:
-        x = layers.Rescaling(127.5, offset=127.5, dtype="float32", name="to_pixels")(x)
-        return keras.Model(inputs, CropToReference(dtype="float32", name="crop")(x, inputs), name=name)
     change = CropToReference(dtype="float32", name="crop")(layers.Rescaling(127.5, dtype="float32", name="change")(x),
                                                            inputs)
     return keras.Model(inputs, AddToImage(dtype="float32", name="photo_plus_change")(change, inputs), name=name)
@@ -143,7 +140,7 @@ def transformer_net(input_shape, width=32, residual_blocks=5, name="johnson", ke
 
 @MODELS.register("johnson", task="stylize", family="from scratch")
 def build_johnson(input_shape, num_classes=0, weights=None, dropout=0.0):
-    """Johnson et al.'s network as published: 32-64-128 filters, five residual blocks."""
+    """Johnson et al.'s width: 32-64-128 filters, five residual blocks."""
     return transformer_net(input_shape, width=32, name="johnson")
 
 

@@ -292,8 +292,10 @@ def test_fine_tune_fraction_unfreezes_only_the_top_of_the_backbone(class_folder,
     with_callback(monkeypatch, recorder)
     args = fast_recipe_args + ["data.image_size=32", "train.epochs=2", "train.warmup_epochs=1", "train.patience=0",
                                "train.devices=1", "export.enabled=false", "model.name=mobilenet_v3_small",
-                               f"model.weights={weights_file}", "train.fine_tune_fraction=0.5"]
-    imgpipe.run("classify", args, data=class_folder)
+                               f"model.weights={weights_file}", "train.fine_tune_fraction=0.5",
+                               "train.backbone_rate=0.25"]
+    result = imgpipe.run("classify", args, data=class_folder)
+    assert result.model.optimizer.backbone_factor == 0.25  # the fine-tuning optimizer takes the recipe's rate
     cut = round(len(layers) * 0.5)
     moved = recorder.moved()
     assert moved, "nothing fine-tuned"
