@@ -1,7 +1,6 @@
 """`imgpipe.run`: a recipe in, a trained, evaluated and exported model out.
 
-    prepare (read data, record the recipe) -> datasets -> fit -> evaluate (scores)
-    -> export, with the reports (robustness card, suspect labels) in a second thread -> record
+    prepare (read data, record the recipe) -> datasets -> fit -> evaluate (scores, reports) -> export -> record
 
 Every task goes through this one function, one short function per step; the
 task object supplies what is special about it, and what a multi-worker run
@@ -14,8 +13,6 @@ Example:
     >>> result.metrics["val_accuracy"], result.export_path
 """
 
-import concurrent.futures
-import contextlib
 import dataclasses
 import json
 import logging
@@ -185,10 +182,9 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started
                 worker_roles.finish_worker(run_dir)
                 return RunResult(model, _training_record(outcome), run_dir, None, run.recipe, outcome["history"])
             model = local
-        metrics = _evaluate(run, model, datasets.val)
+        metrics = _evaluate(run, model, datasets.val, reports)
     plots.plot_curves(outcome["history"], run_dir / "curves.png", fine_tune_from=outcome["warmup_epochs"])
-    with _reports_beside(run, model, reports):
-        export_path = _export(run, model, metrics) if run.recipe.export.enabled else None
+    export_path = _export(run, model, metrics) if run.recipe.export.enabled else None
     metrics = _record(run, metrics, outcome, export_path)
     return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
 
@@ -250,36 +246,15 @@ def _fit(run, datasets):
     return model, outcome
 
 
-def _evaluate(run, model, val_ds):
-    """The task's scores on the validation split and its pictures."""
+def _evaluate(run, model, val_ds, reports):
+    """The task's scores on the validation split, its pictures, then each report (the robustness card)."""
     metadata = export_metadata(run.task, run.data, run.recipe)
     with multi_worker_fit(model, model.distribute_strategy):  # several replicas: evaluate needs it too
-        return final_metrics(run.task, model, val_ds, run.data, metadata, run.run_dir)
-
-
-@contextlib.contextmanager
-def _reports_beside(run, model, reports):
-    """Runs the reports (robustness card, suspect labels) in a second thread while the block (the export) runs.
-
-    The export is mostly Python tracing the serving graphs, on one core; the robustness card is mostly the
-    model's forward passes, in TensorFlow's own threads, which do not hold the GIL. On a MobileNetV2 run
-    at 200 px (raccoon crops, 3 epochs) the work after training fell from 22.0 and 23.9 s to 20.5 and
-    20.0 s. A report's error is raised when the block is done; an error of the block is raised once the
-    reports have stopped.
-    """
-    def run_reports():
-        with dtype_policy(run.trainer.policy), multi_worker_fit(model, model.distribute_strategy):
-            for report in reports:
-                report(run.task, model, run.data, run.recipe, run.decoder, run.run_dir)
-
-    with concurrent.futures.ThreadPoolExecutor(max_workers=1, thread_name_prefix="imgpipe-reports") as pool:
-        pending = pool.submit(run_reports)
-        try:
-            yield
-        finally:
-            concurrent.futures.wait([pending])
-        pending.result()
+        metrics = final_metrics(run.task, model, val_ds, run.data, metadata, run.run_dir)
+        for report in reports:
+            report(run.task, model, run.data, run.recipe, run.decoder, run.run_dir)
     _require_some_images(run.decoder, run.data)
+    return metrics
 
 
 def _export(run, model, metrics):

@@ -501,26 +501,3 @@ def test_a_fine_tuning_that_never_beats_the_warm_up_returns_the_warm_up(class_fo
     result.model.set_weights(script.weights[3])
     result.model.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")  # what `imgpipe export` reads
     assert_weights_equal(result.model, script.weights[0])
-
-
-def test_the_reports_run_while_the_export_is_written_and_their_errors_still_fail_the_run(class_folder,
-                                                                                         fast_recipe_args,
-                                                                                         monkeypatch):
-    import threading
-
-    from imgpipe.engine import runner
-    from imgpipe.errors import DataError
-
-    exporting, original = threading.Event(), runner._export
-    monkeypatch.setattr(runner, "_export", lambda *args: exporting.set() or original(*args))
-    saw_the_export = []
-    runner.run("classify", [*fast_recipe_args, f"data.path={class_folder}"],
-               reports=(lambda *args: saw_the_export.append(exporting.wait(timeout=60)),))
-    assert saw_the_export == [True]  # run one after the other, the report would have waited in vain
-
-    def failing(*args):
-        raise DataError("the report could not read its images")
-
-    with pytest.raises(DataError, match="could not read its images"):
-        runner.run("classify", [*fast_recipe_args, f"data.path={class_folder}",
-                                f"train.run_dir={class_folder.parent / 'second_run'}"], reports=(failing,))
