@@ -143,9 +143,10 @@ class TrainSettings:
         "after the warm-up; 1 is all (Keras' guide), 0.35 about TensorFlow's tutorial (MobileNetV2 from layer 100 "
         "of 154 on), 0 keeps the backbone frozen", min=0.0, max=1.0)
     backbone_rate: float = setting(
-        0.1, "with pretrained weights: the backbone's learning rate while fine-tuning, as a fraction of the rate "
-        "of the layers built on it (fastai's discriminative rates; Keras' guide and TensorFlow's tutorial use "
-        "about 0.01)", min=0.0, max=1.0, exclusive_min=True)
+        0.1, "with pretrained weights and a warm-up: the backbone's learning rate while fine-tuning, as a fraction "
+        "of train.learning_rate, at which the layers built on it keep training (fastai's discriminative rates); "
+        "1 is one rate for all, as Keras' guide and TensorFlow's tutorial fine-tune", min=0.0, max=1.0,
+        exclusive_min=True)
     patience: int = setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
     class_weight: str = setting(
         "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",

@@ -18,7 +18,7 @@ from imgpipe.data.images import load_image
 from imgpipe.errors import RecipeError
 from imgpipe.tasks.stylize.perceptual import LossWeights, content_targets, loss_network, perceptual_terms, style_grams
 
-DEFAULT_WEIGHTS = LossWeights(content=1.0, style=2.0, tv=0.1)  # the recipe defaults
+DEFAULT_WEIGHTS = LossWeights(content=1.0, style=2.0, tv=0.1)  # the per-image optimisation's own; a trained network uses stylize.style_weight
 
 
 def _fit(pixels, longest):

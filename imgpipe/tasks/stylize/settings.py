@@ -9,14 +9,20 @@ from imgpipe.errors import RecipeError
 
 # Chosen on raccoon photos and a swirl pattern (benchmarks/README.md, "photo plus change"): with ImageNet
 # VGG16, 16 is the weight whose style loss falls to about 0.3x the photos' while their structure stays
-# (SSIM 0.36-0.37); random features at 16 paint over the photo entirely.
+# (SSIM 0.36-0.37); random features at 16 paint over the photo entirely. Measured with VGG16 only.
 AUTO_STYLE_WEIGHT = {"imagenet": 16.0, "random": 2.0}
 
 
 def _auto_or_weight(key, value):
-    """`auto` or a number >= 0."""
-    if value == "auto" or (isinstance(value, (int, float)) and not isinstance(value, bool) and value >= 0):
+    """`auto` or a number >= 0 (YAML reads 1e1 as a string: it is taken as the number)."""
+    if value == "auto":
         return value
+    try:
+        number = float(value) if not isinstance(value, bool) else -1.0
+    except (TypeError, ValueError):
+        number = -1.0
+    if number >= 0:
+        return number
     raise RecipeError(f"{key}: expected 'auto' or a number >= 0, got {value!r}")
 
 

@@ -1,4 +1,5 @@
-"""The style-transfer task's state: the style image and the loss network's weights it was trained with."""
+"""The style-transfer task's state: the style image, the loss network's weights and the style weight it was
+trained with, and what its network outputs."""
 
 import dataclasses
 
@@ -6,12 +7,18 @@ import numpy as np
 
 from imgpipe.data.images import load_image
 
+# What the transformation network outputs (`imgpipe.models.transformer_net`). Run folders written before
+# it became the photo plus a change record nothing here; their weights draw the whole picture.
+NETWORK_OUTPUT = "photo plus change"
+DRAWN_PICTURE = "the whole picture"
+
 
 @dataclasses.dataclass
 class StyleState:
-    """The style image (uint8 [H, W, 3]), where it was read from, and the loss network's weights.
+    """The style image (uint8 [H, W, 3]), where it was read from, the loss network's weights, the style
+    weight (`stylize.style_weight` resolved when the data was read) and what the network outputs.
 
-    Only the path and the weights' name go into the run folder; the image is
+    Only the path, not the image, goes into the run folder; the image is
     read again from the path when the run is rebuilt.
 
     Example:
@@ -22,11 +29,15 @@ class StyleState:
     style: np.ndarray
     style_path: str
     loss_weights: str
+    style_weight: float = None
+    network_output: str = NETWORK_OUTPUT
 
     def to_json(self):
-        return {"style_path": self.style_path, "loss_weights": self.loss_weights}
+        return {"style_path": self.style_path, "loss_weights": self.loss_weights, "style_weight": self.style_weight,
+                "network_output": self.network_output}
 
     @classmethod
     def from_json(cls, saved):
         return cls(style=load_image(saved["style_path"]), style_path=saved["style_path"],
-                   loss_weights=saved["loss_weights"])
+                   loss_weights=saved["loss_weights"], style_weight=saved.get("style_weight"),
+                   network_output=saved.get("network_output", DRAWN_PICTURE))

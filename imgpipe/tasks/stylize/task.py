@@ -34,7 +34,7 @@ from imgpipe.tasks.stylize.perceptual import (LossWeights, StyleTransferModel, c
 from imgpipe.engine.serving import images_at_original_size
 from imgpipe.tasks.base import Task
 from imgpipe.tasks.stylize.settings import style_weight
-from imgpipe.tasks.stylize.state import StyleState
+from imgpipe.tasks.stylize.state import NETWORK_OUTPUT, StyleState
 
 log = logging.getLogger("imgpipe")
 
@@ -98,11 +98,11 @@ class StylizeTask(Task):
     # === Data ===
     def read_data(self, recipe):
         data = self.read_examples(recipe)
-        data.state = dataclasses.replace(data.state,
-                                         loss_weights=self._loss_weights(recipe, demo=recipe.data.path is None))
-        log.info("loss network: %s, weights %s; style weight %g%s", recipe.options.loss_network,
-                 data.state.loss_weights, style_weight(recipe.options, data.state.loss_weights),
-                 " (auto)" if recipe.options.style_weight == "auto" else "")
+        loss_weights = self._loss_weights(recipe, demo=recipe.data.path is None)
+        data.state = dataclasses.replace(data.state, loss_weights=loss_weights,
+                                         style_weight=style_weight(recipe.options, loss_weights))
+        log.info("loss network: %s, weights %s; style weight %g%s", recipe.options.loss_network, loss_weights,
+                 data.state.style_weight, " (auto)" if recipe.options.style_weight == "auto" else "")
         return data
 
     def read_examples(self, recipe):
@@ -147,6 +147,10 @@ class StylizeTask(Task):
         if recipe.model.weights not in (None, "none") and not pathlib.Path(recipe.model.weights).is_file():
             raise RecipeError("model.weights: the style network trains from scratch; give a weights file of an "
                               "earlier stylize run to start from it, or none")
+        if data.state.network_output != NETWORK_OUTPUT:
+            raise RecipeError(f"this stylize run's network outputs {data.state.network_output}, as imgpipe's did "
+                              f"before it became the {NETWORK_OUTPUT}; this version cannot rebuild it: train it "
+                              "again (or export it with the imgpipe version that trained it)")
         transformer = MODELS.get(recipe.model.name, key="model.name")((None, None, 3), 0)
         if recipe.model.weights not in (None, "none"):
             transformer.load_weights(recipe.model.weights)
@@ -154,8 +158,7 @@ class StylizeTask(Task):
         options = recipe.options
         model = StyleTransferModel(transformer, features,
                                    style_grams(features, style_at_size(data.state.style, data.image_size)),
-                                   LossWeights(options.content_weight, style_weight(options, data.state.loss_weights),
-                                               options.tv_weight))
+                                   LossWeights(options.content_weight, data.state.style_weight, options.tv_weight))
         model(tf.zeros([1] + list(data.image_size) + [3]))
         # The run's final scores use this very loss network: no second VGG is built for them.
         self._loss_key = _loss_terms_key(options.loss_network, data.state.loss_weights, recipe.data.seed,
@@ -263,7 +266,7 @@ class StylizeTask(Task):
                 "loss_network": recipe.options.loss_network, "loss_weights": data.state.loss_weights,
                 "loss_seed": recipe.data.seed,
                 "loss_weighting": {"content": recipe.options.content_weight,
-                                   "style": style_weight(recipe.options, data.state.loss_weights),
+                                   "style": data.state.style_weight,
                                    "tv": recipe.options.tv_weight}}
 
     # === Using an export ===

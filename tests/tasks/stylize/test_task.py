@@ -179,12 +179,36 @@ def test_a_run_builds_one_loss_network_for_training_and_its_final_scores(stylize
     assert len(result.loss_networks_built) == 1 and np.isfinite(result.metrics["val_style_loss_identity"])
 
 
-def test_auto_style_weight_follows_the_loss_network_and_a_number_wins(stylize_run):
-    from imgpipe.tasks.stylize.settings import StylizeSettings, style_weight
+def test_auto_style_weight_follows_the_loss_network_and_is_what_the_run_trains_and_records(stylize_run, stylize_data,
+                                                                                            monkeypatch):
+    from imgpipe.tasks.stylize.task import StylizeTask
 
-    result, _ = stylize_run  # random features, style weight auto
+    result, root = stylize_run  # random features, style weight auto
     assert result.model.loss_weights_.style == 2.0
     _, metadata, _ = load_export(result.export_path)
     assert metadata["loss_weighting"]["style"] == 2.0
-    assert style_weight(StylizeSettings(), "/weights/vgg16_imagenet_notop.weights.h5") == 16.0
-    assert style_weight(StylizeSettings(style_weight=7), "random") == 7.0
+    saved = json.loads((result.run_dir / "classes.json").read_text())["state"]
+    assert saved["style_weight"] == 2.0
+
+    content, style = stylize_data
+    monkeypatch.setattr(StylizeTask, "_loss_weights", staticmethod(lambda recipe, demo: "/w/vgg16.weights.h5"))
+    recipe = imgpipe.load_recipe("stylize").update(**{"data.path": str(content / "photos"), "stylize.style": str(style)})
+    assert StylizeTask().read_data(recipe).state.style_weight == 16.0  # ImageNet features
+    assert StylizeTask().read_data(recipe.update(**{"stylize.style_weight": 7})).state.style_weight == 7.0
+
+
+def test_a_run_folder_from_before_the_photo_plus_change_network_is_refused_by_name(stylize_run, tmp_path):
+    import shutil
+
+    from imgpipe.engine.run_folder import load_run
+    from imgpipe.errors import RecipeError
+
+    result, _ = stylize_run
+    old = tmp_path / "old_run"
+    shutil.copytree(result.run_dir, old)
+    record = json.loads((old / "classes.json").read_text())
+    del record["state"]["network_output"], record["state"]["style_weight"]  # what older versions wrote
+    (old / "classes.json").write_text(json.dumps(record))
+    with pytest.raises(RecipeError, match="outputs the whole picture.*train it again"):
+        load_run(old)
+    assert load_run(result.run_dir).model.loss_weights_.style == 2.0  # today's folder rebuilds
