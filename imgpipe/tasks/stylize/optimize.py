@@ -18,7 +18,8 @@ from imgpipe.data.images import load_image
 from imgpipe.errors import RecipeError
 from imgpipe.tasks.stylize.perceptual import LossWeights, content_targets, loss_network, perceptual_terms, style_grams
 
-DEFAULT_WEIGHTS = LossWeights(content=1.0, style=2.0, tv=0.1)  # the per-image optimisation's own; a trained network uses stylize.style_weight
+# The per-image optimisation's own weights; a trained network's style weight is stylize.style_weight.
+DEFAULT_WEIGHTS = LossWeights(content=1.0, style=2.0, tv=0.1)
 
 
 def _fit(pixels, longest):

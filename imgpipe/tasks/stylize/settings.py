@@ -14,15 +14,14 @@ AUTO_STYLE_WEIGHT = {"imagenet": 16.0, "random": 2.0}
 
 
 def _auto_or_weight(key, value):
-    """`auto` or a number >= 0 (YAML reads 1e1 as a string: it is taken as the number)."""
+    """`auto`, or a number >= 0 (YAML 1.1 reads 1e1, without a dot, as a string)."""
     if value == "auto":
         return value
     try:
-        number = float(value) if not isinstance(value, bool) else -1.0
+        if not isinstance(value, bool) and float(value) >= 0:
+            return float(value)
     except (TypeError, ValueError):
-        number = -1.0
-    if number >= 0:
-        return number
+        pass
     raise RecipeError(f"{key}: expected 'auto' or a number >= 0, got {value!r}")
 
 

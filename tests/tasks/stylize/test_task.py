@@ -183,16 +183,17 @@ def test_auto_style_weight_follows_the_loss_network_and_is_what_the_run_trains_a
                                                                                             monkeypatch):
     from imgpipe.tasks.stylize.task import StylizeTask
 
-    result, root = stylize_run  # random features, style weight auto
+    result, _ = stylize_run  # random features, style weight auto
     assert result.model.loss_weights_.style == 2.0
     _, metadata, _ = load_export(result.export_path)
     assert metadata["loss_weighting"]["style"] == 2.0
     saved = json.loads((result.run_dir / "classes.json").read_text())["state"]
     assert saved["style_weight"] == 2.0
 
-    content, style = stylize_data
+    root, style = stylize_data
     monkeypatch.setattr(StylizeTask, "_loss_weights", staticmethod(lambda recipe, demo: "/w/vgg16.weights.h5"))
-    recipe = imgpipe.load_recipe("stylize").update(**{"data.path": str(content / "photos"), "stylize.style": str(style)})
+    recipe = imgpipe.load_recipe("stylize").update(**{"data.path": str(root / "photos"),
+                                                       "stylize.style": str(style)})
     assert StylizeTask().read_data(recipe).state.style_weight == 16.0  # ImageNet features
     assert StylizeTask().read_data(recipe.update(**{"stylize.style_weight": 7})).state.style_weight == 7.0
 
