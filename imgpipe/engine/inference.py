@@ -3,8 +3,10 @@
 Calling a Keras model eagerly runs its layers one Python call at a time. On a
 MobileNetV2 at 200 px and 2 cores that is 24.6 ms an image in batches of 16,
 against 8.9 ms for the same call traced once with `tf.function` (the
-robustness card alone makes 27 such passes over the validation images). The
-wrapper calls like the model (`forward(images, training=False)`) and hands
+robustness card alone makes 37 such passes over the validation images). The
+graph runs the model with its batch norms folded into the convolutions
+(`imgpipe.models.fold_batch_norm`: the same answers, 1.8x faster on that
+MobileNetV2). The wrapper calls like the model (`forward(images, training=False)`) and hands
 any other attribute to the model, so a task's `answers` takes either.
 
 Example:
@@ -14,18 +16,25 @@ Example:
 
 import tensorflow as tf
 
+from imgpipe.models.fold_batch_norm import fold_batch_norm
+
 
 class CompiledForward:
-    """`model(images, training=False)` traced once; every other attribute is the model's.
+    """`model(images, training=False)` traced once, batch norms folded; every other attribute is the model's.
 
     Args:
         model: a built Keras model whose call takes a float32 image batch.
+
+    Attributes:
+        network: what the graph runs: `model` with its batch norms folded (for inference only).
     """
 
     def __init__(self, model):
         self.model = model
+        self.network = fold_batch_norm(model)
+        network = self.network
         # reduce_retracing: the last, smaller batch of a split reuses a graph with a free batch size.
-        self._call = tf.function(lambda images: model(images, training=False), reduce_retracing=True)
+        self._call = tf.function(lambda images: network(images, training=False), reduce_retracing=True)
 
     def __call__(self, images, training=False):
         if training:

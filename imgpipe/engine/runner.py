@@ -30,6 +30,7 @@ from imgpipe.engine.distributed.cluster import cluster_from_environment, worker_
 from imgpipe.data.sources import ImageSet
 from imgpipe.errors import DataError, ExportError, RecipeError
 from imgpipe.engine.export.calibrated import served_network
+from imgpipe.engine.inference import compiled_forward
 from imgpipe.engine.export.deploy import export_formats, report_table
 from imgpipe.engine.export.formats import SAVED_MODEL, require_runtime
 from imgpipe.engine.export.saved_model import export_metadata, write_export
@@ -182,9 +183,10 @@ def _train_and_export(recipe, run_dir, resume, cluster=None, reports=(), started
                 worker_roles.finish_worker(run_dir)
                 return RunResult(model, _training_record(outcome), run_dir, None, run.recipe, outcome["history"])
             model = local
-        metrics = _evaluate(run, model, datasets.val, reports)
+        forward = compiled_forward(model)  # batch norms folded once, for every score, report and the export
+        metrics = _evaluate(run, forward, datasets.val, reports)
     plots.plot_curves(outcome["history"], run_dir / "curves.png", fine_tune_from=outcome["warmup_epochs"])
-    export_path = _export(run, model, metrics) if run.recipe.export.enabled else None
+    export_path = _export(run, forward.network, metrics) if run.recipe.export.enabled else None
     metrics = _record(run, metrics, outcome, export_path)
     return RunResult(model, metrics, run_dir, export_path, run.recipe, outcome["history"])
 
@@ -246,13 +248,16 @@ def _fit(run, datasets):
     return model, outcome
 
 
-def _evaluate(run, model, val_ds, reports):
-    """The task's scores on the validation split, its pictures, then each report (the robustness card)."""
+def _evaluate(run, forward, val_ds, reports):
+    """The task's scores on the validation split, its pictures, then each report (the robustness card).
+
+    `forward` is the trained model's `CompiledForward`, which each of them calls like the model.
+    """
     metadata = export_metadata(run.task, run.data, run.recipe)
-    with multi_worker_fit(model, model.distribute_strategy):  # several replicas: evaluate needs it too
-        metrics = final_metrics(run.task, model, val_ds, run.data, metadata, run.run_dir)
+    with multi_worker_fit(forward.model, forward.model.distribute_strategy):  # several replicas: evaluate too
+        metrics = final_metrics(run.task, forward, val_ds, run.data, metadata, run.run_dir)
         for report in reports:
-            report(run.task, model, run.data, run.recipe, run.decoder, run.run_dir)
+            report(run.task, forward, run.data, run.recipe, run.decoder, run.run_dir)
     _require_some_images(run.decoder, run.data)
     return metrics
 

@@ -119,6 +119,15 @@ def test_top_k_scores_are_the_largest_probabilities_in_order_with_their_names(tr
     np.testing.assert_allclose(scores[:, 0], answer["score"].numpy(), atol=1e-6)
 
 
+def test_the_served_graph_has_its_batch_norms_folded_into_the_convolutions(trained):
+    result, _ = trained
+    _, _, loaded = load_export(result.export_path)
+    graph = loaded.signatures["serve_images"].graph.as_graph_def()
+    ops = [node.op for function in graph.library.function for node in function.node_def]
+    assert "Conv2D" in ops and "BiasAdd" in ops
+    assert "Rsqrt" not in ops  # Keras' batch norm divides by sqrt(variance + epsilon) on every call
+
+
 def test_next_export_takes_the_next_version(trained, tmp_path):
     result, root = trained
     from imgpipe.engine.run_folder import export_run

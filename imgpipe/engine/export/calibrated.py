@@ -1,4 +1,4 @@
-"""Which network an export holds: the trained one, followed by its fitted temperature, inside its test-time augmentation.
+"""Which network an export holds: the trained one (batch norms folded), then its fitted temperature, inside its test-time augmentation.
 
 A run whose fitted temperature passed `imgpipe.understand.calibration.serving_decision`
 (`metrics.json`'s `calibration`, `used: true`; written by the classification
@@ -17,6 +17,7 @@ import json
 import pathlib
 
 from imgpipe.engine.registry import TASKS
+from imgpipe.models.fold_batch_norm import fold_batch_norm
 from imgpipe.models.temperature_scaling import with_temperature
 from imgpipe.models.test_time_augmentation import with_test_time_augmentation
 
@@ -33,11 +34,11 @@ def served_network(model, calibration, recipe):
     while an average of views is softer than one pass and was never fitted. Averaging
     probabilities that are each calibrated also keeps the answer a probability distribution.
     """
-    network, entries = model, {METADATA_KEY: None}
+    network, entries = fold_batch_norm(model), {METADATA_KEY: None}
     if recipe.export.calibrated and calibration and calibration.get("used"):
         entries = {METADATA_KEY: {"temperature": calibration["temperature"], "fitted_on": calibration["fitted_on"],
                                   "inside": "the network's last layer: softmax(log(p) / temperature)"}}
-        network = with_temperature(model, calibration["temperature"])
+        network = with_temperature(network, calibration["temperature"])
     mode = recipe.export.tta
     if mode != "none":
         per_pixel = TASKS.spec(recipe.task).tta_output == "per_pixel"
