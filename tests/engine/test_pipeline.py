@@ -48,6 +48,13 @@ def test_epochs_differ_but_validation_is_fixed(class_folder):
     assert np.array_equal(batches(val)[0][1], data.val.targets)
 
 
+def test_both_splits_run_without_the_tuner_that_stalled_epoch_boundaries(class_folder):
+    data = read_class_folders(class_folder)
+    for split, training in ((data.train, True), (data.val, False)):
+        dataset, _ = make_dataset(split, [16, 16], batch_size=4, training=training, augmenter=Augmenter(), seed=1)
+        assert dataset.options().autotune.enabled is False
+
+
 def test_file_broken_after_scanning_is_dropped_with_one_warning(class_folder, caplog):
     data = read_class_folders(class_folder)
     broken = data.train.paths[0]
