@@ -10,7 +10,8 @@ What it measures
       encoded JPEG bytes of the raccoon photos (200 colour and greyscale photos,
       154 to 2000 pixels a side); it decodes, resizes and classifies inside the
       SavedModel.
-    - model only: the trained Keras model on the same photos already decoded and
+    - model only: the network the export holds (the trained Keras model with its batch
+      norms folded, `imgpipe.models.fold_batch_norm`) on the same photos already decoded and
       resized to float32 [B, 224, 224, 3] (by `imgpipe.engine.serving.decode_batch`, so
       its pixels are the ones the signature computes), called two ways:
       `model(images, training=False)` as it is (eager: one Python dispatch per
@@ -70,6 +71,7 @@ import imgpipe  # noqa: E402
 from imgpipe.data.images import plain_jpeg_scale  # noqa: E402
 from imgpipe.engine.pipeline import DCT_SCALES, decode_jpeg_for_size, decode_jpeg_scaled, resize_uint8  # noqa: E402
 from imgpipe.engine.serving import decode_batch, with_status  # noqa: E402
+from imgpipe.models.fold_batch_norm import fold_batch_norm  # noqa: E402
 
 sys.path.insert(0, str(pathlib.Path(__file__).resolve().parent))
 from common import RACCOON_IMAGES, jpeg_class_folder, machine_summary, print_table  # noqa: E402
@@ -262,8 +264,9 @@ def main():
 
     print(machine_summary())
     print("$", " ".join([sys.executable] + sys.argv))
-    model, export_path = train_and_export(args.workdir.resolve(), settings["image_side"],
-                                          settings["training_images"], args.model)
+    trained, export_path = train_and_export(args.workdir.resolve(), settings["image_side"],
+                                            settings["training_images"], args.model)
+    model = fold_batch_norm(trained)  # what the export serves, so the rows differ only in the decode
     serve = tf.saved_model.load(str(export_path)).signatures["serving_default"]
     photos = sorted(RACCOON_IMAGES.glob("*.jpg"))
     photo_bytes = [photo.read_bytes() for photo in photos]
