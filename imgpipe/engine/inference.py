@@ -1,9 +1,10 @@
 """A trained Keras model's forward pass as one compiled graph, for scoring many batches after training.
 
 Calling a Keras model eagerly runs its layers one Python call at a time. On a
-MobileNetV2 at 200 px and 2 cores that is 24.6 ms an image in batches of 16,
-against 8.9 ms for the same call traced once with `tf.function` (the
-robustness card alone makes 37 such passes over the validation images). The
+MobileNetV2 at 200 px and 2 cores that was 24.6 ms an image in batches of 16,
+against 8.9 ms for the same call traced once with `tf.function` (2026-12-04, an
+AMD EPYC; the robustness card alone makes 26 such passes over the validation
+images). The
 graph runs the model with its batch norms folded into the convolutions
 (`imgpipe.models.fold_batch_norm`: the same answers, 1.8x faster on that
 MobileNetV2). The wrapper calls like the model (`forward(images, training=False)`) and hands

@@ -213,7 +213,8 @@ def make_dataset(
             slow batch does not hold up the others.
 
     Returns:
-        (dataset of (float32 images [B,H,W,3] in 0..255, targets), the decoder or None)
+        (dataset of (float32 images [B,H,W,3] in 0..255, targets), the decoder or None); the dataset
+        runs without tf.data's tuner (`_fixed_parallelism`).
     """
     size = list(size)
     if image_set.is_files:

@@ -115,7 +115,9 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), started=None,
         resume: continue the interrupted run in `output` (or the latest run of
             this task and name) from its last completed epoch.
         reports: fns(task, model, data, recipe, decoder, run_dir) run on the trained
-            model before export (`imgpipe.run` passes the robustness card).
+            model before export (`imgpipe.run` passes the robustness card). `model` is its
+            `imgpipe.engine.inference.CompiledForward`: called like the model (batch norms
+            folded), any attribute the model's; `model.model` is the `keras.Model` itself.
         started: `time.time()` history.csv's `wall_seconds` count from (the CLI passes its
             process's start; default: this call).
         task_data: a `TaskData` to train on instead of reading `data.path` (the folds of a

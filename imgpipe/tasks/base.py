@@ -104,7 +104,10 @@ class Task:
         raise NotImplementedError
 
     def report_validation(self, model, val_ds, answers, truths, data, metadata, run_dir):
-        """The task's pictures of the validation split in `run_dir`; returns any metrics that are not scores."""
+        """The task's pictures of the validation split in `run_dir`; returns any metrics that are not scores.
+
+        After training, `model` is the trained model's `CompiledForward` (`imgpipe.engine.inference`).
+        """
         return {}
 
     def preview(self, samples, data, path):

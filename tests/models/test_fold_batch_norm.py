@@ -37,17 +37,26 @@ def assert_answers_alike(model, folded, images):
         np.testing.assert_allclose(answer, expected, atol=1e-4 * max(1.0, float(np.abs(expected).max())), rtol=1e-4)
 
 
-@pytest.mark.parametrize("name, size", [
-    ("small_cnn", 32), ("unet", 32), ("centernet", 64), ("centermask", 64), ("mobilenet_v2", 64),
-    ("unet_mobilenet_v2", 64), ("centernet_mobilenet_v2", 64), ("efficientnet_b0", 64),
+def batch_norms_after_linear_convolutions(model):
+    """Every batch norm reading a linear convolution's output, found without `foldable_pairs`."""
+    return [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+            and isinstance(layer.input._keras_history.operation, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
+            and layer.input._keras_history.operation.activation is keras.activations.linear]
+
+
+@pytest.mark.parametrize("name, size, folds", [
+    ("small_cnn", 32, 6), ("unet", 32, 22), ("centernet", 64, None), ("centermask", 64, None),
+    ("mobilenet_v2", 64, 52), ("unet_mobilenet_v2", 64, None), ("centernet_mobilenet_v2", 64, None),
+    ("efficientnet_b0", 64, None),
 ])
-def test_every_batch_norm_after_a_convolution_folds_and_the_answers_stay(name, size):
+def test_every_batch_norm_after_a_convolution_folds_and_the_answers_stay(name, size, folds):
     model = trained_statistics(MODELS.get(name)((size, size, 3), 3, weights=None))
-    pairs = foldable_pairs(model)
+    expected = batch_norms_after_linear_convolutions(model)
     folded = fold_batch_norm(model)
-    assert pairs and folded is not model
-    assert len([layer for layer in _all_layers(folded) if isinstance(layer, FoldedBatchNorm)]) == len(pairs)
-    assert foldable_pairs(folded) == []
+    assert expected and folded is not model
+    assert folds is None or len(expected) == folds
+    assert len([layer for layer in _all_layers(folded) if isinstance(layer, FoldedBatchNorm)]) == len(expected)
+    assert batch_norms_after_linear_convolutions(folded) == []
     images = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     assert_answers_alike(model, folded, images)
 
@@ -96,3 +105,56 @@ def test_a_fold_that_changes_the_answers_is_not_used(monkeypatch, caplog):
     with caplog.at_level(logging.WARNING, logger="imgpipe.models.fold_batch_norm"):
         assert fold_batch_norm(model) is model
     assert "not folded" in caplog.text
+
+
+def test_a_sequential_model_folds():
+    model = keras.Sequential([keras.Input((8, 8, 3)), keras.layers.Conv2D(4, 3, name="conv"),
+                              keras.layers.BatchNormalization(name="norm"), keras.layers.ReLU()])
+    model = trained_statistics(model)
+    folded = fold_batch_norm(model)
+    assert isinstance(folded.get_layer("norm"), FoldedBatchNorm)
+    assert_answers_alike(model, folded, np.random.default_rng(3).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32))
+
+
+def test_under_mixed_precision_the_folded_pair_keeps_the_float32_it_computed_in():
+    previous = keras.config.dtype_policy()
+    inputs = keras.Input((8, 8, 3))
+    conv = keras.layers.Conv2D(4, 3, dtype="float32", name="conv")(inputs)
+    model = trained_statistics(keras.Model(inputs, keras.layers.BatchNormalization(dtype="float32")(conv)))
+    keras.config.set_dtype_policy("mixed_float16")
+    try:
+        folded = fold_batch_norm(model)
+    finally:
+        keras.config.set_dtype_policy(previous)
+    assert [layer.dtype_policy.compute_dtype for layer in folded.layers[1:]] == ["float32", "float32"]
+    images = np.random.default_rng(4).uniform(0, 255, (2, 8, 8, 3)).astype(np.float32)
+    assert folded(images).dtype == "float32"
+    np.testing.assert_allclose(answers(folded, images)[0], answers(model, images)[0], atol=1e-3, rtol=1e-5)
+
+
+class Subclassed(keras.Model):
+    def __init__(self, **kwargs):
+        super().__init__(**kwargs)
+        self.conv = keras.layers.Conv2D(4, 3, padding="same")
+
+    def call(self, images):
+        return self.conv(images)
+
+
+def test_a_model_holding_a_subclassed_model_is_left_as_it_is():
+    inputs = keras.Input((8, 8, 3))
+    features = keras.layers.BatchNormalization()(keras.layers.Conv2D(4, 3, padding="same")(inputs))
+    model = keras.Model(inputs, Subclassed()(features))
+    assert fold_batch_norm(model) is model
+
+
+def test_a_fold_that_fails_costs_a_warning_not_the_run(monkeypatch, caplog):
+    model = trained_statistics(MODELS.get("small_cnn")((16, 16, 3), 2, weights=None))
+
+    def broken(conv, norm):
+        raise ValueError("a quantized kernel")
+
+    monkeypatch.setattr(folding, "_folded_convolution", broken)
+    with caplog.at_level(logging.WARNING, logger="imgpipe.models.fold_batch_norm"):
+        assert fold_batch_norm(model) is model
+    assert "a quantized kernel" in caplog.text
