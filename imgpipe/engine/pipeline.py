@@ -245,11 +245,12 @@ def make_dataset(
 def _fixed_parallelism():
     """tf.data options that keep AUTOTUNE's parallelism (one call per core) and prefetching, without its tuner.
 
-    With the tuner on, fine-tuning MobileNetV2 on 2 cores stalled at epoch boundaries: 7 fine-tuning
-    epochs of raccoon crops took 14.3, 9.7, 5.1, 5.1, 5.1 s and 17.8, 10.2, 5.7, 10.3, 10.2 s, the
-    waits inside Keras dropping and creating the epoch's iterators (py-spy); with it off, 16.1, 6.0,
-    5.3, 6.1, 5.6 and 15.9, 5.4, 5.5, 5.3, 5.5 s. The input pipeline's own rate was the same either
-    way (benchmarks/README.md, "Transfer learning — 2026-12-07 (later)").
+    With the tuner on, fine-tuning MobileNetV2 on 2 cores stalled at epoch boundaries: the five
+    fine-tuning epochs of two 7-epoch runs on raccoon crops took 14.3, 9.7, 5.1, 5.1, 5.1 s and 17.8,
+    10.2, 5.7, 10.3, 10.2 s, the waits inside Keras dropping and creating the epoch's iterators
+    (py-spy); with it off, 16.1, 6.0, 5.3, 6.1, 5.6 and 15.9, 5.4, 5.5, 5.3, 5.5 s. The input
+    pipeline's own rate was the same either way (benchmarks/README.md, "Transfer learning —
+    2026-12-07 (stop 38)").
     """
     options = tf.data.Options()
     options.autotune.enabled = False
