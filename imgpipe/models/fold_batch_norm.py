@@ -3,11 +3,11 @@
 At inference a batch-norm layer is a fixed scale and shift per channel, and Keras 3 runs it as two
 elementwise passes over the whole feature map. After a convolution with no activation, that
 scale and shift can go into the convolution's kernel and bias instead:
-`kernel * s` and `(bias - mean) * s + beta`, with `s = gamma / sqrt(variance + epsilon)`. This
-is what TFLite's and OpenVINO's converters do. TF Serving and `tf.function` run a SavedModel's
-graph as written, and grappler does not fold Keras 3's batch norm. Measured in a `tf.function`
+`kernel * s` and `(bias - mean) * s + beta`, with `s = gamma / sqrt(variance + epsilon)`.
+TF Serving and `tf.function` run a SavedModel's graph as written, and grappler does not fold
+Keras 3's batch norm. Measured in a `tf.function`
 on 2 cores, batches of 16: MobileNetV2 at 200 px 4.4 ms an image as trained, 2.4 ms folded;
-small_cnn at 224 px 11.7 and 9.2 ms.
+small_cnn at 224 px 11.5-11.8 and 9.2-9.3 ms.
 
 Only pairs whose folding is exact are folded: a `Conv2D` or `DepthwiseConv2D` with no
 activation, computing in float32, whose output is not a model's output and goes only to a
