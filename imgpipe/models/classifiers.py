@@ -67,6 +67,45 @@ def build_small_cnn(input_shape, num_classes, weights=None, dropout=0.2):
     return keras.Model(inputs, classification_head(x, num_classes, dropout), name="small_cnn")
 
 
+STRIDED_STAGE_MAX_SIDE = 64
+
+
+@MODELS.register("strided_cnn", task="classify", family="from scratch")
+def build_strided_cnn(input_shape, num_classes, weights=None, dropout=0.2):
+    """small_cnn's three stages behind a stem that brings the image down to at most 64 px first.
+
+    small_cnn runs its first 32-channel stage at the full input size: 38.6 M multiply-adds an image
+    at 32 px and about 1.5 G at 200 px, where it trained at 10 images/s on 2 cores. Here one
+    16-channel 3x3 convolution sees the full image, strided (max-pooled instead up to 64 px, so
+    small images keep their detail), and 32-channel stride-2 convolutions follow until the side is
+    at most `STRIDED_STAGE_MAX_SIDE`; the stages then see what a ResNet's see after its stem.
+
+    Example:
+        >>> build_strided_cnn((200, 200, 3), num_classes=2).get_layer("stage1_a_conv").input.shape
+        (None, 50, 50, 32)
+    """
+    _no_weights("strided_cnn", weights)
+    inputs = keras.Input(input_shape, name="image")
+    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
+    side = min(input_shape[:2])
+    if side > STRIDED_STAGE_MAX_SIDE:
+        x = _conv_bn_relu(x, 16, strides=2, name="stem")
+        side = -(-side // 2)
+    else:
+        x = _conv_bn_relu(x, 16, name="stem")
+        x = layers.MaxPooling2D(2, padding="same", name="stem_pool")(x)
+        side = -(-side // 2)
+    reduction = 1
+    while side > STRIDED_STAGE_MAX_SIDE:
+        x = _conv_bn_relu(x, 32, strides=2, name=f"stem_down{reduction}")
+        side, reduction = -(-side // 2), reduction + 1
+    for stage, filters in enumerate((32, 64, 128), start=1):
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}_a")
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
+        x = layers.MaxPooling2D(2, padding="same", name=f"stage{stage}_pool")(x)
+    return keras.Model(inputs, classification_head(x, num_classes, dropout), name="strided_cnn")
+
+
 @MODELS.register("lenet", task="classify", family="classic")
 def build_lenet(input_shape, num_classes, weights=None, dropout=0.0):
     """LeNet-5 (LeCun et al. 1998): 5x5 convs of 6 and 16 filters, average pooling, 120-84 dense."""

@@ -132,15 +132,15 @@ def test_a_file_that_does_not_fit_names_it_and_the_first_layer(tmp_path):
 def test_auto_model_choice_follows_image_size_and_weights(clean_places, caplog):
     task, recipe = ClassificationTask(), load_recipe("classify")
     small = choose_model(task, recipe, [32, 32])
-    assert (small.name, small.weights.source) == ("small_cnn", "none") and "32 px" in small.reason
+    assert (small.name, small.weights.source) == ("strided_cnn", "none") and "32 px" in small.reason
     with caplog.at_level("WARNING", logger="imgpipe"):
         large = choose_model(task, recipe, [PRETRAINED_MIN_SIDE, PRETRAINED_MIN_SIDE])
-    assert (large.name, large.reason) == ("small_cnn", "no ImageNet weights found") and len(caplog.records) == 1
+    assert (large.name, large.reason) == ("strided_cnn", "no ImageNet weights found") and len(caplog.records) == 1
     folder = weights_folder(clean_places, "mobilenet_v2")
     with_weights = recipe.update(**{"model.weights_dir": str(folder)})
     chosen = choose_model(task, with_weights, [160, 160])
     assert (chosen.name, chosen.weights.source) == ("mobilenet_v2", "folder")
-    assert choose_model(task, with_weights.update(**{"model.weights": "none"}), [160, 160]).name == "small_cnn"
+    assert choose_model(task, with_weights.update(**{"model.weights": "none"}), [160, 160]).name == "strided_cnn"
     named = choose_model(task, with_weights.update(**{"model.name": "resnet50"}), [160, 160])
     assert (named.name, named.weights.source, named.reason) == ("resnet50", "none", "model.name given")
 
@@ -223,5 +223,5 @@ def test_a_run_with_a_weights_folder_trains_the_pretrained_model_and_records_it(
     offline = imgpipe.run("classify", ["train.epochs=1", "train.batch_size=8", "train.verbose=0",
                                        "data.image_size=96", f"train.run_dir={tmp_path / 'scratch'}",
                                        "export.enabled=false", "evaluate.robustness=false"], data=class_folder)
-    assert (offline.metrics["model"], offline.metrics["warmup_epochs"]) == ("small_cnn", 0)
+    assert (offline.metrics["model"], offline.metrics["warmup_epochs"]) == ("strided_cnn", 0)
     assert offline.metrics["model_choice"] == "no ImageNet weights found"

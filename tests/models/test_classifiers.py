@@ -7,19 +7,46 @@ from imgpipe.models import MODELS
 from imgpipe.models.layers import ImagenetPreprocessing
 
 LINEAGE = ["lenet", "alexnet", "vgg16", "vgg19", "inception_v3", "resnet50", "resnet152",
-           "mobilenet_v3_small", "efficientnet_b0", "small_cnn"]
+           "mobilenet_v3_small", "efficientnet_b0", "small_cnn", "strided_cnn"]
 
 
 def test_the_lineage_is_registered_for_classification():
     assert set(LINEAGE) <= set(MODELS.names(task="classify"))
 
 
-@pytest.mark.parametrize("name", ["small_cnn", "lenet", "alexnet", "mobilenet_v3_small", "efficientnet_b0"])
+@pytest.mark.parametrize("name", ["small_cnn", "strided_cnn", "lenet", "alexnet", "mobilenet_v3_small", "efficientnet_b0"])
 def test_builders_take_0_255_pixels_and_give_probabilities(name):
     model = MODELS.get(name)((32, 32, 3), 4, weights=None)
     probabilities = model(np.random.default_rng(0).uniform(0, 255, (2, 32, 32, 3)).astype("float32")).numpy()
     assert probabilities.shape == (2, 4)
     np.testing.assert_allclose(probabilities.sum(axis=1), 1.0, atol=1e-5)
+
+
+def conv_multiply_adds(model):
+    """Multiply-adds of a model's Conv2D layers for one image, from their kernels and output sizes."""
+    total = 0
+    for layer in model.layers:
+        if isinstance(layer, keras.layers.Conv2D):
+            _, height, width, _ = layer.output.shape
+            total += height * width * int(np.prod(layer.kernel.shape))
+    return total
+
+
+@pytest.mark.parametrize("side, stage_side", [(32, 16), (64, 32), (96, 48), (200, 50), (224, 56), (512, 64)])
+def test_strided_cnn_stages_see_at_most_64_px_and_small_images_keep_a_full_resolution_conv(side, stage_side):
+    model = MODELS.get("strided_cnn")((side, side, 3), 2)
+    assert model.get_layer("stage1_a_conv").input.shape[1:3] == (stage_side, stage_side)
+    stem = model.get_layer("stem_conv")
+    full_resolution = side <= 64
+    assert stem.strides == ((1, 1) if full_resolution else (2, 2))
+    assert stem.output.shape[1] == (side if full_resolution else -(-side // 2))
+
+
+@pytest.mark.parametrize("side, at_most", [(32, 0.3), (200, 0.1)])
+def test_strided_cnn_costs_a_fraction_of_small_cnn(side, at_most):
+    strided = conv_multiply_adds(MODELS.get("strided_cnn")((side, side, 3), 2))
+    full = conv_multiply_adds(MODELS.get("small_cnn")((side, side, 3), 2))
+    assert full > 1e7 and strided <= at_most * full
 
 
 def test_small_input_for_inception_names_the_key():

@@ -135,7 +135,7 @@ class ClassificationTask(Task):
     main_metric = "val_accuracy"
     explain_target = "class"
     pretrained_model = "mobilenet_v2"
-    scratch_model = "small_cnn"
+    scratch_model = "strided_cnn"
 
     # === Data ===
     def read_data(self, recipe):
