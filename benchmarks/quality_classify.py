@@ -6,7 +6,7 @@ What it measures
 
     - imgpipe, given nothing but the data:
           imgpipe run classify --data DIR --output RUN --export-dir EXPORTS --set train.verbose=2
-      (default recipe: small_cnn, auto image size, augmentation, AdamW + cosine
+      (default recipe: strided_cnn, auto image size, augmentation, AdamW + cosine
       schedule, label smoothing, early stopping on val_accuracy). Accuracy and
       seconds are read from RUN/metrics.json (`val_accuracy`, `train_seconds`,
       which covers `model.fit` only).

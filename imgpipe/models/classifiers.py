@@ -1,13 +1,14 @@
 """Image classifiers, from LeNet to EfficientNet, registered for the classify task.
 
-`small_cnn` is the default: a compact VGG-style network with batch norm that
-trains well from scratch on small data sets on a CPU. The classic lineage
+`strided_cnn` is the default without ImageNet weights: a compact VGG-style
+network with batch norm (`small_cnn`'s stages) behind a strided stem, so it
+trains from scratch on small data sets on a CPU at any image size. The classic lineage
 (`lenet`, `alexnet`) is built from Keras layers; the others are
 `keras.applications` backbones under a pooled softmax head, and accept
 `weights="imagenet"` or a local backbone weights file (.h5 / .weights.h5).
 
 Example:
-    >>> model = build_small_cnn((64, 64, 3), num_classes=5)
+    >>> model = build_strided_cnn((64, 64, 3), num_classes=5)
     >>> model.output_shape
     (None, 5)
 """
