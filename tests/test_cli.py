@@ -154,17 +154,17 @@ def test_unknown_option_is_a_usage_error(cli):
 @pytest.mark.slow
 def test_recipes_and_models_are_listed(cli):
     code, out, _ = cli("recipes")
-    assert code == 0 and "classify" in out and "small_cnn" in out
+    assert code == 0 and "classify" in out and "strided_cnn" in out
     code, out, _ = cli("recipes", "--keys")
     assert code == 0 and "train.epochs" in out
     code, out, _ = cli("models", "--task", "classify", "--image-size", "75")
     assert code == 0
     for name in ("lenet", "alexnet", "vgg16", "vgg19", "inception_v3", "resnet50", "resnet152",
-                 "mobilenet_v3_small", "efficientnet_b0", "small_cnn"):
+                 "mobilenet_v3_small", "efficientnet_b0", "small_cnn", "strided_cnn"):
         assert name in out
     from imgpipe.models import MODELS
 
-    for name in ("small_cnn", "lenet"):
+    for name in ("small_cnn", "strided_cnn", "lenet"):
         expected = MODELS.get(name)((75, 75, 3), 10).count_params()
         row = next(line for line in out.splitlines() if line.startswith(name + " "))
         assert row.split()[-1] == f"{expected:,}"
