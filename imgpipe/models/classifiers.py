@@ -73,13 +73,15 @@ STRIDED_STAGE_MAX_SIDE = 64
 
 @MODELS.register("strided_cnn", task="classify", family="from scratch")
 def build_strided_cnn(input_shape, num_classes, weights=None, dropout=0.2):
-    """small_cnn's three stages behind a stem that brings the image down to at most 64 px first.
+    """small_cnn's three stages behind a stem that brings a large image down to at most 64 px first.
 
-    small_cnn runs its first 32-channel stage at the full input size: 38.6 M multiply-adds an image
-    at 32 px and about 1.5 G at 200 px, where it trained at 10 images/s on 2 cores. Here one
-    16-channel 3x3 convolution sees the full image, strided (max-pooled instead up to 64 px, so
-    small images keep their detail), and 32-channel stride-2 convolutions follow until the side is
-    at most `STRIDED_STAGE_MAX_SIDE`; the stages then see what a ResNet's see after its stem.
+    small_cnn runs its first 32-channel stage at the full input size: about 1.5 G multiply-adds an
+    image at 200 px, where it trained at 10 images/s on 2 cores. Above `STRIDED_STAGE_MAX_SIDE`,
+    a 16-channel stride-2 3x3 convolution sees the full image and 32-channel stride-2 ones follow
+    until the side is at most that; the stages then see what a ResNet's see after its stem (a
+    tenth of small_cnn's multiply-adds at 200 px). Up to 64 px it is small_cnn: a strided stem
+    cost the built-in 32 px demo its 0.98 validation accuracy (0.970 after 30 epochs, where
+    small_cnn reaches 1.000 in about 15).
 
     Example:
         >>> build_strided_cnn((200, 200, 3), num_classes=2).get_layer("stage1_a_conv").input.shape
@@ -88,18 +90,10 @@ def build_strided_cnn(input_shape, num_classes, weights=None, dropout=0.2):
     _no_weights("strided_cnn", weights)
     inputs = keras.Input(input_shape, name="image")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    side = min(input_shape[:2])
-    if side > STRIDED_STAGE_MAX_SIDE:
-        x = _conv_bn_relu(x, 16, strides=2, name="stem")
-        side = -(-side // 2)
-    else:
-        x = _conv_bn_relu(x, 16, name="stem")
-        x = layers.MaxPooling2D(2, padding="same", name="stem_pool")(x)
-        side = -(-side // 2)
-    reduction = 1
+    side, downs = min(input_shape[:2]), 0
     while side > STRIDED_STAGE_MAX_SIDE:
-        x = _conv_bn_relu(x, 32, strides=2, name=f"stem_down{reduction}")
-        side, reduction = -(-side // 2), reduction + 1
+        x = _conv_bn_relu(x, 32 if downs else 16, strides=2, name=f"stem{downs + 1}")
+        side, downs = -(-side // 2), downs + 1
     for stage, filters in enumerate((32, 64, 128), start=1):
         x = _conv_bn_relu(x, filters, name=f"stage{stage}_a")
         x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
