@@ -101,6 +101,8 @@ def main():
     labels = args.labels or args.run_dirs
     if len(labels) != len(args.run_dirs):
         sys.exit(f"--labels: {len(labels)} labels for {len(args.run_dirs)} run directories")
+    if len(set(labels)) != len(labels):
+        sys.exit("each run needs its own label (a run directory given twice, or --labels repeating one)")
     curves = {}
     for label, run_dir in zip(labels, args.run_dirs, strict=True):
         rows, default = tradeoff(run_dir, args.temperatures)

@@ -14,7 +14,7 @@ and each as a ratio to none. The cases:
 
     classify   raccoon box crops against background crops of ../shared/data/raccoon, split by photo
                (`benchmarks/transfer.py`'s folder; 64 validation crops)
-    classify_scratch   the same crops, small_cnn from scratch (`--weights none`): the pretrained model
+    classify_scratch   the same crops from scratch (`--weights none`: strided_cnn, which is small_cnn at 64 px): the pretrained model
                is right on every validation crop, which leaves TTA nothing to gain
     segment    ../shared/data/membrane, the first 24 sections train, the last 6 validate
                (`benchmarks/time_to_accuracy.py`'s split)

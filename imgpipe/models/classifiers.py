@@ -1,8 +1,8 @@
 """Image classifiers, from LeNet to EfficientNet, registered for the classify task.
 
-`strided_cnn` is the default without ImageNet weights: a compact VGG-style
-network with batch norm (`small_cnn`'s stages) behind a strided stem, so it
-trains from scratch on small data sets on a CPU at any image size. The classic lineage
+`strided_cnn` is the from-scratch default (auto's choice without ImageNet weights, or below
+96 px): `small_cnn`, a compact VGG-style network with batch norm, with a strided stem in front
+of it above 64 px, so it trains on small data sets on a CPU at any image size. The classic lineage
 (`lenet`, `alexnet`) is built from Keras layers; the others are
 `keras.applications` backbones under a pooled softmax head, and accept
 `weights="imagenet"` or a local backbone weights file (.h5 / .weights.h5).
@@ -73,15 +73,16 @@ STRIDED_STAGE_MAX_SIDE = 64
 
 @MODELS.register("strided_cnn", task="classify", family="from scratch")
 def build_strided_cnn(input_shape, num_classes, weights=None, dropout=0.2):
-    """small_cnn's three stages behind a stem that brings a large image down to at most 64 px first.
+    """small_cnn's three stages behind a stem that brings a large image's shorter side down to at most 64 px.
 
     small_cnn runs its first 32-channel stage at the full input size: about 1.5 G multiply-adds an
     image at 200 px, where it trained at 10 images/s on 2 cores. Above `STRIDED_STAGE_MAX_SIDE`,
     a 16-channel stride-2 3x3 convolution sees the full image and 32-channel stride-2 ones follow
-    until the side is at most that; the stages then see what a ResNet's see after its stem (a
-    tenth of small_cnn's multiply-adds at 200 px). Up to 64 px it is small_cnn: a strided stem
-    cost the built-in 32 px demo its 0.98 validation accuracy (0.970 after 30 epochs, where
-    small_cnn reaches 1.000 in about 15).
+    until the shorter side is at most that; the stages then see what a ResNet's see after its
+    stem (a tenth of small_cnn's multiply-adds at 200 px), and Grad-CAM's last feature map is as
+    coarse (13x13 at 200 px). Up to 64 px it is small_cnn: a stem there (a convolution and a
+    max-pool) cost the built-in 32 px demo its 0.98 validation accuracy (0.970 after 30 epochs,
+    where small_cnn reaches 1.000 in about 15). A dynamic size (None) gets no stem.
 
     Example:
         >>> build_strided_cnn((200, 200, 3), num_classes=2).get_layer("stage1_a_conv").input.shape
@@ -90,7 +91,7 @@ def build_strided_cnn(input_shape, num_classes, weights=None, dropout=0.2):
     _no_weights("strided_cnn", weights)
     inputs = keras.Input(input_shape, name="image")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    side, downs = min(input_shape[:2]), 0
+    side, downs = min((s for s in input_shape[:2] if s), default=0), 0
     while side > STRIDED_STAGE_MAX_SIDE:
         x = _conv_bn_relu(x, 32 if downs else 16, strides=2, name=f"stem{downs + 1}")
         side, downs = -(-side // 2), downs + 1

@@ -45,7 +45,7 @@ def batch_norms_after_linear_convolutions(model):
 
 
 @pytest.mark.parametrize("name, size, folds", [
-    ("small_cnn", 32, 6), ("unet", 32, 22), ("centernet", 64, None), ("centermask", 64, None),
+    ("small_cnn", 32, 6), ("strided_cnn", 96, 7), ("unet", 32, 22), ("centernet", 64, None), ("centermask", 64, None),
     ("mobilenet_v2", 64, 52), ("unet_mobilenet_v2", 64, None), ("centernet_mobilenet_v2", 64, None),
     ("efficientnet_b0", 64, None),
 ])
