@@ -1,4 +1,5 @@
-"""Early stopping that also stops when the monitored metric reaches the best value it can take.
+"""Early stopping that also stops when the monitored metric reaches the best value it can take,
+and that waits through epochs whose metric was not scored (NaN).
 
 Keras' `EarlyStopping` waits `patience` epochs for an improvement. Once the
 validation accuracy (or mean IoU) is 1.0 no later epoch can beat it, and with
@@ -7,10 +8,18 @@ the waiting epochs are paid for and thrown away. The built-in demo reached 1.0
 at epoch 12 and trained on to epoch 22 (85 s, issue 20). Stopping at the
 ceiling returns the same weights sooner.
 
+A metric scored every few epochs (detection's mAP, `PeriodicScores`) is NaN
+until its first scoring. Keras takes the first value it sees as the best when
+it has none, and nothing compares better than NaN: monitored as is, such a
+metric would stop training `patience` epochs in and restore the first epoch.
+Here a NaN epoch is one without a value, as a missing metric is.
+
 Example:
     >>> stop = CeilingEarlyStopping(monitor="val_accuracy", mode="max", patience=10, ceiling=1.0,
     ...                             restore_best_weights=True)
 """
+
+import math
 
 import keras
 
@@ -26,6 +35,10 @@ class CeilingEarlyStopping(keras.callbacks.EarlyStopping):
     def __init__(self, ceiling=None, **kwargs):
         super().__init__(**kwargs)
         self.ceiling = ceiling
+
+    def get_monitor_value(self, logs):
+        value = super().get_monitor_value(logs)
+        return None if value is None or math.isnan(float(value)) else value
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

@@ -243,7 +243,7 @@ def _fit(run, datasets):
     with run.trainer.strategy.scope():
         model = task.build_model(recipe, data)
     outcome = run.trainer.fit(model, task.compile_settings(recipe, data), datasets.fit_train, datasets.fit_val,
-                              datasets.steps_per_epoch, monitor=task.monitor, monitor_ceiling=task.monitor_ceiling,
+                              datasets.steps_per_epoch, monitor=task.monitor_for(recipe), monitor_ceiling=task.monitor_ceiling,
                               class_weight=task.class_weight(recipe, data),
                               callbacks=task.callbacks(recipe, data, datasets.val), fixed_steps=datasets.fixed_steps,
                               pretrained=run.model_choice.weights.path is not None)

@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from imgpipe.engine.backbone_rate import BackboneRateAdamW
+from imgpipe.engine.best_checkpoint import BestWeightsCheckpoint
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.early_stopping import CeilingEarlyStopping, at_least_as_good
 from imgpipe.engine.progress_bar import KnownStepsProgbarLogger
@@ -321,7 +322,7 @@ class Trainer:
             # The last epoch's weights are in the backup while training runs; a third
             # copy every epoch cost 0.2 s per epoch of a 7M-parameter U-Net.
             LastWeightsAtEnd(self.checkpoint_dir / "last.weights.h5"),
-            keras.callbacks.ModelCheckpoint(
+            BestWeightsCheckpoint(
                 str(self.checkpoint_dir / "best.weights.h5"),
                 save_weights_only=True,
                 save_best_only=True,

@@ -79,6 +79,14 @@ class Task:
         """Optional {class index: weight} for `model.fit`."""
         return None
 
+    def monitor_for(self, recipe):
+        """The (metric, mode) early stopping and the best checkpoint follow in a run of `recipe`.
+
+        `monitor` by default; a task whose `callbacks` score its main metric during training can
+        choose the epoch by that metric instead (detection's mAP50).
+        """
+        return self.monitor
+
     # === Scoring: one path for training's final metrics, `imgpipe evaluate` and the robustness card ===
     def answers(self, model, images, metadata):
         """The trained Keras model's answers for float32 images [B, H, W, 3] (0..255, model size).

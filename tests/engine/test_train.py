@@ -427,6 +427,47 @@ def test_early_stopping_stops_after_patience_and_restores_the_best_weights(class
         np.testing.assert_array_equal(saved, best)
 
 
+def test_epochs_whose_score_is_nan_are_waited_through_not_taken_as_the_best(class_folder, fast_recipe_args,
+                                                                           monkeypatch):
+    """A metric scored every few epochs is NaN until its first scoring (PeriodicScores), then repeats."""
+    from imgpipe.tasks.classify.task import ClassificationTask
+
+    nan = float("nan")
+    script = ScriptedValidationScore("val_accuracy", [nan, nan, 0.6, 0.6, 0.9, 0.9, 0.9, 0.9, 0.95, 0.95])
+    monkeypatch.setattr(ClassificationTask, "callbacks", lambda self, *args: [script])
+    result = imgpipe.run("classify", fast_recipe_args + ["train.epochs=10", "train.patience=3",
+                                                         "export.enabled=false"], data=class_folder)
+    # the first 0.9 is the best; three repeats of it are no improvement, so the run stops after them
+    assert raw_history_epochs(result.run_dir / "history.csv") == list(range(8))
+    assert result.metrics["best_epoch"] == 5
+    assert_weights_equal(result.model, script.weights[4])
+    checkpoint = keras.models.clone_model(result.model)
+    checkpoint.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")
+    assert_weights_equal(checkpoint, script.weights[4])
+
+
+def test_detection_keeps_the_epoch_of_the_best_map50(tmp_path, monkeypatch):
+    from imgpipe.data.demo import make_detection_folder
+    from imgpipe.engine.recipe import load_recipe
+    from imgpipe.tasks.detect.task import DetectionTask
+
+    task = DetectionTask()
+    assert task.monitor_for(load_recipe("detect")) == ("val_map50", "max")
+    assert task.monitor_for(load_recipe("detect", overrides=["detect.map_every=0"])) == ("val_loss", "min")
+    # scored for the first time after the last epoch: nothing to choose by during training
+    assert task.monitor_for(load_recipe("detect", overrides=["train.epochs=4"])) == ("val_loss", "min")
+    make_detection_folder(tmp_path / "data", images=12, size=64, seed=3)
+    script = ScriptedValidationScore("val_map50", [0.5, 0.1, 0.2, 0.3, 0.4, 0.45])
+    monkeypatch.setattr(DetectionTask, "callbacks", lambda self, *args: [script])
+    result = imgpipe.run("detect", ["train.epochs=6", "train.patience=2", "train.batch_size=4", "train.verbose=0",
+                                    "detect.map_every=1", "data.image_size=64", "evaluate.robustness=false",
+                                    "export.enabled=false", "train.suspect_labels=none", "train.tensorboard=false",
+                                    f"train.run_dir={tmp_path / 'run'}"], data=tmp_path / "data")
+    assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1, 2]
+    assert result.metrics["best_epoch"] == 1
+    assert_weights_equal(result.model, script.weights[0])
+
+
 def test_the_cli_clock_starts_with_the_process_not_with_the_call():
     script = ("import time; time.sleep(1.5); from imgpipe.engine.wall_clock import process_start_time; "
               "print(time.time() - process_start_time())")
