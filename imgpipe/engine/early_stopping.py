@@ -12,7 +12,8 @@ A metric scored every few epochs (detection's mAP, `PeriodicScores`) is NaN
 until its first scoring. Keras takes the first value it sees as the best when
 it has none, and nothing compares better than NaN: monitored as is, such a
 metric would stop training `patience` epochs in and restore the first epoch.
-Here a NaN epoch is one without a value, as a missing metric is.
+Here a NaN before the first value is no value, as a missing metric is; a NaN
+after it counts as no improvement, as in Keras (a diverged loss still stops).
 
 Example:
     >>> stop = CeilingEarlyStopping(monitor="val_accuracy", mode="max", patience=10, ceiling=1.0,
@@ -38,7 +39,8 @@ class CeilingEarlyStopping(keras.callbacks.EarlyStopping):
 
     def get_monitor_value(self, logs):
         value = super().get_monitor_value(logs)
-        return None if value is None or math.isnan(float(value)) else value
+        not_yet_scored = self.best is None and value is not None and math.isnan(float(value))
+        return None if not_yet_scored else value
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)

@@ -25,6 +25,11 @@ class PeriodicScores(keras.callbacks.Callback):
         self.task, self.val_ds, self.metadata, self.every, self.keys = task, val_ds, metadata, every, tuple(keys)
         self.latest = {key: float("nan") for key in self.keys}
 
+    def on_train_begin(self, logs=None):
+        # One instance serves both phases of a pretrained fit: a score of the warm-up's weights must not
+        # stand for the first fine-tuned epochs'.
+        self.latest = {key: float("nan") for key in self.keys}
+
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
             answers, truths = model_answers(self.task, self.model, self.val_ds, self.metadata)

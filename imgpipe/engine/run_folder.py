@@ -118,7 +118,10 @@ def load_run(run_dir, weights="best", **recipe_updates):
         backups = [run_dir / "checkpoints" / f"backup_{phase}" / "latest.weights.h5" for phase in ("train", "warmup")]
         checkpoint = next((path for path in backups if path.is_file()), checkpoint)
     if not checkpoint.is_file():
-        raise DataError(f"{checkpoint}: no {weights} checkpoint in this run (it stopped before its first epoch)")
+        why = "it stopped before its first epoch" if weights == "last" else \
+            "it stopped before an epoch was kept as the best; a score made every few epochs, such as " \
+            "detection's mAP, keeps none before its first scoring"
+        raise DataError(f"{checkpoint}: no {weights} checkpoint in this run ({why})")
     recipe = recipe.update(**recipe_updates) if recipe_updates else recipe
     task = TASKS.get(recipe.task, key="task")()
     data = TaskData(train=ImageSet(), val=ImageSet(), class_names=class_names,

@@ -35,7 +35,7 @@ from imgpipe.engine.export.deploy import export_formats, report_table
 from imgpipe.engine.export.formats import SAVED_MODEL, require_runtime
 from imgpipe.engine.export.saved_model import export_metadata, write_export
 from imgpipe.engine.model_choice import ModelChoice, choose_model
-from imgpipe.engine.distributed.keras_multiworker import multi_worker_fit
+from imgpipe.engine.distributed.keras_multiworker import is_multi_worker, multi_worker_fit
 from imgpipe.models import MODELS
 from imgpipe.engine.pipeline import FileDecoder, make_dataset, replica_safe_batch_size
 from imgpipe.engine.recipe import Recipe, load_recipe, recipe_from_dict
@@ -242,8 +242,11 @@ def _fit(run, datasets):
     task, recipe, data = run.task, run.recipe, run.data
     with run.trainer.strategy.scope():
         model = task.build_model(recipe, data)
+    # In a cluster each worker computes a task's own scores (detection's mAP) alone, where Keras all-reduces
+    # its metrics; two workers that disagree by one box would stop at different epochs and hang.
+    monitor = task.monitor if is_multi_worker(run.trainer.strategy) else task.monitor_for(recipe)
     outcome = run.trainer.fit(model, task.compile_settings(recipe, data), datasets.fit_train, datasets.fit_val,
-                              datasets.steps_per_epoch, monitor=task.monitor_for(recipe), monitor_ceiling=task.monitor_ceiling,
+                              datasets.steps_per_epoch, monitor=monitor, monitor_ceiling=task.monitor_ceiling,
                               class_weight=task.class_weight(recipe, data),
                               callbacks=task.callbacks(recipe, data, datasets.val), fixed_steps=datasets.fixed_steps,
                               pretrained=run.model_choice.weights.path is not None)

@@ -446,26 +446,83 @@ def test_epochs_whose_score_is_nan_are_waited_through_not_taken_as_the_best(clas
     assert_weights_equal(checkpoint, script.weights[4])
 
 
-def test_detection_keeps_the_epoch_of_the_best_map50(tmp_path, monkeypatch):
-    from imgpipe.data.demo import make_detection_folder
+def test_detection_follows_map50_only_where_it_is_scored_and_patience_outlasts_a_scoring():
     from imgpipe.engine.recipe import load_recipe
     from imgpipe.tasks.detect.task import DetectionTask
 
     task = DetectionTask()
-    assert task.monitor_for(load_recipe("detect")) == ("val_map50", "max")
-    assert task.monitor_for(load_recipe("detect", overrides=["detect.map_every=0"])) == ("val_loss", "min")
-    # scored for the first time after the last epoch: nothing to choose by during training
-    assert task.monitor_for(load_recipe("detect", overrides=["train.epochs=4"])) == ("val_loss", "min")
+    assert task.monitor_for(load_recipe("detect")) == ("val_map50", "max")  # map_every 5, patience 20, 60 epochs
+    for overrides in (["detect.map_every=0"],  # scored only after training
+                      ["train.epochs=4"],  # the first scoring would come after the last epoch
+                      ["train.patience=4"]):  # would stop at the first scoring's fourth repeat
+        assert task.monitor_for(load_recipe("detect", overrides=overrides)) == ("val_loss", "min")
+    assert task.monitor_for(load_recipe("detect", overrides=["train.patience=0"])) == ("val_map50", "max")
+
+
+class MonitorSeen(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_detection_keeps_the_epoch_of_the_best_map50_on_one_worker_only(tmp_path, monkeypatch):
+    from imgpipe.data.demo import make_detection_folder
+    from imgpipe.engine import runner
+    from imgpipe.engine.trainer import Trainer
+    from imgpipe.tasks.detect.task import DetectionTask
+
     make_detection_folder(tmp_path / "data", images=12, size=64, seed=3)
     script = ScriptedValidationScore("val_map50", [0.5, 0.1, 0.2, 0.3, 0.4, 0.45])
     monkeypatch.setattr(DetectionTask, "callbacks", lambda self, *args: [script])
-    result = imgpipe.run("detect", ["train.epochs=6", "train.patience=2", "train.batch_size=4", "train.verbose=0",
-                                    "detect.map_every=1", "data.image_size=64", "evaluate.robustness=false",
-                                    "export.enabled=false", "train.suspect_labels=none", "train.tensorboard=false",
-                                    f"train.run_dir={tmp_path / 'run'}"], data=tmp_path / "data")
+    monitors, fit = [], Trainer.fit
+
+    def recording_fit(self, *args, **kwargs):
+        monitors.append(kwargs["monitor"])
+        if len(monitors) > 1:
+            raise MonitorSeen
+        return fit(self, *args, **kwargs)
+
+    monkeypatch.setattr(Trainer, "fit", recording_fit)
+    args = ["train.epochs=6", "train.patience=2", "train.batch_size=4", "train.verbose=0", "detect.map_every=1",
+            "data.image_size=64", "evaluate.robustness=false", "export.enabled=false", "train.suspect_labels=none",
+            "train.tensorboard=false"]
+    result = imgpipe.run("detect", args + [f"train.run_dir={tmp_path / 'run'}"], data=tmp_path / "data")
+    assert monitors == [("val_map50", "max")]
     assert raw_history_epochs(result.run_dir / "history.csv") == [0, 1, 2]
     assert result.metrics["best_epoch"] == 1
     assert_weights_equal(result.model, script.weights[0])
+    checkpoint = keras.models.clone_model(result.model)
+    checkpoint.load_weights(result.run_dir / "checkpoints" / "best.weights.h5")
+    assert_weights_equal(checkpoint, script.weights[0])
+    # in a cluster each worker would score mAP alone: the loss, which Keras all-reduces
+    monkeypatch.setattr(runner, "is_multi_worker", lambda strategy: True)
+    with pytest.raises(MonitorSeen):
+        imgpipe.run("detect", args + [f"train.run_dir={tmp_path / 'cluster'}"], data=tmp_path / "data")
+    assert monitors[1] == ("val_loss", "min")
+
+
+def test_a_nan_after_the_first_score_counts_as_no_improvement():
+    """A diverged validation loss still stops the run after `patience` epochs, as in Keras."""
+    from imgpipe.engine.early_stopping import CeilingEarlyStopping
+
+    model = keras.Sequential([keras.Input((1,)), keras.layers.Dense(1)])
+    stop = CeilingEarlyStopping(monitor="val_loss", mode="min", patience=2)
+    stop.set_model(model)
+    stop.on_train_begin()
+    for epoch, value in enumerate([1.0, float("nan"), float("nan")]):
+        stop.on_epoch_end(epoch, {"val_loss": value})
+    assert model.stop_training and stop.stopped_epoch == 2
+
+
+def test_periodic_scores_start_each_fit_unscored():
+    """One instance serves the warm-up and the fine-tuning: the warm-up's score must not stand for later weights."""
+    from imgpipe.engine.periodic_scores import PeriodicScores
+
+    scores = PeriodicScores(task=None, val_ds=None, metadata={}, every=5, keys=("map50",))
+    scores.latest = {"map50": 0.7}  # what a scoring in the warm-up left
+    scores.on_train_begin()
+    logs = {}
+    scores.on_epoch_end(2, logs)  # not a scoring epoch
+    assert np.isnan(logs["val_map50"])
 
 
 def test_the_cli_clock_starts_with_the_process_not_with_the_call():

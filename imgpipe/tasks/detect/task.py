@@ -116,19 +116,23 @@ class DetectionTask(Task):
         return {"loss": CenterNetLoss(data.num_classes)}
 
     def monitor_for(self, recipe):
-        """mAP50 when `detect.map_every` scores it at least once during training, else the validation loss.
+        """mAP50 when `detect.map_every` scores it during training, else the validation loss.
 
         The loss is a poor guide to the boxes: with the weights folder on raccoon, two runs passed 0.80
         mAP50 while training (0.816, 0.829) and returned 0.798 and 0.619, the epochs of the lowest
-        validation loss. Ultralytics chooses its best.pt by mAP too. Like every early-stopping choice,
-        the epoch is picked on the validation images that then score it.
+        validation loss. Ultralytics chooses its best.pt by a fitness made of mAP50 and mAP50-95. Like
+        every early-stopping choice, the epoch is picked on the validation images that then score it.
+        A score repeats unchanged between scorings, so `train.patience` below `detect.map_every` would
+        stop training after the first; then, and when no scoring falls within `train.epochs`, the loss
+        is followed.
 
         Example:
             >>> DetectionTask().monitor_for(load_recipe("detect"))
             ('val_map50', 'max')
         """
-        every = recipe.options.map_every
-        return ("val_map50", "max") if every and every <= recipe.train.epochs else self.monitor
+        every, patience = recipe.options.map_every, recipe.train.patience
+        scored = every and every <= recipe.train.epochs and (patience == 0 or patience >= every)
+        return ("val_map50", "max") if scored else self.monitor
 
     def callbacks(self, recipe, data, val_ds):
         if not recipe.options.map_every:
