@@ -13,16 +13,15 @@ Example:
     ...                       save_weights_only=True, save_best_only=True)
 """
 
-import math
-
 import keras
+
+from imgpipe.engine.early_stopping import is_unscored
 
 
 class BestWeightsCheckpoint(keras.callbacks.ModelCheckpoint):
     """`keras.callbacks.ModelCheckpoint` that skips the epochs whose monitored value is NaN."""
 
     def on_epoch_end(self, epoch, logs=None):
-        value = (logs or {}).get(self.monitor)
-        if value is not None and math.isnan(float(value)):
+        if is_unscored((logs or {}).get(self.monitor)):  # a NaN best would never be beaten
             return
         super().on_epoch_end(epoch, logs)

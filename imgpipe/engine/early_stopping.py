@@ -39,8 +39,7 @@ class CeilingEarlyStopping(keras.callbacks.EarlyStopping):
 
     def get_monitor_value(self, logs):
         value = super().get_monitor_value(logs)
-        not_yet_scored = self.best is None and value is not None and math.isnan(float(value))
-        return None if not_yet_scored else value
+        return None if self.best is None and is_unscored(value) else value
 
     def on_epoch_end(self, epoch, logs=None):
         super().on_epoch_end(epoch, logs)
@@ -50,6 +49,11 @@ class CeilingEarlyStopping(keras.callbacks.EarlyStopping):
         if at_least_as_good(current, self.ceiling, self.mode):
             self.stopped_epoch = epoch
             self.model.stop_training = True
+
+
+def is_unscored(value):
+    """True for the NaN a metric scored every few epochs holds before its first scoring (`PeriodicScores`)."""
+    return value is not None and math.isnan(float(value))
 
 
 def at_least_as_good(value, other, mode):

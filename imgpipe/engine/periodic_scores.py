@@ -23,7 +23,7 @@ class PeriodicScores(keras.callbacks.Callback):
     def __init__(self, task, val_ds, metadata, every, keys):
         super().__init__()
         self.task, self.val_ds, self.metadata, self.every, self.keys = task, val_ds, metadata, every, tuple(keys)
-        self.latest = {key: float("nan") for key in self.keys}
+        self.on_train_begin()
 
     def on_train_begin(self, logs=None):
         # One instance serves both phases of a pretrained fit: a score of the warm-up's weights must not

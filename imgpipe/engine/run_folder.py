@@ -119,8 +119,7 @@ def load_run(run_dir, weights="best", **recipe_updates):
         checkpoint = next((path for path in backups if path.is_file()), checkpoint)
     if not checkpoint.is_file():
         why = "it stopped before its first epoch" if weights == "last" else \
-            "it stopped before an epoch was kept as the best; a score made every few epochs, such as " \
-            "detection's mAP, keeps none before its first scoring"
+            "it stopped before an epoch was kept as the best, or before its monitored score was first made"
         raise DataError(f"{checkpoint}: no {weights} checkpoint in this run ({why})")
     recipe = recipe.update(**recipe_updates) if recipe_updates else recipe
     task = TASKS.get(recipe.task, key="task")()

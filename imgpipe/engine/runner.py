@@ -242,9 +242,7 @@ def _fit(run, datasets):
     task, recipe, data = run.task, run.recipe, run.data
     with run.trainer.strategy.scope():
         model = task.build_model(recipe, data)
-    # In a cluster each worker computes a task's own scores (detection's mAP) alone, where Keras all-reduces
-    # its metrics; two workers that disagree by one box would stop at different epochs and hang.
-    monitor = task.monitor if is_multi_worker(run.trainer.strategy) else task.monitor_for(recipe)
+    monitor = task.monitor_for(recipe, multi_worker=is_multi_worker(run.trainer.strategy))
     outcome = run.trainer.fit(model, task.compile_settings(recipe, data), datasets.fit_train, datasets.fit_val,
                               datasets.steps_per_epoch, monitor=monitor, monitor_ceiling=task.monitor_ceiling,
                               class_weight=task.class_weight(recipe, data),

@@ -50,6 +50,15 @@ def _conv_bn_relu(x, filters, kernel=3, strides=1, name=None):
     return layers.ReLU(name=f"{name}_relu")(x)
 
 
+def _small_cnn_stages(x):
+    """small_cnn's three stages of two 3x3 conv+BN+ReLU and a max-pool (32-64-128 filters)."""
+    for stage, filters in enumerate((32, 64, 128), start=1):
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}_a")
+        x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
+        x = layers.MaxPooling2D(2, padding="same", name=f"stage{stage}_pool")(x)
+    return x
+
+
 def _no_weights(name, weights):
     if weights not in (None, "none"):
         raise RecipeError(f"model.weights: {name} has no pretrained weights; use none or a keras.applications model")
@@ -60,11 +69,7 @@ def build_small_cnn(input_shape, num_classes, weights=None, dropout=0.2):
     """Three stages of two 3x3 conv+BN+ReLU and max-pooling (32-64-128 filters), then GAP."""
     _no_weights("small_cnn", weights)
     inputs = keras.Input(input_shape, name="image")
-    x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    for stage, filters in enumerate((32, 64, 128), start=1):
-        x = _conv_bn_relu(x, filters, name=f"stage{stage}_a")
-        x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
-        x = layers.MaxPooling2D(2, padding="same", name=f"stage{stage}_pool")(x)
+    x = _small_cnn_stages(layers.Rescaling(1.0 / 255, name="scale")(inputs))
     return keras.Model(inputs, classification_head(x, num_classes, dropout), name="small_cnn")
 
 
@@ -91,15 +96,11 @@ def build_strided_cnn(input_shape, num_classes, weights=None, dropout=0.2):
     _no_weights("strided_cnn", weights)
     inputs = keras.Input(input_shape, name="image")
     x = layers.Rescaling(1.0 / 255, name="scale")(inputs)
-    side, downs = min((s for s in input_shape[:2] if s), default=0), 0
+    side, stem = min((s for s in input_shape[:2] if s), default=0), 1
     while side > STRIDED_STAGE_MAX_SIDE:
-        x = _conv_bn_relu(x, 32 if downs else 16, strides=2, name=f"stem{downs + 1}")
-        side, downs = -(-side // 2), downs + 1
-    for stage, filters in enumerate((32, 64, 128), start=1):
-        x = _conv_bn_relu(x, filters, name=f"stage{stage}_a")
-        x = _conv_bn_relu(x, filters, name=f"stage{stage}_b")
-        x = layers.MaxPooling2D(2, padding="same", name=f"stage{stage}_pool")(x)
-    return keras.Model(inputs, classification_head(x, num_classes, dropout), name="strided_cnn")
+        x = _conv_bn_relu(x, 16 if stem == 1 else 32, strides=2, name=f"stem{stem}")
+        side, stem = -(-side // 2), stem + 1
+    return keras.Model(inputs, classification_head(_small_cnn_stages(x), num_classes, dropout), name="strided_cnn")
 
 
 @MODELS.register("lenet", task="classify", family="classic")

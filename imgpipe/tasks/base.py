@@ -79,11 +79,13 @@ class Task:
         """Optional {class index: weight} for `model.fit`."""
         return None
 
-    def monitor_for(self, recipe):
+    def monitor_for(self, recipe, multi_worker=False):
         """The (metric, mode) early stopping and the best checkpoint follow in a run of `recipe`.
 
         `monitor` by default; a task whose `callbacks` score its main metric during training can
-        choose the epoch by that metric instead (detection's mAP50).
+        choose the epoch by that metric instead (detection's mAP50), though not in a multi-worker run:
+        each worker computes such a score alone, where Keras all-reduces its metrics, and two workers
+        that disagree by one box would stop at different epochs and hang.
         """
         return self.monitor
 

@@ -447,7 +447,6 @@ def test_epochs_whose_score_is_nan_are_waited_through_not_taken_as_the_best(clas
 
 
 def test_detection_follows_map50_only_where_it_is_scored_and_patience_outlasts_a_scoring():
-    from imgpipe.engine.recipe import load_recipe
     from imgpipe.tasks.detect.task import DetectionTask
 
     task = DetectionTask()
@@ -457,6 +456,7 @@ def test_detection_follows_map50_only_where_it_is_scored_and_patience_outlasts_a
                       ["train.patience=4"]):  # would stop at the first scoring's fourth repeat
         assert task.monitor_for(load_recipe("detect", overrides=overrides)) == ("val_loss", "min")
     assert task.monitor_for(load_recipe("detect", overrides=["train.patience=0"])) == ("val_map50", "max")
+    assert task.monitor_for(load_recipe("detect"), multi_worker=True) == ("val_loss", "min")
 
 
 class MonitorSeen(Exception):

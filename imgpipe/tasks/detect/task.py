@@ -115,7 +115,7 @@ class DetectionTask(Task):
     def compile_settings(self, recipe, data):
         return {"loss": CenterNetLoss(data.num_classes)}
 
-    def monitor_for(self, recipe):
+    def monitor_for(self, recipe, multi_worker=False):
         """mAP50 when `detect.map_every` scores it during training, else the validation loss.
 
         The loss is a poor guide to the boxes: with the weights folder on raccoon, two runs passed 0.80
@@ -123,15 +123,15 @@ class DetectionTask(Task):
         validation loss. Ultralytics chooses its best.pt by a fitness made of mAP50 and mAP50-95. Like
         every early-stopping choice, the epoch is picked on the validation images that then score it.
         A score repeats unchanged between scorings, so `train.patience` below `detect.map_every` would
-        stop training after the first; then, and when no scoring falls within `train.epochs`, the loss
-        is followed.
+        stop training after the first; then, when no scoring falls within `train.epochs`, and on several
+        workers (`Task.monitor_for`), the loss is followed.
 
         Example:
             >>> DetectionTask().monitor_for(load_recipe("detect"))
             ('val_map50', 'max')
         """
         every, patience = recipe.options.map_every, recipe.train.patience
-        scored = every and every <= recipe.train.epochs and (patience == 0 or patience >= every)
+        scored = every and every <= recipe.train.epochs and (patience == 0 or patience >= every) and not multi_worker
         return ("val_map50", "max") if scored else self.monitor
 
     def callbacks(self, recipe, data, val_ds):
