@@ -112,7 +112,7 @@ def cross_validated_run(tmp_path_factory):
     write_colours(root / "data", {"train": 20, "val": 6}, TRAINING_PLANTED, seed=1)
     result = imgpipe.run("classify", ["train.epochs=8", "train.batch_size=8", "train.verbose=0", "data.image_size=16",
                                       "evaluate.robustness=false", "export.enabled=false", "train.tensorboard=false",
-                                      "train.suspect_labels=cross_validation", "train.folds=2",
+                                      "train.suspect_labels=cross_validation", "train.folds=2", "train.deterministic=true",
                                       f"train.run_dir={root / 'run'}"], data=root / "data")
     return root / "data", result
 
