@@ -213,7 +213,7 @@ def test_a_run_with_a_weights_folder_trains_the_pretrained_model_and_records_it(
     keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(96, 96, 3)).save_weights(
         folder / "mobilenet_v2_imagenet_notop.weights.h5")
     result = imgpipe.run("classify", ["train.epochs=2", "train.batch_size=8", "train.verbose=0", "data.image_size=96",
-                                      "train.warmup_epochs=1", f"train.run_dir={tmp_path / 'run'}",
+                                      "train.warmup_epochs=1", "train.patience=0", f"train.run_dir={tmp_path / 'run'}",
                                       "export.enabled=false", "evaluate.robustness=false"],
                          data=class_folder, weights_dir=str(folder))
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
