@@ -53,7 +53,8 @@ def mislabelled_run(tmp_path_factory):
     before = sorted((path, path.stat().st_mtime_ns) for path in (root / "data").rglob("*"))
     result = imgpipe.run("classify", ["train.epochs=8", "train.batch_size=8", "train.verbose=0",
                                       "data.image_size=16", "evaluate.robustness=false", "export.enabled=false",
-                                      f"train.run_dir={root / 'run'}"], data=root / "data")
+                                      "train.deterministic=true", f"train.run_dir={root / 'run'}"],
+                         data=root / "data")
     return root / "data", before, result
 
 
