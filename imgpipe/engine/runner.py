@@ -294,7 +294,8 @@ def _export(run, model, metrics):
 
 def _training_record(outcome):
     return {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"],
-            "warmup_epochs": outcome["warmup_epochs"], "best_epoch": outcome.get("best_epoch"),
+            "warmup_epochs": outcome["warmup_epochs"], "batch_norm_momentum": outcome.get("batch_norm_momentum"),
+            "best_epoch": outcome.get("best_epoch"),
             "best_epoch_wall_seconds": outcome.get("best_epoch_wall_seconds")}
 
 

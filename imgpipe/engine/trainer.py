@@ -36,6 +36,7 @@ import keras
 import tensorflow as tf
 
 from imgpipe.engine.backbone_rate import BackboneRateAdamW
+from imgpipe.engine.batch_norm_momentum import fit_batch_norm_momentum
 from imgpipe.engine.best_checkpoint import BestWeightsCheckpoint
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.early_stopping import CeilingEarlyStopping, at_least_as_good
@@ -210,7 +211,8 @@ class Trainer:
 
         Returns:
             dict with `history` (metric -> list, all epochs of this run including
-            resumed ones), `epochs_run`, `train_seconds`, and `best_epoch` with its
+            resumed ones), `epochs_run`, `train_seconds`, `warmup_epochs`, the lowest
+            `batch_norm_momentum` it set (None for none), and `best_epoch` with its
             `best_epoch_wall_seconds` (`imgpipe.engine.wall_clock.time_to_best`).
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -223,6 +225,10 @@ class Trainer:
         # card or export would train again from epoch 0 on --resume. Not in a multi-worker run: every worker
         # must take the same path, and only the chief writes.
         trained = self.checkpoint_dir / f"trained_{epochs}_epochs.weights.h5"  # not for a resume to more epochs
+        momentum = fit_batch_norm_momentum(model, fixed_steps[0] if fixed_steps else steps_per_epoch)
+        if momentum["layers"]:
+            log.info("batch norm momentum %s in %d layers (%d steps an epoch)", momentum["momentum"],
+                     momentum["layers"], fixed_steps[0] if fixed_steps else steps_per_epoch)
         started = time.perf_counter()
         if self.resume and trained.exists() and not is_multi_worker(self.strategy):
             log.info("resume: training had finished; its final weights come from %s", trained)
@@ -266,6 +272,7 @@ class Trainer:
             "epochs_run": len(history.get("epoch", [])),
             "train_seconds": round(time.perf_counter() - started, 2),
             "warmup_epochs": warmup,
+            "batch_norm_momentum": momentum["momentum"],
             **time_to_best(history, monitor),
         }
 

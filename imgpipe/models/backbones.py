@@ -18,6 +18,7 @@ import re
 import keras
 
 from imgpipe.errors import RecipeError
+from imgpipe.models.layer_tree import nested_layers
 
 # name: (keras.applications constructor, input scaling of its ImageNet weights (ImagenetPreprocessing mode))
 BACKBONES = {
@@ -93,15 +94,9 @@ def set_trainable(backbone, trainable, top_fraction=1.0):
     frozen_below = round(len(layers) * (1.0 - top_fraction)) if trainable else 0
     for layer in layers[:frozen_below]:
         layer.trainable = False
-    for layer in _sublayers(backbone):
+    for layer in nested_layers(backbone):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.trainable = False
-
-
-def _sublayers(layer):
-    for child in getattr(layer, "layers", []):
-        yield child
-        yield from _sublayers(child)
 
 
 def load_weights_file(network, path, backbone):

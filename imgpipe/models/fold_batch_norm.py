@@ -30,6 +30,8 @@ import keras
 import numpy as np
 from keras.src.models.functional import Functional
 
+from imgpipe.models.layer_tree import nested_layers
+
 log = logging.getLogger(__name__)
 
 FOLDABLE = (keras.layers.Conv2D, keras.layers.DepthwiseConv2D)
@@ -108,13 +110,7 @@ def _uncompiled_view(model):
 
 def _holds_subclassed_model(model):
     return any(isinstance(layer, keras.Model) and not isinstance(layer, (Functional, keras.Sequential))
-               for layer in _all_layers(model))
-
-
-def _all_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _all_layers(layer)
+               for layer in nested_layers(model))
 
 
 def foldable_pairs(model):

@@ -9,23 +9,18 @@ import pytest
 from imgpipe.models import MODELS
 from imgpipe.models import fold_batch_norm as folding
 from imgpipe.models.fold_batch_norm import FoldedBatchNorm, fold_batch_norm, foldable_pairs
+from imgpipe.models.layer_tree import nested_layers
 
 
 def trained_statistics(model, seed=0):
     """Batch norm statistics far from their initial values, so a wrong fold cannot pass for an identity."""
     rng = np.random.default_rng(seed)
-    for layer in _all_layers(model):
+    for layer in nested_layers(model):
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.set_weights([rng.uniform(0.5, 1.5, w.shape) if name in ("gamma", "moving_variance")
                                else rng.normal(0, 0.5, w.shape)
                                for name, w in zip((v.name for v in layer.weights), layer.get_weights())])
     return model
-
-
-def _all_layers(model):
-    for layer in getattr(model, "layers", []):
-        yield layer
-        yield from _all_layers(layer)
 
 
 def answers(model, images):
@@ -39,7 +34,7 @@ def assert_answers_alike(model, folded, images):
 
 def batch_norms_after_linear_convolutions(model):
     """Every batch norm reading a linear convolution's output, found without `foldable_pairs`."""
-    return [layer for layer in _all_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
+    return [layer for layer in nested_layers(model) if isinstance(layer, keras.layers.BatchNormalization)
             and isinstance(layer.input._keras_history.operation, (keras.layers.Conv2D, keras.layers.DepthwiseConv2D))
             and layer.input._keras_history.operation.activation is keras.activations.linear]
 
@@ -55,7 +50,7 @@ def test_every_batch_norm_after_a_convolution_folds_and_the_answers_stay(name, s
     folded = fold_batch_norm(model)
     assert expected and folded is not model
     assert folds is None or len(expected) == folds
-    assert len([layer for layer in _all_layers(folded) if isinstance(layer, FoldedBatchNorm)]) == len(expected)
+    assert len([layer for layer in nested_layers(folded) if isinstance(layer, FoldedBatchNorm)]) == len(expected)
     assert batch_norms_after_linear_convolutions(folded) == []
     images = np.random.default_rng(1).uniform(0, 255, (2, size, size, 3)).astype(np.float32)
     assert_answers_alike(model, folded, images)
