@@ -26,7 +26,7 @@ def run(recipe="classify", overrides=(), resume=False, started=None, **shortcuts
             this task and name) from its last completed epoch.
         started: `time.time()` that history.csv's `wall_seconds` count from (default: this call;
             the CLI passes its process's start).
-        **shortcuts: data, epochs, batch_size, image_size, model, weights,
+        **shortcuts: data, epochs, time_budget, batch_size, image_size, model, weights,
             output, export_dir, name, style, loss_weights.
 
     Returns:

@@ -55,6 +55,8 @@ def _image_size(value):
 @click.argument("recipe", default="classify")
 @click.option("--data", help="Folder, annotation file or tfds:NAME[:SPLIT]; omitted: the built-in demo data.")
 @click.option("--epochs", type=int, help="Total epochs (train.epochs).")
+@click.option("--time-budget",
+              help="At most this long from the start to the end of training: 600, 90s, 10m, 1.5h (train.time_budget).")
 @click.option("--batch-size", type=int, help="Images per step per device (train.batch_size).")
 @click.option("--image-size", help="Model input size: 64 or 96x128 (data.image_size).")
 @click.option("--model", "model_name", help="Model builder; `imgpipe models` lists them (model.name).")
@@ -70,17 +72,18 @@ def _image_size(value):
 @click.option("--style", help="Style transfer: the style image (stylize.style).")
 @click.option("--loss-weights", help="Style transfer: imagenet, random or a VGG weights file (stylize.loss_weights).")
 @click.option("--set", "overrides", multiple=True, metavar="KEY=VALUE", help="Any recipe key, e.g. train.patience=5.")
-def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weights_dir, output, export_dir, name,
-        resume, no_export, no_robustness, style, loss_weights, overrides):
+def run(recipe, data, epochs, time_budget, batch_size, image_size, model_name, weights, weights_dir, output,
+        export_dir, name, resume, no_export, no_robustness, style, loss_weights, overrides):
     """Train, evaluate and export RECIPE (a task name like classify, or a YAML file)."""
     from imgpipe.api import run as run_recipe
+    from imgpipe.engine.time_budget import describe_seconds
     from imgpipe.engine.wall_clock import process_start_time
 
     overrides = list(overrides) + (["export.enabled=false"] if no_export else []) + \
         (["evaluate.robustness=false"] if no_robustness else [])
     result = run_recipe(recipe, overrides, resume=resume, started=process_start_time(), data=data, epochs=epochs,
-                        batch_size=batch_size, image_size=_image_size(image_size), model=model_name, weights=weights,
-                        weights_dir=weights_dir, output=output,
+                        time_budget=time_budget, batch_size=batch_size, image_size=_image_size(image_size),
+                        model=model_name, weights=weights, weights_dir=weights_dir, output=output,
                         export_dir=export_dir, name=name, style=style, loss_weights=loss_weights)
     click.echo("\nvalidation metrics:")
     for key, value in sorted(result.metrics.items()):
@@ -93,7 +96,10 @@ def run(recipe, data, epochs, batch_size, image_size, model_name, weights, weigh
         from imgpipe.understand.calibration import describe
 
         click.echo(f"calibration:   {describe(result.metrics['calibration'])}")
-    click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)")
+    budget = result.metrics.get("time_budget") or {}
+    click.echo(f"epochs run:    {result.metrics['epochs_run']} ({result.metrics['train_seconds']:.1f} s)"
+               + (f", stopped by the time budget of {describe_seconds(budget['seconds'])}"
+                  if budget.get("stopped_after_epoch") else ""))
     if result.metrics.get("best_epoch_wall_seconds") is not None:
         click.echo(f"best epoch:    {result.metrics['best_epoch']}, "
                    f"{result.metrics['best_epoch_wall_seconds']:.1f} s after the command started")

@@ -17,8 +17,10 @@ Example:
 import dataclasses
 import importlib.resources
 import logging
+import math
 import os
 import pathlib
+import re
 import typing
 
 import yaml
@@ -67,6 +69,34 @@ def _image_size(key, value):
     ):
         return list(value)
     raise RecipeError(f"{key}: expected 'auto', a positive size like 64 or HxW like 96x128, got {value!r}")
+
+
+DURATION_UNITS = {"s": 1.0, "m": 60.0, "h": 3600.0}
+DURATION_PART = re.compile(r"(\d+(?:\.\d+)?)\s*([smh])")
+
+
+def duration(key, value):
+    """Seconds of a duration written as seconds (600), with units (90s, 10m, 1.5h, 1h30m), or None for none.
+
+    Raises RecipeError naming `key` for anything else.
+
+    Example:
+        >>> duration("train.time_budget", "1h30m")
+        5400.0
+    """
+    if value is None or (isinstance(value, str) and value.strip().lower() in ("", "none")):
+        return None
+    if isinstance(value, (int, float)) and not isinstance(value, bool):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(r"\s*\d+(\.\d+)?\s*", value):
+        seconds = float(value)
+    elif isinstance(value, str) and re.fullmatch(rf"\s*(?:{DURATION_PART.pattern}\s*)+", value.lower()):
+        seconds = sum(float(number) * DURATION_UNITS[unit] for number, unit in DURATION_PART.findall(value.lower()))
+    else:
+        seconds = math.nan
+    if not seconds > 0 or math.isinf(seconds):
+        raise RecipeError(f"{key}: {value!r} is not a duration; write seconds (600), 90s, 10m, 1.5h or none")
+    return seconds
 
 
 def _devices(key, value):
@@ -148,6 +178,11 @@ class TrainSettings:
         "1 is one rate for all, as Keras' guide and TensorFlow's tutorial fine-tune", min=0.0, max=1.0,
         exclusive_min=True)
     patience: int = setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
+    time_budget: typing.Any = setting(
+        None, "at most this long from the command's start to the end of training (600, 90s, 10m, 1.5h; recorded in "
+        "seconds): at each epoch's end the learning-rate decay is planned to end with the last epoch that fits, "
+        "and training stops there (Ultralytics' time=); never more than train.epochs; the reports and export "
+        "come after; none: train.epochs decides", check=duration)
     class_weight: str = setting(
         "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",
         choices=("none", "auto"),

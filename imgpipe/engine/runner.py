@@ -56,6 +56,7 @@ PREVIEW_SAMPLES = 24
 SHORTCUTS = {
     "data": "data.path",
     "epochs": "train.epochs",
+    "time_budget": "train.time_budget",
     "batch_size": "train.batch_size",
     "image_size": "data.image_size",
     "model": "model.name",
@@ -122,7 +123,7 @@ def run(recipe="classify", overrides=(), resume=False, reports=(), started=None,
             process's start; default: this call).
         task_data: a `TaskData` to train on instead of reading `data.path` (the folds of a
             cross-validation: the same files, split another way).
-        **shortcuts: data, epochs, batch_size, image_size, model, weights,
+        **shortcuts: data, epochs, time_budget, batch_size, image_size, model, weights,
             output, export_dir, name.
 
     Returns:
@@ -295,7 +296,7 @@ def _export(run, model, metrics):
 def _training_record(outcome):
     return {"epochs_run": outcome["epochs_run"], "train_seconds": outcome["train_seconds"],
             "warmup_epochs": outcome["warmup_epochs"], "batch_norm_momentum": outcome.get("batch_norm_momentum"),
-            "best_epoch": outcome.get("best_epoch"),
+            "time_budget": outcome.get("time_budget"), "best_epoch": outcome.get("best_epoch"),
             "best_epoch_wall_seconds": outcome.get("best_epoch_wall_seconds")}
 
 

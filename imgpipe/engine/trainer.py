@@ -40,12 +40,15 @@ from imgpipe.engine.batch_norm_momentum import fit_batch_norm_momentum
 from imgpipe.engine.best_checkpoint import BestWeightsCheckpoint
 from imgpipe.engine.distributed.cluster import cluster_from_environment
 from imgpipe.engine.early_stopping import CeilingEarlyStopping, at_least_as_good
+from imgpipe.engine.learning_rate import learning_rate_schedule
 from imgpipe.engine.progress_bar import KnownStepsProgbarLogger
 from imgpipe.engine.tensorboard_log import epoch_scalars
+from imgpipe.engine.time_budget import TimeBudget
 from imgpipe.errors import RecipeError
 from imgpipe.models.backbones import set_trainable
 from imgpipe.engine.distributed.keras_multiworker import AverageMovingStatistics, is_multi_worker, multi_worker_fit
 from imgpipe.engine.wall_clock import WallSecondsLogger, time_to_best
+from imgpipe.engine.writable import write_atomically
 
 log = logging.getLogger("imgpipe")
 
@@ -138,22 +141,6 @@ def dtype_policy(name):
         keras.config.set_dtype_policy(previous)
 
 
-def learning_rate_schedule(peak, total_steps, warmup_fraction=0.05):
-    """Linear warm-up to `peak`, then cosine decay to zero over `total_steps`.
-
-    It is a function of the optimizer's step counter, so a resumed run picks up
-    the schedule exactly where it stopped.
-    """
-    total_steps = max(int(total_steps), 1)
-    warmup_steps = min(int(total_steps * warmup_fraction), total_steps - 1)
-    return keras.optimizers.schedules.CosineDecay(
-        initial_learning_rate=0.0 if warmup_steps else peak,
-        decay_steps=total_steps - warmup_steps,
-        warmup_target=peak if warmup_steps else None,
-        warmup_steps=warmup_steps,
-    )
-
-
 class Trainer:
     """Trains a compiled-by-task model with `model.fit`, on the strategy it chose.
 
@@ -212,7 +199,8 @@ class Trainer:
         Returns:
             dict with `history` (metric -> list, all epochs of this run including
             resumed ones), `epochs_run`, `train_seconds`, `warmup_epochs`, the lowest
-            `batch_norm_momentum` it set (None for none), and `best_epoch` with its
+            `batch_norm_momentum` it set (None for none), `time_budget` (`TimeBudget.record`,
+            None without one), and `best_epoch` with its
             `best_epoch_wall_seconds` (`imgpipe.engine.wall_clock.time_to_best`).
         """
         self.checkpoint_dir.mkdir(parents=True, exist_ok=True)
@@ -229,6 +217,7 @@ class Trainer:
         if momentum["layers"]:
             log.info("batch norm momentum %s in %d layers (%d steps an epoch)", momentum["momentum"],
                      momentum["layers"], fixed_steps[0] if fixed_steps else steps_per_epoch)
+        budget = self._time_budget()
         started = time.perf_counter()
         if self.resume and trained.exists() and not is_multi_worker(self.strategy):
             log.info("resume: training had finished; its final weights come from %s", trained)
@@ -243,7 +232,7 @@ class Trainer:
                 set_trainable(backbone, False)
                 warmed = self._fit_phase(model, compile_settings, train_ds, val_ds, "warmup", 0, warmup,
                                          self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
-                                         fixed_steps, monitor_ceiling=monitor_ceiling)
+                                         fixed_steps, monitor_ceiling=monitor_ceiling, budget=budget)
                 save_weights_atomically(model, warmup_done)
                 _write_best(warmup_best, monitor, warmed)
             # Early stopping across the two phases. Not in a multi-worker run, where every worker must take the
@@ -252,13 +241,16 @@ class Trainer:
             if across and monitor_ceiling is not None and at_least_as_good(warmed, monitor_ceiling, monitor[1]):
                 log.info("the warm-up reached the best %s there is (%s): no fine-tuning", monitor[0], monitor_ceiling)
                 self._compile_for_evaluation(model, compile_settings)  # a resumed model was never compiled
+            elif budget is not None and not budget.room_for_an_epoch():  # no fine-tuning epoch fits
+                if budget.stopped_after is None:
+                    budget.stop(warmup)
             else:
                 if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while tuning
                     set_trainable(backbone, True, self.settings.fine_tune_fraction)
                 tuned = self._fit_phase(model, compile_settings, train_ds, val_ds, "train", warmup, epochs,
                                         self.peak_learning_rate, steps_per_epoch, monitor, class_weight, callbacks,
                                         fixed_steps, slow_backbone=backbone if warmup else None,
-                                        monitor_ceiling=monitor_ceiling)
+                                        monitor_ceiling=monitor_ceiling, budget=budget)
                 if across and tuned is not None and at_least_as_good(warmed, tuned, monitor[1]):
                     log.info("fine-tuning never beat the warm-up's %s %.4f: the run keeps the warm-up's weights",
                              monitor[0], warmed)
@@ -273,8 +265,18 @@ class Trainer:
             "train_seconds": round(time.perf_counter() - started, 2),
             "warmup_epochs": warmup,
             "batch_norm_momentum": momentum["momentum"],
+            "time_budget": budget.record() if budget is not None else None,
             **time_to_best(history, monitor),
         }
+
+    def _time_budget(self):
+        """The `TimeBudget` of `train.time_budget`, counted from the command's start; None without one."""
+        if self.settings.time_budget is None:
+            return None
+        if is_multi_worker(self.strategy):
+            raise RecipeError("train.time_budget: not in a multi-worker job (each worker would plan its epochs "
+                              "from its own clock); set train.epochs instead")
+        return TimeBudget(self.settings.time_budget, self.started)
 
     def _compile_for_evaluation(self, model, compile_settings):
         """Evaluation needs the loss and metrics; the optimizer is never used."""
@@ -283,8 +285,9 @@ class Trainer:
 
     def _fit_phase(self, model, compile_settings, train_ds, val_ds, phase, first_epoch, last_epoch, peak,
                    steps_per_epoch, monitor, class_weight, task_callbacks, fixed_steps=None, slow_backbone=None,
-                   monitor_ceiling=None):
-        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at `train.backbone_rate`.
+                   monitor_ceiling=None, budget=None):
+        """One `model.fit` from `first_epoch` to `last_epoch`; `slow_backbone` trains at `train.backbone_rate`;
+        with a `budget` (`TimeBudget`), the epochs that fit in it.
 
         Returns the best `monitor` value its early stopping saw, the one of the weights it restored (None
         without early stopping, or when it saw none: a resumed phase sees only the epochs after the resume).
@@ -298,6 +301,11 @@ class Trainer:
                                               learning_rate=schedule, weight_decay=self.settings.weight_decay)
             model.compile(optimizer=optimizer, **compile_settings)
         callbacks = self._callbacks(phase, monitor, task_callbacks, monitor_ceiling)
+        if budget is not None:
+            plan_file = self.checkpoint_dir / f"time_budget_{phase}.json"
+            if not self.resume:
+                plan_file.unlink(missing_ok=True)  # a plan from an earlier run in this folder
+            callbacks.append(budget.callback(schedule, steps_per_epoch, first_epoch, last_epoch, plan_file))
         with multi_worker_fit(model, self.strategy):
             model.fit(
                 train_ds,
@@ -352,15 +360,7 @@ class Trainer:
 
 def save_weights_atomically(model, path):
     """`model.save_weights(path)` written beside it and renamed: a kill mid-write leaves no half file at `path`."""
-    _written_atomically(path, model.save_weights)
-
-
-def _written_atomically(path, write):
-    """`write(partial)` beside `path`, then renamed to it: a kill mid-write leaves no half file at `path`."""
-    path = pathlib.Path(path)
-    partial = path.with_name(f".partial.{path.name}")
-    write(partial)
-    os.replace(partial, path)
+    write_atomically(path, model.save_weights)
 
 
 class ResilientBackupAndRestore(keras.callbacks.BackupAndRestore):
@@ -449,7 +449,7 @@ def _read_best(path, monitor):
 def _write_best(path, monitor, best):
     """Records the warm-up's best value beside its weights, so a resumed run compares what those weights
     scored (history.csv can hold epochs from before a kill that the weights no longer reflect)."""
-    _written_atomically(path, lambda partial: partial.write_text(json.dumps({"monitor": monitor[0], "best": best})))
+    write_atomically(path, lambda partial: partial.write_text(json.dumps({"monitor": monitor[0], "best": best})))
 
 
 def read_history(path):

@@ -65,3 +65,14 @@ def write_failure(error):
     text = str(error)
     return next((reason for reason in WRITE_ERRNOS.values() if reason in text), None)
 
+
+def write_atomically(path, write):
+    """`write(partial)` beside `path`, then renamed to it: a kill mid-write leaves no half file at `path`.
+
+    Example:
+        >>> write_atomically(run_dir / "plan.json", lambda partial: partial.write_text("{}"))
+    """
+    path = pathlib.Path(path)
+    partial = path.with_name(f".partial.{path.name}")
+    write(partial)
+    os.replace(partial, path)

@@ -11,7 +11,8 @@ import pytest
 import imgpipe
 from imgpipe.errors import RecipeError
 from imgpipe.engine.recipe import load_recipe
-from imgpipe.engine.trainer import (Trainer, learning_rate_schedule, precision_policy, read_history,
+from imgpipe.engine.learning_rate import learning_rate_schedule
+from imgpipe.engine.trainer import (Trainer, precision_policy, read_history,
                                     select_strategy)
 
 
