@@ -24,7 +24,8 @@ right before imgpipe:
 
 imgpipe is run as a user types it, `imgpipe run TASK --data DIR` (plus where to write), with
 IMGPIPE_OFFLINE=1 and no weights folder (a machine without ImageNet weights); `--weights` adds a
-second imgpipe row with IMGPIPE_WEIGHTS_DIR=../shared/weights. Its crossing is read from the
+second imgpipe row with IMGPIPE_WEIGHTS_DIR=../shared/weights, `--budget 30s` one with
+`--time-budget 30s` (`train.time_budget`). Its crossing is read from the
 run's history.csv (`wall_seconds`, counted from the process start, at each epoch's end; the
 monitored `val_accuracy` / `val_mean_iou` / `val_map50`); the reference records the same clock with a callback.
 
@@ -35,6 +36,7 @@ wall (target <= 2). Medians over `--runs` runs, each run a fresh pair of process
 
 Usage (from the repository root; scikit-learn for digits: .venv/bin/pip install scikit-learn):
     .venv/bin/python benchmarks/time_to_accuracy.py [--cases digits,raccoon,membrane,detection] [--runs 3] [--weights]
+        [--budget 30s]
 """
 
 import argparse
@@ -175,7 +177,7 @@ def run_reference(case, data, work):
 
 # === imgpipe, as a user types it ===
 
-def run_imgpipe(case, data, work, weights):
+def run_imgpipe(case, data, work, weights, budget=None):
     task, column = CASES[case]
     run_dir = work / "run"
     environment = {**os.environ, "IMGPIPE_OFFLINE": "1", "TF_CPP_MIN_LOG_LEVEL": "2"}
@@ -186,6 +188,8 @@ def run_imgpipe(case, data, work, weights):
                "--output", str(run_dir), "--export-dir", str(work / "saved_models"), "--set", "train.verbose=2"]
     for setting in CASE_SETTINGS.get(case, []):
         command += ["--set", setting]
+    if budget:
+        command += ["--time-budget", budget]
     started = time.time()
     with open(work / "imgpipe.log", "w") as log:
         subprocess.run(command, stdout=log, stderr=subprocess.STDOUT, check=True, env=environment, cwd=work)
@@ -204,9 +208,10 @@ def first_reaching(epochs, value):
 
 # === One case ===
 
-def measure(case, runs, weights):
+def measure(case, runs, weights, budget=None):
     data = case_folder(case)
-    sides = ["imgpipe"] + (["imgpipe, weights folder"] if weights else [])
+    sides = ["imgpipe"] + (["imgpipe, weights folder"] if weights else []) + \
+        ([f"imgpipe, --time-budget {budget}"] if budget else [])
     results = {side: [] for side in ["reference"] + sides}
     for number in range(runs):
         work = WORK / "runs" / case / str(number)
@@ -217,9 +222,10 @@ def measure(case, runs, weights):
         print(f"{case} run {number + 1}: reference final {reference['final']:.4f}, wall {reference['wall']:.1f} s",
               flush=True)
         for side in sides:
-            side_work = work / side.replace(", ", "_").replace(" ", "_")
+            side_work = work / side.replace(", ", "_").replace(" ", "_").replace("--", "")
             side_work.mkdir()
-            result = run_imgpipe(case, data, side_work, weights=side != "imgpipe")
+            result = run_imgpipe(case, data, side_work, weights="weights" in side,
+                                 budget=budget if "budget" in side else None)
             result["to_reference"] = first_reaching(result["epochs"], reference["final"])
             results[side].append(result)
             print(f"{case} run {number + 1}: {side} ({result['model']}, {result['epochs_run']} epochs): "
@@ -252,6 +258,7 @@ def main():
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
     parser.add_argument("--runs", type=int, default=3, help="runs per case (median printed)")
     parser.add_argument("--weights", action="store_true", help="also imgpipe with the ../shared/weights folder")
+    parser.add_argument("--budget", help="also imgpipe with --time-budget BUDGET (30s, 2m), no weights folder")
     parser.add_argument("--reference", choices=list(CASES), help=argparse.SUPPRESS)
     parser.add_argument("--data", help=argparse.SUPPRESS)
     parser.add_argument("--out", help=argparse.SUPPRESS)
@@ -265,7 +272,7 @@ def main():
     print(machine_summary(), flush=True)
     rows, everything = [], {}
     for case in cases:
-        everything[case] = measure(case, args.runs, args.weights)
+        everything[case] = measure(case, args.runs, args.weights, args.budget)
         rows += rows_for(case, everything[case])
     (WORK / "results.json").write_text(json.dumps(everything, indent=2))
     print_table(f"time to the reference's final score, median of {args.runs} run(s)",
