@@ -56,7 +56,7 @@ def _image_size(value):
 @click.option("--data", help="Folder, annotation file or tfds:NAME[:SPLIT]; omitted: the built-in demo data.")
 @click.option("--epochs", type=int, help="Total epochs (train.epochs).")
 @click.option("--time-budget",
-              help="At most this long from the start to the end of training: 600, 90s, 10m, 1.5h (train.time_budget).")
+              help="About this long from the start to the end of training: 600, 90s, 10m, 1.5h (train.time_budget).")
 @click.option("--batch-size", type=int, help="Images per step per device (train.batch_size).")
 @click.option("--image-size", help="Model input size: 64 or 96x128 (data.image_size).")
 @click.option("--model", "model_name", help="Model builder; `imgpipe models` lists them (model.name).")

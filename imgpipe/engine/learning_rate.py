@@ -35,14 +35,17 @@ class PlannedCosineDecay(keras.optimizers.schedules.CosineDecay):
             warmup_steps=warmup_steps,
         )
         self.peak, self.warmup_fraction, self.planned_total_steps = peak, warmup_fraction, total_steps
-        # Read by the traced step: assigning it changes the rate of the next step, no retrace.
+        # Read by the traced step: assigning them changes the rate of the next step, with no retrace.
+        self.warmup_steps = keras.Variable(float(warmup_steps), trainable=False, name="planned_warmup_steps")
         self.decay_steps = keras.Variable(float(total_steps - warmup_steps), trainable=False,
                                           name="planned_decay_steps")
 
     def plan(self, total_steps):
-        """Ends the decay at step `total_steps` of the phase (the warm-up steps stay as they are)."""
-        self.planned_total_steps = max(int(total_steps), self.warmup_steps + 1)
-        self.decay_steps.assign(float(self.planned_total_steps - self.warmup_steps))
+        """Ends the decay at step `total_steps` of the phase; the warm-up keeps its share of the new length."""
+        self.planned_total_steps = max(int(total_steps), 1)
+        warmup_steps = min(int(self.planned_total_steps * self.warmup_fraction), self.planned_total_steps - 1)
+        self.warmup_steps.assign(float(warmup_steps))
+        self.decay_steps.assign(float(self.planned_total_steps - warmup_steps))
 
     def get_config(self):
         return {"peak": self.peak, "total_steps": self.planned_total_steps, "warmup_fraction": self.warmup_fraction}

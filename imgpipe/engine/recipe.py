@@ -179,10 +179,10 @@ class TrainSettings:
         exclusive_min=True)
     patience: int = setting(10, "stop after this many epochs without improvement; 0 never stops early", min=0)
     time_budget: typing.Any = setting(
-        None, "at most this long from the command's start to the end of training (600, 90s, 10m, 1.5h; recorded in "
-        "seconds): at each epoch's end the learning-rate decay is planned to end with the last epoch that fits, "
-        "and training stops there (Ultralytics' time=); never more than train.epochs; the reports and export "
-        "come after; none: train.epochs decides", check=duration)
+        None, "about this long from the command's start to the end of training (600, 90s, 10m, 1.5h; recorded in "
+        "seconds; up to one epoch over): at each epoch's end the learning-rate decay is planned to end with the "
+        "last epoch that fits, and training stops there (Ultralytics' time=); never more than train.epochs; the "
+        "reports and export come after; none: train.epochs decides", check=duration)
     class_weight: str = setting(
         "none", "auto weights classes by inverse frequency (of images, or of pixels for segmentation)",
         choices=("none", "auto"),

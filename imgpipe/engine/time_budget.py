@@ -2,16 +2,18 @@
 
 Users who would otherwise pick Ultralytics know its `time=` argument: train
 for at most so long, whatever the epochs. Keras' `fit` takes a number of
-epochs. Here, at the end of every epoch, the epochs that still fit before
-the deadline are counted from the time the epochs of this phase took (the
-first one, which traces the model and decodes the images, counts only while
-it is the only one). The cosine decay is then planned to end with the last of
-them (`PlannedCosineDecay.plan`), so the run ends on a low rate instead of
-being cut off at a high one; when no further epoch fits, training stops
-there. The budget never adds epochs beyond `train.epochs`. It counts from the
-command's start (the clock of history.csv's `wall_seconds`) to the end of the
-last epoch; the reports and the export come after it. A resumed run counts
-from its own start and keeps the plan its phase had.
+epochs. Here, from the second epoch of a phase on, the epochs that still fit
+before the deadline are counted at every epoch's end from the mean time of
+the phase's epochs after its first (which traces the model and fills the
+cache). The cosine decay is then planned to end with the last of them
+(`PlannedCosineDecay.plan`), so the run ends on a low rate instead of being
+cut off at a high one; when no further epoch fits, training stops there. The
+plan only shortens, and never adds epochs beyond `train.epochs`. The budget
+counts from the command's start (the clock of history.csv's `wall_seconds`)
+to the end of the last epoch, and can be overrun by up to one epoch; the
+reports and the export come after it. A resumed run counts from its own start
+and keeps the plan its phase had. The epochs run depend on the clock, so two
+`train.deterministic` runs with a budget can differ.
 
 `train.time_budget` is read by the recipe (`imgpipe.engine.recipe.duration`), as seconds.
 
@@ -65,41 +67,56 @@ class TimeBudget:
 
 
 class PhaseBudget(keras.callbacks.Callback):
-    """At each epoch's end: plans the phase's decay to end with the last epoch that fits, or stops training."""
+    """At each epoch's end: plans the phase's decay to end with the last epoch that fits, or stops training.
+
+    The plan only ever shortens: lengthened again, the rate would climb back from near zero. The phase's
+    first epoch decides nothing but a deadline already passed, so the budget can be overrun by up to one
+    epoch (a phase's first, and a fine-tuning epoch judged by the frozen warm-up's).
+    """
 
     def __init__(self, budget, schedule, steps_per_epoch, first_epoch, last_epoch, plan_file):
         super().__init__()
         self.budget, self.schedule, self.steps_per_epoch = budget, schedule, steps_per_epoch
         self.first_epoch, self.last_epoch, self.plan_file = first_epoch, last_epoch, plan_file
-        self.epoch_ends = []
+        self.epoch_ends, self.planned_last_epoch = [], last_epoch
 
     def on_train_begin(self, logs=None):
+        self.planned_last_epoch = self.last_epoch
         if self.plan_file.exists():  # a resumed phase: the rate goes on along the plan it had
-            self.schedule.plan(json.loads(self.plan_file.read_text())["total_steps"])
+            plan = json.loads(self.plan_file.read_text())
+            self.schedule.plan(plan["total_steps"])
+            self.planned_last_epoch = plan["last_epoch"]
         self.epoch_ends = [time.time()]
 
     def on_epoch_end(self, epoch, logs=None):
         now = time.time()
         self.epoch_ends.append(now)
         durations = [end - start for start, end in zip(self.epoch_ends, self.epoch_ends[1:])]
-        self.budget.epoch_seconds = sum(durations[1:]) / len(durations[1:]) if len(durations) > 1 else durations[0]
+        steady = durations[1:]  # the phase's first epoch traces the model and fills the cache: slower
+        self.budget.epoch_seconds = sum(steady) / len(steady) if steady else durations[0]
         epochs_run = epoch + 1
-        fitting = math.floor((self.budget.deadline - now) / self.budget.epoch_seconds)
-        planned = min(self.last_epoch, epochs_run + fitting)
-        if planned <= epochs_run:
-            if epochs_run < self.last_epoch:
+        if epochs_run >= self.last_epoch:
+            return
+        if not steady:  # too slow to judge by: only a deadline already passed stops the phase here
+            if now >= self.budget.deadline:
                 self.model.stop_training = True
                 self.budget.stop(epochs_run)
             return
-        total_steps = (planned - self.first_epoch) * self.steps_per_epoch
-        if total_steps != self.schedule.planned_total_steps:
+        fitting = math.floor((self.budget.deadline - now) / self.budget.epoch_seconds)
+        planned = min(self.planned_last_epoch, epochs_run + fitting)  # the plan only ever shortens
+        if planned <= epochs_run:
+            self.model.stop_training = True
+            self.budget.stop(epochs_run)
+        elif planned < self.planned_last_epoch:
+            self.planned_last_epoch = planned
+            total_steps = (planned - self.first_epoch) * self.steps_per_epoch
             self.schedule.plan(total_steps)
             plan = json.dumps({"total_steps": total_steps, "last_epoch": planned})
             write_atomically(self.plan_file, lambda partial: partial.write_text(plan))
 
 
 def describe_seconds(seconds):
-    """90 -> '90 s', 600 -> '10 min', 5400 -> '1.5 h'."""
+    """A duration as `train.time_budget` takes it: 45 -> '45s', 90 -> '1.5m', 600 -> '10m', 5400 -> '1.5h'."""
     if seconds >= 3600:
-        return f"{seconds / 3600:g} h"
-    return f"{seconds / 60:g} min" if seconds >= 60 else f"{seconds:g} s"
+        return f"{seconds / 3600:g}h"
+    return f"{seconds / 60:g}m" if seconds >= 60 else f"{seconds:g}s"

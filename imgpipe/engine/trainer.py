@@ -213,16 +213,20 @@ class Trainer:
         # card or export would train again from epoch 0 on --resume. Not in a multi-worker run: every worker
         # must take the same path, and only the chief writes.
         trained = self.checkpoint_dir / f"trained_{epochs}_epochs.weights.h5"  # not for a resume to more epochs
-        momentum = fit_batch_norm_momentum(model, fixed_steps[0] if fixed_steps else steps_per_epoch)
+        steps = fixed_steps[0] if fixed_steps else steps_per_epoch
+        momentum = fit_batch_norm_momentum(model, steps)
         if momentum["layers"]:
             log.info("batch norm momentum %s in %d layers (%d steps an epoch)", momentum["momentum"],
-                     momentum["layers"], fixed_steps[0] if fixed_steps else steps_per_epoch)
+                     momentum["layers"], steps)
         budget = self._time_budget()
+        budget_record = self.checkpoint_dir / "time_budget.json"
         started = time.perf_counter()
         if self.resume and trained.exists() and not is_multi_worker(self.strategy):
             log.info("resume: training had finished; its final weights come from %s", trained)
             model.load_weights(trained)
             self._compile_for_evaluation(model, compile_settings)
+            if budget is not None and budget_record.exists():  # where the budget stopped that training
+                budget.stopped_after = json.loads(budget_record.read_text())["stopped_after_epoch"]
         else:
             warmed = None  # the warm-up's best monitored value, as its weights in warmup_done score it
             if warmup and self.resume and warmup_done.exists():
@@ -257,6 +261,9 @@ class Trainer:
                     model.load_weights(warmup_done)
                     save_weights_atomically(model, self.checkpoint_dir / "best.weights.h5")
             if not is_multi_worker(self.strategy):
+                if budget is not None:
+                    record = json.dumps(budget.record())
+                    write_atomically(budget_record, lambda partial: partial.write_text(record))
                 save_weights_atomically(model, trained)
         history = read_history(self.run_dir / "history.csv")
         return {

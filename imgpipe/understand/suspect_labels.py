@@ -192,13 +192,19 @@ def cross_validation_report(task, data, recipe, decoder, run_dir):
         >>> cross_validation_report(task, data, recipe.update(**{"train.folds": 3}), decoder, "runs/classify/run")
     """
     from imgpipe.engine import runner
+    from imgpipe.engine.trainer import read_history
 
     everything = _joined(data.train, data.val)
     strata = np.asarray(everything.targets, np.int64) if task.suspect_labels == "class" else \
         np.zeros(everything.count, np.int64)
     ranking = RANKINGS[task.suspect_labels](task, data, recipe, everything.count)
-    fold_recipe = recipe.update(**{"export.enabled": False, "train.suspect_labels": "none",
-                                   "train.tensorboard": False, "train.run_dir": None})
+    fold_settings = {"export.enabled": False, "train.suspect_labels": "none", "train.tensorboard": False,
+                     "train.run_dir": None}
+    if recipe.train.time_budget is not None:  # each fold trains the epochs the budget gave the run, not a budget
+        fold_settings.update({"train.time_budget": None,
+                              "train.epochs": max(1, len(read_history(pathlib.Path(run_dir) / "history.csv")
+                                                         .get("epoch", [])))})
+    fold_recipe = recipe.update(**fold_settings)
     folds = stratified_folds(strata, recipe.train.folds, recipe.data.seed)
     for number, held_out in enumerate(folds, 1):
         kept = np.setdiff1d(np.arange(everything.count), held_out)

@@ -11,7 +11,9 @@ from imgpipe.engine import time_budget as budgets
 from imgpipe.engine.learning_rate import learning_rate_schedule
 from imgpipe.engine.recipe import load_recipe
 from imgpipe.engine.time_budget import TimeBudget
+from imgpipe.engine.trainer import read_history
 from imgpipe.errors import RecipeError
+from imgpipe.understand.suspect_labels import FOLDS_FOLDER
 
 from tests.engine.test_train import backbone_weights_file
 
@@ -31,12 +33,22 @@ def test_a_budget_that_is_not_a_duration_is_refused_naming_the_key(written):
 def test_a_planned_decay_ends_where_it_is_planned_inside_a_traced_step():
     schedule = learning_rate_schedule(0.01, total_steps=100)
     rate = tf.function(lambda step: schedule(step))  # traced once, as model.fit's step is
-    before = float(rate(tf.constant(50)))
+    before = {step: float(rate(tf.constant(step))) for step in (2, 50)}
     schedule.plan(60)
     assert float(rate(tf.constant(60))) == pytest.approx(0.0, abs=1e-9)
-    assert float(rate(tf.constant(50))) < before / 4  # 50 of 60 steps is far down the cosine
-    assert float(rate(tf.constant(2))) == float(schedule(2))  # the warm-up (5 steps) is unchanged
-    assert schedule.get_config() == {"peak": 0.01, "total_steps": 60, "warmup_fraction": 0.05}
+    assert float(rate(tf.constant(50))) < before[50] / 4  # 50 of 60 steps is far down the cosine
+    assert before[2] == pytest.approx(0.004)  # 2 of the 5 warm-up steps
+    assert float(rate(tf.constant(2))) == pytest.approx(0.01 * 2 / 3)  # 2 of the 3 (5 % of 60)
+    rebuilt = type(schedule).from_config(schedule.get_config())
+    assert [float(rebuilt(step)) for step in (1, 2, 30, 59)] == pytest.approx(
+        [float(schedule(step)) for step in (1, 2, 30, 59)])
+
+
+def test_a_long_phase_planned_short_still_decays():
+    schedule = learning_rate_schedule(0.01, total_steps=1000 * 9)  # a 450-step warm-up as planned at first
+    schedule.plan(27)
+    assert float(schedule(1)) == pytest.approx(0.01)  # the warm-up is 5 % of the plan: one step
+    assert float(schedule(26)) < 0.01 * 0.01
 
 
 class Clock:
@@ -61,14 +73,18 @@ def test_each_epoch_end_plans_the_epochs_that_fit_and_the_last_one_stops_trainin
     callback.set_model(FakeModel())
     clock.now = 10.0
     callback.on_train_begin()
-    clock.now = 30.0  # the first epoch: 20 s (tracing, decoding)
+    clock.now = 30.0  # the first epoch: 20 s (tracing, decoding), too slow to plan by
     callback.on_epoch_end(0)
-    assert schedule.planned_total_steps == (1 + 3) * 9  # 70 s left at 20 s an epoch: 3 more
-    clock.now = 40.0  # the second: 10 s, and from now on only the later epochs count
+    assert schedule.planned_total_steps == 30 * 9 and not (tmp_path / "plan.json").exists()
+    clock.now = 40.0  # the second: 10 s, and from now on only the epochs after the first count
     callback.on_epoch_end(1)
-    assert schedule.planned_total_steps == (2 + 6) * 9
+    assert schedule.planned_total_steps == (2 + 6) * 9  # 60 s left: 6 more
     assert json.loads((tmp_path / "plan.json").read_text()) == {"total_steps": 72, "last_epoch": 8}
-    for epoch in range(2, 7):
+    clock.now = 41.0  # a fast epoch (1 s): 59 s would now hold 10 more at 5.5 s, but the plan never lengthens
+    callback.on_epoch_end(2)
+    assert schedule.planned_total_steps == 72
+    clock.now = 50.0
+    for epoch in range(3, 7):
         clock.now += 10.0
         callback.on_epoch_end(epoch)
         assert not callback.model.stop_training
@@ -76,6 +92,19 @@ def test_each_epoch_end_plans_the_epochs_that_fit_and_the_last_one_stops_trainin
     callback.on_epoch_end(7)
     assert callback.model.stop_training and budget.record() == {"seconds": 100.0, "stopped_after_epoch": 8}
     assert schedule.planned_total_steps == 72
+
+
+@pytest.mark.parametrize("first_epoch_end, stops", [(4.0, False), (6.0, True)])
+def test_a_first_epoch_stops_the_phase_only_past_the_deadline(tmp_path, monkeypatch, first_epoch_end, stops):
+    clock = Clock(0.0)
+    monkeypatch.setattr(budgets.time, "time", clock)
+    budget = TimeBudget(5.0, started=0.0)
+    callback = budget.callback(learning_rate_schedule(0.01, 90), 9, 0, 10, tmp_path / "plan.json")
+    callback.set_model(FakeModel())
+    callback.on_train_begin()
+    clock.now = first_epoch_end  # 4 s an epoch would leave no room for a second, but the first is no measure
+    callback.on_epoch_end(0)
+    assert callback.model.stop_training is stops and budget.stopped_after == (1 if stops else None)
 
 
 def test_a_resumed_phase_goes_on_along_its_plan(tmp_path):
@@ -92,6 +121,10 @@ def test_a_run_past_its_budget_stops_after_the_first_epoch(class_folder, fast_re
                          data=class_folder, started=time.time() - 3600)
     assert result.metrics["epochs_run"] == 1
     assert result.metrics["time_budget"] == {"seconds": 3600.0, "stopped_after_epoch": 1}
+    (result.run_dir / "metrics.json").unlink()  # killed in its reports: --resume finds training finished
+    resumed = imgpipe.run(resume=True, output=result.run_dir)
+    assert resumed.metrics["epochs_run"] == 1
+    assert resumed.metrics["time_budget"] == {"seconds": 3600.0, "stopped_after_epoch": 1}
     unlimited = imgpipe.run("classify", [*fast_recipe_args, "train.epochs=2", "train.patience=0",
                                          "export.enabled=false", f"train.run_dir={tmp_path / 'unlimited'}"],
                             data=class_folder)
@@ -117,3 +150,14 @@ def test_a_multi_worker_job_refuses_a_budget(tmp_path, monkeypatch):
     recipe = load_recipe("classify", ["train.time_budget=10m"])
     with pytest.raises(RecipeError, match="^train.time_budget: not in a multi-worker job"):
         trainer.Trainer(recipe, tmp_path)._time_budget()
+
+
+@pytest.mark.slow
+def test_cross_validation_folds_train_the_epochs_the_budget_gave_the_run(class_folder, fast_recipe_args):
+    result = imgpipe.run("classify", [*fast_recipe_args, "train.epochs=4", "train.patience=0",
+                                      "train.time_budget=1h", "export.enabled=false",
+                                      "train.suspect_labels=cross_validation", "train.folds=2"],
+                         data=class_folder, started=time.time() - 3600)
+    assert result.metrics["epochs_run"] == 1
+    folds = sorted((result.run_dir / FOLDS_FOLDER).glob("*/history.csv"))
+    assert len(folds) == 2 and all(read_history(fold)["epoch"] == [0] for fold in folds)
