@@ -19,21 +19,28 @@ import numpy as np  # noqa: E402
 def plot_curves(history, path, fine_tune_from=0):
     """One panel per metric (loss, accuracy, ...), training and validation per epoch.
 
-    `fine_tune_from` > 0: the number of frozen-backbone warm-up epochs; the first epoch after them is
-    marked by a dashed line, when the run got there.
+    A metric scored on validation only (detection's mAP50, every `detect.map_every` epochs, NaN in
+    between) gets its own panel, its scored epochs joined. `fine_tune_from` > 0: the number of
+    frozen-backbone warm-up epochs; the first epoch after them is marked by a dashed line, when the
+    run got there.
     """
     not_metrics = ("epoch", "learning_rate", "wall_seconds")
     names = [key for key in history if key not in not_metrics and not key.startswith("val_")]
+    names += [key[len("val_"):] for key in history if key.startswith("val_") and key[len("val_"):] not in history]
     if not names:
         return None
-    epochs = np.asarray(history.get("epoch", range(len(history[names[0]])))) + 1
+    some_column = next(iter(history[key] for key in history if key != "epoch"))
+    epochs = np.asarray(history.get("epoch", range(len(some_column)))) + 1
     columns = min(3, len(names))
     rows = math.ceil(len(names) / columns)
     figure, axes = plt.subplots(rows, columns, figsize=(4.5 * columns, 3.2 * rows), squeeze=False)
     for axis, name in zip(axes.flat, names):
-        axis.plot(epochs, history[name], marker="o", markersize=3, label="train")
+        if name in history:
+            axis.plot(epochs, history[name], marker="o", markersize=3, color="C0", label="train")
         if f"val_{name}" in history:
-            axis.plot(epochs, history[f"val_{name}"], marker="o", markersize=3, label="validation")
+            values = np.asarray(history[f"val_{name}"], dtype=float)
+            scored = ~np.isnan(values)
+            axis.plot(epochs[scored], values[scored], marker="o", markersize=3, color="C1", label="validation")
         if fine_tune_from and epochs.max() > fine_tune_from:  # a warm-up can end a run (trainer.py)
             axis.axvline(fine_tune_from + 0.5, color="grey", linestyle="--", linewidth=1, label="fine-tuning starts")
         axis.set_title(name)

@@ -44,3 +44,22 @@ def test_the_fine_tuning_mark_is_drawn_only_when_fine_tuning_ran(tmp_path, monke
     history = {"epoch": list(range(epochs)), "loss": [1.0] * epochs, "val_loss": [1.0] * epochs}
     plot_curves(history, tmp_path / "curves.png", fine_tune_from=2)
     assert drawn == ([2.5] if marked else [])
+
+
+def test_a_metric_scored_on_validation_only_gets_its_panel_with_its_scored_epochs(tmp_path, monkeypatch):
+    import matplotlib.axes
+
+    drawn = {}
+    monkeypatch.setattr(matplotlib.axes.Axes, "set_title", lambda self, title: drawn.setdefault(title, self))
+    lines = []
+    original = matplotlib.axes.Axes.plot
+    monkeypatch.setattr(matplotlib.axes.Axes, "plot",
+                        lambda self, x, y, **kwargs: lines.append((self, kwargs["label"], list(x), list(y)))
+                        or original(self, x, y, **kwargs))
+    nan = float("nan")
+    history = {"epoch": [0, 1, 2, 3, 4], "loss": [5, 4, 3, 2, 1], "val_loss": [6, 5, 4, 3, 2],
+               "val_map50": [nan, nan, 0.3, nan, 0.5], "wall_seconds": [1, 2, 3, 4, 5]}
+    plot_curves(history, tmp_path / "curves.png")
+    assert set(drawn) == {"loss", "map50"}
+    assert [(label, x, y) for axis, label, x, y in lines if axis is drawn["map50"]] == [
+        ("validation", [3, 5], [0.3, 0.5])]
