@@ -33,6 +33,7 @@ from imgpipe.engine.writable import write_atomically
 
 log = logging.getLogger("imgpipe")
 
+
 class TimeBudget:
     """The deadline of one command's training, shared by its phases (warm-up, fine-tuning).
 
