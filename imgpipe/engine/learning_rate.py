@@ -3,10 +3,10 @@
 A cosine decay fixed at compile time ends where `train.epochs` ends. When a
 time budget (`train.time_budget`, `imgpipe.engine.time_budget`) stops training
 sooner, the rate would still be high at the last epoch, where the decay does
-its work. Here the decay's length is a variable the traced training step
-reads, so it can be shortened (or lengthened again, up to the phase's
-epochs) while `model.fit` runs, and the rate still reaches zero at the last
-epoch that is run.
+its work. Here the warm-up's and the decay's lengths are variables the traced
+training step reads, so they can be re-planned while `model.fit` runs (the
+time budget only ever shortens them), and the rate still reaches zero at the
+last epoch that is run.
 
 Example:
     >>> schedule = learning_rate_schedule(0.001, total_steps=300)

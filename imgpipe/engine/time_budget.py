@@ -47,6 +47,7 @@ class TimeBudget:
         self.deadline = started + seconds
         self.epoch_seconds = None  # the latest estimate of an epoch's time, from the phase that ran last
         self.stopped_after = None  # the number of epochs run when the budget stopped training
+        self.epochs_run = None  # the epochs run when the last phase's latest epoch ended
 
     def room_for_an_epoch(self):
         """False once the next epoch would end after the deadline (unknown before an epoch has run: True)."""
@@ -54,7 +55,7 @@ class TimeBudget:
 
     def stop(self, epochs_run):
         self.stopped_after = epochs_run
-        log.info("time budget %s: training stops after epoch %d, as the next would end after it",
+        log.info("time budget %s: training stops after epoch %d (no further epoch fits, or the plan ends there)",
                  describe_seconds(self.seconds), epochs_run)
 
     def callback(self, schedule, steps_per_epoch, first_epoch, last_epoch, plan_file):
@@ -95,11 +96,11 @@ class PhaseBudget(keras.callbacks.Callback):
         durations = [end - start for start, end in zip(self.epoch_ends, self.epoch_ends[1:])]
         steady = durations[1:]  # the phase's first epoch traces the model and fills the cache: slower
         self.budget.epoch_seconds = sum(steady) / len(steady) if steady else durations[0]
-        epochs_run = epoch + 1
+        epochs_run = self.budget.epochs_run = epoch + 1
         if epochs_run >= self.last_epoch:
             return
-        if not steady:  # too slow to judge by: only a deadline already passed stops the phase here
-            if now >= self.budget.deadline:
+        if not steady:  # too slow to judge by: a deadline already passed, or a resumed plan's end, stops here
+            if now >= self.budget.deadline or epochs_run >= self.planned_last_epoch:
                 self.model.stop_training = True
                 self.budget.stop(epochs_run)
             return

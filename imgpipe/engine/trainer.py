@@ -247,7 +247,7 @@ class Trainer:
                 self._compile_for_evaluation(model, compile_settings)  # a resumed model was never compiled
             elif budget is not None and not budget.room_for_an_epoch():  # no fine-tuning epoch fits
                 if budget.stopped_after is None:
-                    budget.stop(warmup)
+                    budget.stop(budget.epochs_run or warmup)  # early stopping may have ended the warm-up sooner
             else:
                 if backbone is not None and pretrained:  # its batch norm stays frozen (inference mode) while tuning
                     set_trainable(backbone, True, self.settings.fine_tune_fraction)

@@ -107,11 +107,16 @@ def test_a_first_epoch_stops_the_phase_only_past_the_deadline(tmp_path, monkeypa
     assert callback.model.stop_training is stops and budget.stopped_after == (1 if stops else None)
 
 
-def test_a_resumed_phase_goes_on_along_its_plan(tmp_path):
+def test_a_resumed_phase_goes_on_along_its_plan_and_stops_where_it_ends(tmp_path):
     (tmp_path / "plan.json").write_text(json.dumps({"total_steps": 40, "last_epoch": 4}))
     schedule = learning_rate_schedule(0.01, total_steps=300)
-    TimeBudget(600.0, started=time.time()).callback(schedule, 10, 0, 30, tmp_path / "plan.json").on_train_begin()
+    budget = TimeBudget(600.0, started=time.time())
+    callback = budget.callback(schedule, 10, 0, 30, tmp_path / "plan.json")
+    callback.set_model(FakeModel())
+    callback.on_train_begin()
     assert schedule.planned_total_steps == 40 and float(schedule(40)) == pytest.approx(0.0, abs=1e-9)
+    callback.on_epoch_end(4)  # killed after its plan's last epoch was backed up: the resumed epoch is the last
+    assert callback.model.stop_training and budget.stopped_after == 5
 
 
 def test_a_run_past_its_budget_stops_after_the_first_epoch(class_folder, fast_recipe_args, tmp_path):
@@ -153,11 +158,23 @@ def test_a_multi_worker_job_refuses_a_budget(tmp_path, monkeypatch):
 
 
 @pytest.mark.slow
-def test_cross_validation_folds_train_the_epochs_the_budget_gave_the_run(class_folder, fast_recipe_args):
+def test_cross_validation_folds_train_the_epochs_the_budget_gave_the_run(class_folder, fast_recipe_args,
+                                                                          monkeypatch):
+    original, main_run = budgets.PhaseBudget.on_epoch_end, []
+
+    def budget_ends_the_main_run_after_two(self, epoch, logs=None):  # as a budget would, on any machine
+        main_run[:] = main_run or [self]
+        if main_run[0] is not self:
+            return original(self, epoch, logs)
+        if epoch == 1:
+            self.model.stop_training = True
+            self.budget.stop(2)
+
+    monkeypatch.setattr(budgets.PhaseBudget, "on_epoch_end", budget_ends_the_main_run_after_two)
     result = imgpipe.run("classify", [*fast_recipe_args, "train.epochs=4", "train.patience=0",
                                       "train.time_budget=1h", "export.enabled=false",
                                       "train.suspect_labels=cross_validation", "train.folds=2"],
-                         data=class_folder, started=time.time() - 3600)
-    assert result.metrics["epochs_run"] == 1
+                         data=class_folder)
+    assert result.metrics["epochs_run"] == 2
     folds = sorted((result.run_dir / FOLDS_FOLDER).glob("*/history.csv"))
-    assert len(folds) == 2 and all(read_history(fold)["epoch"] == [0] for fold in folds)
+    assert len(folds) == 2 and all(read_history(fold)["epoch"] == [0, 1] for fold in folds)
