@@ -203,7 +203,9 @@ def test_segmentation_exports_to_litert_onnx_and_openvino_each_scoring_like_kera
     for name in ("model_float32.tflite", "model.onnx", "openvino/model.xml"):
         mask, iou = answers(folder / name, root / "answers" / name.replace("/", "_"))
         assert mask.shape == (40, 56) and (mask == expected_mask).mean() > 0.999
-        assert iou == pytest.approx(expected_iou, abs=1e-6)
+        # A runtime's float rounding can flip a pixel whose two classes tie: the few the line above allows
+        # move the mean IoU in its third decimal (0.34852 against 0.34859 in one fresh clone).
+        assert iou == pytest.approx(expected_iou, abs=1e-3)
 
 
 def test_a_tta_export_answers_and_evaluates_as_the_wrapped_network_at_each_image_s_size(segment_run, cli, tmp_path):
