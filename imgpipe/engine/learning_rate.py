@@ -26,8 +26,7 @@ class PlannedCosineDecay(keras.optimizers.schedules.CosineDecay):
     """
 
     def __init__(self, peak, total_steps, warmup_fraction=0.05):
-        total_steps = max(int(total_steps), 1)
-        warmup_steps = min(int(total_steps * warmup_fraction), total_steps - 1)
+        total_steps, warmup_steps = _split(total_steps, warmup_fraction)
         super().__init__(
             initial_learning_rate=0.0 if warmup_steps else peak,
             decay_steps=total_steps - warmup_steps,
@@ -42,13 +41,18 @@ class PlannedCosineDecay(keras.optimizers.schedules.CosineDecay):
 
     def plan(self, total_steps):
         """Ends the decay at step `total_steps` of the phase; the warm-up keeps its share of the new length."""
-        self.planned_total_steps = max(int(total_steps), 1)
-        warmup_steps = min(int(self.planned_total_steps * self.warmup_fraction), self.planned_total_steps - 1)
+        self.planned_total_steps, warmup_steps = _split(total_steps, self.warmup_fraction)
         self.warmup_steps.assign(float(warmup_steps))
         self.decay_steps.assign(float(self.planned_total_steps - warmup_steps))
 
     def get_config(self):
         return {"peak": self.peak, "total_steps": self.planned_total_steps, "warmup_fraction": self.warmup_fraction}
+
+
+def _split(total_steps, warmup_fraction):
+    """(total steps, warm-up steps): at least one step, and at least one of them after the warm-up."""
+    total_steps = max(int(total_steps), 1)
+    return total_steps, min(int(total_steps * warmup_fraction), total_steps - 1)
 
 
 def learning_rate_schedule(peak, total_steps, warmup_fraction=0.05):
