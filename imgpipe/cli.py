@@ -233,7 +233,9 @@ def _describe_prediction(result):
 @click.option("--loss-network", type=click.Choice(["vgg16", "vgg19"]), default="vgg16", show_default=True)
 @click.option("--loss-weights", default="imagenet", show_default=True,
               help="imagenet, random (fixed random features, lower quality) or a VGG weights file.")
-def stylize(image, style, out, steps, size, loss_network, loss_weights):
+@click.option("--weights-dir", type=click.Path(file_okay=False),
+              help="Folder of <network>_imagenet_notop.weights.h5 files, looked in first (or IMGPIPE_WEIGHTS_DIR).")
+def stylize(image, style, out, steps, size, loss_network, loss_weights, weights_dir):
     """Render IMAGE in the style of --style by optimising its pixels (Gatys et al.; no training)."""
     from imgpipe.tasks.stylize.optimize import stylize_image
     from imgpipe.engine.plots import save_image
@@ -244,7 +246,8 @@ def stylize(image, style, out, steps, size, loss_network, loss_weights):
         raise click.BadParameter("must be at least 16", param_hint="--size")
     if os.path.splitext(out)[1].lower() not in OUTPUT_SUFFIXES:
         raise click.BadParameter(f"needs an image extension ({', '.join(OUTPUT_SUFFIXES)})", param_hint="--out")
-    pixels = stylize_image(image, style, steps=steps, size=size, network=loss_network, loss_weights=loss_weights)
+    pixels = stylize_image(image, style, steps=steps, size=size, network=loss_network, loss_weights=loss_weights,
+                           weights_dir=weights_dir)
     save_image(pixels, out)
     click.echo(f"styled: {out} ({pixels.shape[1]}x{pixels.shape[0]})")
 

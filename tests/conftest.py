@@ -9,11 +9,14 @@ import collections
 import os
 import pathlib
 import sys
+import tempfile
 
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # No test touches the network: ImageNet weights come from files the tests make (or ../shared/weights).
 os.environ["IMGPIPE_OFFLINE"] = "1"
 os.environ.pop("IMGPIPE_WEIGHTS_DIR", None)
+# Offline, imgpipe still uses weights Keras fetched before (~/.keras/models): the tests see an empty Keras cache.
+os.environ["KERAS_HOME"] = os.path.join(tempfile.gettempdir(), "imgpipe-tests-keras-home")
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

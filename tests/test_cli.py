@@ -124,6 +124,7 @@ def test_predict_names_each_refused_file_with_its_reason_and_answers_the_rest(cl
         (["run", "classify", "--epochs", "-1"], "train.epochs"),
         (["run", "classify", "--image-size", "0"], "data.image_size"),
         (["run", "classify", "--model", "resnet9000"], "resnet9000"),
+        (["run", "classify", "--image-size", "96", "--weights", "imagenet"], "no ImageNet weights for mobilenet_v2"),
         (["run", "no_such_recipe"], "no_such_recipe"),
         (["evaluate", "/no/such/export", "--data", "."], "/no/such/export"),
         (["predict", "/no/such/export", "x.jpg"], "/no/such/export"),

@@ -3,8 +3,9 @@
     model.weights: auto (the default) or imagenet
       1. a weights folder (--weights-dir, or IMGPIPE_WEIGHTS_DIR) holding <backbone>_imagenet_notop.weights.h5
          (the names of ../shared/weights, so an air-gapped site copies one folder)
-      2. Keras' own ImageNet weights (its cache, else a download with a time limit; IMGPIPE_OFFLINE=1 skips it),
-         kept as a weights file in imgpipe's cache so the next run finds it at step 1's speed
+      2. Keras' own ImageNet weights (its cache, else a download with a time limit; IMGPIPE_OFFLINE=1 skips the
+         download, not Keras' cache), kept as a weights file in imgpipe's cache so the next run finds it at step
+         1's speed
       3. none: `auto` trains from scratch with one warning saying what was tried; `imagenet` is an error
     model.weights: none forces from scratch; a path loads that file.
 
@@ -21,6 +22,10 @@ import os
 import pathlib
 import socket
 import typing
+from unittest import mock
+
+from keras.src.backend import config as keras_config
+from keras.src.utils import file_utils as keras_file_utils
 
 from imgpipe.data.demo import cache_root
 from imgpipe.errors import RecipeError
@@ -122,25 +127,61 @@ def keras_weights_cache():
     return pathlib.Path(cache_root()) / "weights"
 
 
+def keras_home():
+    """Keras' own cache (`$KERAS_HOME`, by default ~/.keras); its applications keep their weights in models/."""
+    return pathlib.Path(keras_config.keras_home()).expanduser()
+
+
 def _from_keras(backbone, tried, download=True):
     cached = keras_weights_cache() / weights_file_name(backbone)
     if cached.is_file():
         return ResolvedWeights(backbone, "keras", str(cached))
-    if offline() or not download:
-        tried.append(f"Keras download skipped ({OFFLINE_VARIABLE}=1)" if offline() else "no download asked for")
-        return None
     application = BACKBONES[backbone][0]
+    cache_only = offline() or not download
+    if cache_only and not any((keras_home() / "models").glob("*.h5")):  # spares building the network to ask
+        tried.append(f"{_no_download_reason()}; {keras_home() / 'models'}: no Keras weights files")
+        return None
     try:
-        with _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+        with _keras_cache_only() if cache_only else _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
             network = application(include_top=False, weights="imagenet")
-    except Exception as error:  # noqa: BLE001  (no network, a proxy, a refused or broken download)
-        tried.append(f"Keras download failed ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+    except _NotInKerasCache as missing:
+        tried.append(f"{_no_download_reason()}; {missing}")
+        return None
+    except Exception as error:  # noqa: BLE001  (no network, a proxy, a refused or broken download or file)
+        what = "Keras' cached weights failed" if cache_only else "Keras download failed"
+        tried.append(f"{what} ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
         return None
     cached.parent.mkdir(parents=True, exist_ok=True)
     staging = cached.with_name(f".{os.getpid()}.{cached.name}")
     network.save_weights(staging)
     os.replace(staging, cached)  # whole or not at all, should two runs fetch at once
     return ResolvedWeights(backbone, "keras", str(cached))
+
+
+def _no_download_reason():
+    return f"Keras download skipped ({OFFLINE_VARIABLE}=1)" if offline() else "no download asked for"
+
+
+class _NotInKerasCache(Exception):
+    pass
+
+
+@contextlib.contextmanager
+def _keras_cache_only():
+    """Keras' applications find their weights file in Keras' cache, or fail at once: never the network.
+
+    Which file an application asks for (e.g. MobileNetV2's `..._1.0_224_no_top.h5`) is Keras' to decide, so
+    its one fetching function is replaced rather than the names copied here.
+    """
+    def cached_file(fname=None, origin=None, cache_subdir="datasets", cache_dir=None, **kwargs):
+        home = pathlib.Path(cache_dir).expanduser() if cache_dir else keras_home()
+        path = home / cache_subdir / (fname or os.path.basename(origin))
+        if not path.is_file():
+            raise _NotInKerasCache(f"{path}: not found")
+        return str(path)
+
+    with mock.patch.object(keras_file_utils, "get_file", cached_file):
+        yield
 
 
 @contextlib.contextmanager

@@ -17,10 +17,11 @@ from imgpipe.tasks.classify.task import ClassificationTask
 
 @pytest.fixture
 def clean_places(tmp_path, monkeypatch):
-    """No weights folder, an empty imgpipe cache, offline."""
+    """No weights folder, an empty imgpipe cache, an empty Keras cache (tmp_path / "keras"), offline."""
     monkeypatch.delenv("IMGPIPE_WEIGHTS_DIR", raising=False)
     monkeypatch.setenv("IMGPIPE_CACHE", str(tmp_path / "cache"))
     monkeypatch.setenv("IMGPIPE_OFFLINE", "1")
+    monkeypatch.setattr(weights_module, "keras_home", lambda: tmp_path / "keras")
     return tmp_path
 
 
@@ -44,14 +45,16 @@ def test_the_weights_folder_comes_first_then_keras_then_none(clean_places, monke
     found = resolve_weights("resnet50", "auto")  # not in the folder, not cached: nothing
     assert found.source == "none" and found.path is None
     assert found.tried == (f"{folder / 'resnet50_imagenet_notop.weights.h5'}: not found",
-                           "Keras download skipped (IMGPIPE_OFFLINE=1)")
+                           f"Keras download skipped (IMGPIPE_OFFLINE=1); {clean_places / 'keras' / 'models'}: "
+                           "no Keras weights files")
     assert resolve_weights("mobilenet_v2", "auto", weights_dir=str(clean_places / "elsewhere")).source == "keras"
     caplog.clear()
     with caplog.at_level("WARNING", logger="imgpipe"):
         resolve_weights("resnet50", "auto")
     assert [r.getMessage() for r in caplog.records] == [
         f"no ImageNet weights for resnet50 ({folder / 'resnet50_imagenet_notop.weights.h5'}: not found; Keras "
-        "download skipped (IMGPIPE_OFFLINE=1)); training from scratch. To start from them, put "
+        f"download skipped (IMGPIPE_OFFLINE=1); {clean_places / 'keras' / 'models'}: no Keras weights files); "
+        "training from scratch. To start from them, put "
         "resnet50_imagenet_notop.weights.h5 in a folder and pass --weights-dir (or set IMGPIPE_WEIGHTS_DIR)"]
 
 
@@ -118,6 +121,34 @@ def test_the_download_has_a_time_limit(clean_places, monkeypatch):
     assert seen == [weights_module.DOWNLOAD_TIMEOUT_SECONDS] and socket.getdefaulttimeout() is None
 
 
+def test_offline_the_weights_keras_already_fetched_are_used_and_the_network_never_is(clean_places, monkeypatch):
+    import socket
+
+    from keras.src.legacy.saving import legacy_h5_format
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("offline resolution opened a connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    models = clean_places / "keras" / "models"
+    models.mkdir(parents=True)
+    (models / "some_other_model.h5").write_bytes(b"")
+    found = resolve_weights("mobilenet_v2", "auto")
+    expected = models / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"  # Keras' own name
+    assert found.source == "none" and found.tried[-1] == f"Keras download skipped (IMGPIPE_OFFLINE=1); {expected}: " \
+        "not found"
+    keras.utils.set_random_seed(0)
+    fetched = keras.applications.MobileNetV2(include_top=False, weights=None)
+    with h5py.File(expected, "w") as file:  # the format Keras downloads its ImageNet weights in
+        legacy_h5_format.save_weights_to_hdf5_group(file, fetched)
+    found = resolve_weights("mobilenet_v2", "auto")
+    assert found.source == "keras" and found.path == str(clean_places / "cache" / "weights" /
+                                                         "mobilenet_v2_imagenet_notop.weights.h5")
+    model = MODELS.get("mobilenet_v2")((96, 96, 3), 2, weights=found.path)
+    assert np.array_equal(model.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
+                          fetched.get_layer("Conv1").kernel.numpy())
+
+
 def test_a_file_that_does_not_fit_names_it_and_the_first_layer(tmp_path):
     other = keras.applications.MobileNetV2(include_top=False, weights=None, input_shape=(32, 32, 3), alpha=0.35)
     path = tmp_path / "mobilenet_v2_imagenet_notop.weights.h5"
@@ -178,12 +209,20 @@ def test_a_pretrained_backbones_batch_norm_keeps_its_statistics_frozen_and_fine_
     assert not np.array_equal(first_batch_norm(scratch).moving_mean.numpy(), statistics)
 
 
-def test_the_shared_imagenet_weights_load_into_the_classifier(shared_weights):
-    path = shared_weights / "mobilenet_v2_imagenet_notop.weights.h5"
-    model = MODELS.get("mobilenet_v2")((96, 96, 3), 2, weights=str(path))
-    with h5py.File(path) as saved:
-        assert np.array_equal(model.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
-                              saved["layers/conv2d/vars/0"][()])
+def test_the_shared_imagenet_weights_are_found_in_their_folder_and_load(shared_weights, clean_places):
+    from imgpipe.models.layer_tree import nested_layers
+    from imgpipe.tasks.stylize.perceptual import loss_network
+
+    for backbone in ("mobilenet_v2", "vgg16"):
+        found = resolve_weights(backbone, "imagenet", weights_dir=str(shared_weights))
+        assert (found.source, found.path) == ("folder", str(shared_weights / f"{backbone}_imagenet_notop.weights.h5"))
+    classifier = MODELS.get("mobilenet_v2")((96, 96, 3), 2, weights=resolve_weights(
+        "mobilenet_v2", "auto", weights_dir=str(shared_weights)).path)
+    vgg = loss_network("vgg16", "imagenet", weights_dir=str(shared_weights))  # style transfer's, same resolver
+    for model, backbone, layer in ((classifier, "mobilenet_v2", "Conv1"), (vgg, "vgg16", "block1_conv1")):
+        with h5py.File(shared_weights / f"{backbone}_imagenet_notop.weights.h5") as saved:
+            kernel = next(found for found in nested_layers(model) if found.name == layer).kernel.numpy()
+            assert np.array_equal(kernel, saved["layers/conv2d/vars/0"][()])
 
 
 def test_the_pretrained_head_normalises_features_on_a_backbones_own_scale():

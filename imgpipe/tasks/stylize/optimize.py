@@ -30,7 +30,7 @@ def _fit(pixels, longest):
 
 
 def stylize_image(content_path, style_path, steps=300, size=384, learning_rate=4.0, weights=DEFAULT_WEIGHTS,
-                  network="vgg16", loss_weights="imagenet", seed=1337, verbose=1):
+                  network="vgg16", loss_weights="imagenet", seed=1337, verbose=1, weights_dir=None):
     """The content image re-rendered in the style image's style, uint8 [H, W, 3] at most `size` on its longer side.
 
     Args:
@@ -39,14 +39,15 @@ def stylize_image(content_path, style_path, steps=300, size=384, learning_rate=4
         size: longest side of the working (and returned) image.
         learning_rate: Adam step size, in 0..255 pixel units.
         weights: `LossWeights` of content, style and total variation.
-        network, loss_weights, seed: the loss network (see `imgpipe.tasks.stylize.perceptual.loss_network`).
+        network, loss_weights, seed, weights_dir: the loss network (see
+            `imgpipe.tasks.stylize.perceptual.loss_network`).
         verbose: 1 shows a Keras progress bar with the three losses.
     """
     if steps < 1:
         raise RecipeError(f"--steps: must be at least 1, got {steps}")
     content = _fit(load_image(content_path), size)[None]
     style = _fit(load_image(style_path), size)
-    features = loss_network(network, loss_weights, seed)
+    features = loss_network(network, loss_weights, seed, weights_dir)
     grams = style_grams(features, style)
     targets = content_targets(features, content)  # once: the content image never changes
     image = tf.Variable(content)

@@ -112,3 +112,19 @@ def test_the_colorization_model_trains_on_two_logical_devices(tmp_path):
                                       "data.image_size=32", f"train.run_dir={tmp_path / 'r'}", "export.enabled=false"],
                          data=tmp_path / "photos")
     assert result.metrics["epochs_run"] == 1 and np.isfinite(result.metrics["val_psnr"])
+
+
+def test_the_mobilenet_v2_colorizer_sees_only_the_lightness():
+    from imgpipe.models import MODELS
+    from imgpipe.models.lab import lab_to_rgb
+    from imgpipe.tasks.colorize.task import ColorizationModel
+
+    bins = len(ab_bins())
+    model = ColorizationModel(MODELS.get("unet_mobilenet_v2")((64, 64, 3), bins, weights=None), np.ones(bins))
+    rng = np.random.default_rng(0)
+    colour = rng.uniform(40, 215, [1, 64, 64, 3]).astype(np.float32)
+    lab = rgb_to_lab(colour).numpy()
+    grey = lab_to_rgb(np.concatenate([lab[..., :1], np.zeros_like(lab[..., 1:])], -1)).numpy()  # same lightness
+    assert model(colour).shape == (1, 64, 64, bins)
+    colour_shows = np.abs(model.segmenter(colour).numpy() - model.segmenter(grey).numpy()).max()  # fed as is
+    assert np.abs(model(colour).numpy() - model(grey).numpy()).max() < colour_shows / 100  # measured 7e-10, 1e-5

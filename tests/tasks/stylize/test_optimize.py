@@ -33,3 +33,15 @@ def test_gatys_moves_the_pixels_to_the_style_and_keeps_the_content(tmp_path):
     assert np.linalg.norm(mean(styled) - mean(style)) < 0.5 * np.linalg.norm(mean(content) - mean(style))
     # ... while the stripes are still there (measured correlation 0.97).
     assert np.corrcoef(styled.mean(-1).ravel(), content.mean(-1).ravel())[0, 1] > 0.8
+
+
+def test_imgpipe_stylize_looks_in_its_weights_folder(cli, tmp_path):
+    for name in ("content", "style"):
+        Image.fromarray(np.full([16, 16, 3], 128, np.uint8)).save(tmp_path / f"{name}.png")
+    folder = tmp_path / "weights"
+    folder.mkdir()
+    (folder / "vgg16_imagenet_notop.weights.h5").write_bytes(b"not an HDF5 file")
+    code, _, err = cli("stylize", tmp_path / "content.png", "--style", tmp_path / "style.png", "--out",
+                       tmp_path / "out.png", "--steps", "1", "--weights-dir", folder)
+    assert code == 2 and "Traceback" not in err
+    assert f"cannot load imagenet weights for the vgg16 loss network ({folder / 'vgg16_imagenet_notop.weights.h5'}" in err
