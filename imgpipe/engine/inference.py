@@ -25,14 +25,16 @@ class CompiledForward:
 
     Args:
         model: a built Keras model whose call takes a float32 image batch.
+        fold: False runs the model's own layers, so the one graph keeps scoring a model that goes on
+            training (`PeriodicScores`); folding copies the weights as they are.
 
     Attributes:
-        network: what the graph runs: `model` with its batch norms folded (for inference only).
+        network: what the graph runs: `model` with its batch norms folded (for inference only), or `model`.
     """
 
-    def __init__(self, model):
+    def __init__(self, model, fold=True):
         self.model = model
-        self.network = fold_batch_norm(model)
+        self.network = fold_batch_norm(model) if fold else model
         network = self.network
         # reduce_retracing: the last, smaller batch of a split reuses a graph with a free batch size.
         self._call = tf.function(lambda images: network(images, training=False), reduce_retracing=True)

@@ -10,6 +10,7 @@ Example:
 
 import keras
 
+from imgpipe.engine.inference import CompiledForward
 from imgpipe.engine.scoring import model_answers
 
 
@@ -17,12 +18,15 @@ class PeriodicScores(keras.callbacks.Callback):
     """Adds `val_<key>` for each of `keys` of `task.score` to the epoch logs, computed every `every` epochs.
 
     Every epoch gets the keys (NaN until the first computation) because
-    Keras' CSV logger fixes its columns at the first epoch.
+    Keras' CSV logger fixes its columns at the first epoch. The model's forward
+    pass is traced once and reused by every scoring (on raccoon detection a new
+    trace and batch-norm fold cost 0.6 s of the 1.1 s a scoring took).
     """
 
     def __init__(self, task, val_ds, metadata, every, keys):
         super().__init__()
         self.task, self.val_ds, self.metadata, self.every, self.keys = task, val_ds, metadata, every, tuple(keys)
+        self.forward = None
         self.on_train_begin()
 
     def on_train_begin(self, logs=None):
@@ -32,7 +36,9 @@ class PeriodicScores(keras.callbacks.Callback):
 
     def on_epoch_end(self, epoch, logs=None):
         if (epoch + 1) % self.every == 0:
-            answers, truths = model_answers(self.task, self.model, self.val_ds, self.metadata)
+            if self.forward is None or self.forward.model is not self.model:
+                self.forward = CompiledForward(self.model, fold=False)
+            answers, truths = model_answers(self.task, self.forward, self.val_ds, self.metadata)
             scores = self.task.score(answers, truths, self.metadata)
             self.latest = {key: scores[key] for key in self.keys}
         if logs is not None:
