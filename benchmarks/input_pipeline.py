@@ -17,6 +17,10 @@ What it measures
     ..., no aug        both epochs again without augmentation: what decoding alone costs (epoch 1)
                        and what the cache alone delivers (epoch 2), to show which stage bounds the rate
 
+    Each row also has the CPU time the process spent per image (every thread: tf.data's, OpenCV's)
+    and how many cores that kept busy. On N cores no pipeline delivers more than N / cost images a
+    second, so the cost says what a faster schedule could and could not win.
+
     Targets (issue 8): imgpipe epoch 1 >= 1.0x keras (unaugmented); >= 3x keras + aug layers;
     epoch 2 >= 2x epoch 1. The contenders run in turn, --repeats times, best figure kept.
 
@@ -29,6 +33,7 @@ Needs ../shared/data/raccoon/images; the JPEG folder is written to --workdir.
 
 import argparse
 import os
+import resource
 import sys
 import time
 
@@ -50,17 +55,24 @@ SIZE = (224, 224)
 BATCH = 32
 
 
+def cpu_seconds():
+    """CPU time this process has used, all threads (tf.data's included), user and system."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
 def epoch_rate(dataset):
-    """Images per second over one whole epoch of `dataset`, first batch included.
+    """(images per second, CPU milliseconds per image) over one whole epoch of `dataset`, first batch included.
 
     The first batch is timed too: imgpipe's shuffle buffer (after the cache) fills
     with decoded images before it yields, so most of its first epoch's decoding
-    happens before the first batch appears.
+    happens before the first batch appears. The CPU cost shows what bounds a rate:
+    on N cores no pipeline delivers more than N / cost images a second.
     """
-    images, start = 0, time.perf_counter()
+    images, start, cpu_start = 0, time.perf_counter(), cpu_seconds()
     for images_batch, _ in dataset:
         images += int(images_batch.shape[0])
-    return images / (time.perf_counter() - start)
+    return images / (time.perf_counter() - start), 1000 * (cpu_seconds() - cpu_start) / images
 
 
 def keras_dataset(folder, augmentation=None):
@@ -84,7 +96,7 @@ def keras_augmentation_layers():
 
 
 def imgpipe_rates(folder, augmenter):
-    """(first epoch, second epoch) images/s of imgpipe's training pipeline with `augmenter`."""
+    """`epoch_rate` of the first and the second epoch of imgpipe's training pipeline with `augmenter`."""
     paths, labels, _, headers, _ = scan_class_folders(folder, max_pixels=DEFAULT_MAX_PIXELS)
     image_set = ImageSet.from_files(paths, labels, headers)
     dataset, _ = make_dataset(image_set, list(SIZE), BATCH, training=True, augmenter=augmenter, cache="memory")
@@ -99,20 +111,22 @@ def main():
     args = parser.parse_args()
     folder = jpeg_class_folder(os.path.join(args.workdir, f"jpegs{args.images}"), args.images)
     augmentation = keras_augmentation_layers()
-    best = {}
+    best, cost = {}, {}
     for _ in range(args.repeats):
-        rates = {"keras": epoch_rate(keras_dataset(folder)),
-                 "keras + aug layers": epoch_rate(keras_dataset(folder, augmentation))}
-        rates["imgpipe epoch 1"], rates["imgpipe epoch 2"] = imgpipe_rates(folder, Augmenter())
-        rates["imgpipe epoch 1, no aug"], rates["imgpipe epoch 2, no aug"] = imgpipe_rates(folder, None)
-        best = {name: max(rate, best.get(name, 0.0)) for name, rate in rates.items()}
+        measured = {"keras": epoch_rate(keras_dataset(folder)),
+                    "keras + aug layers": epoch_rate(keras_dataset(folder, augmentation))}
+        measured["imgpipe epoch 1"], measured["imgpipe epoch 2"] = imgpipe_rates(folder, Augmenter())
+        measured["imgpipe epoch 1, no aug"], measured["imgpipe epoch 2, no aug"] = imgpipe_rates(folder, None)
+        for name, (rate, cpu_ms) in measured.items():
+            if rate > best.get(name, 0.0):
+                best[name], cost[name] = rate, cpu_ms
 
     print(machine_summary())
     print("command: " + " ".join(sys.argv))
     print_table(f"input pipeline, {args.images} JPEGs at {SIZE[0]}x{SIZE[1]}, batch {BATCH}, best of {args.repeats}",
-                ["pipeline", "images/s", "vs keras", "vs keras + aug"],
-                [[name, rate, f"{rate / best['keras']:.2f}x", f"{rate / best['keras + aug layers']:.2f}x"]
-                 for name, rate in best.items()])
+                ["pipeline", "images/s", "vs keras", "vs keras + aug", "CPU ms/image", "cores busy"],
+                [[name, rate, f"{rate / best['keras']:.2f}x", f"{rate / best['keras + aug layers']:.2f}x",
+                  f"{cost[name]:.2f}", f"{rate * cost[name] / 1000:.2f}"] for name, rate in best.items()])
     targets = [("imgpipe epoch 1 >= 1.0x keras", best["imgpipe epoch 1"] / best["keras"], 1.0),
                ("imgpipe epoch 1 >= 3x keras + aug layers", best["imgpipe epoch 1"] / best["keras + aug layers"], 3.0),
                ("imgpipe epoch 2 >= 2x epoch 1", best["imgpipe epoch 2"] / best["imgpipe epoch 1"], 2.0)]

@@ -32,11 +32,12 @@ monitored `val_accuracy` / `val_mean_iou` / `val_map50`); the reference records 
 Printed per case: the reference's final score and total wall; imgpipe's time to that score,
 its final score (metrics.json: the weights early stopping restored) and total wall; the ratios
 time-to-reference / reference wall (target <= 1.0, moonshot 0.5) and imgpipe wall / reference
-wall (target <= 2). Medians over `--runs` runs, each run a fresh pair of processes.
+wall (target <= 2). Medians over the runs (`--runs`; `DEFAULT_RUNS` otherwise), each run a fresh pair of processes.
 
 Usage (from the repository root; scikit-learn for digits: .venv/bin/pip install scikit-learn):
-    .venv/bin/python benchmarks/time_to_accuracy.py [--cases digits,raccoon,membrane,detection] [--runs 3] [--weights]
+    .venv/bin/python benchmarks/time_to_accuracy.py [--cases digits,raccoon,membrane,detection] [--runs N] [--weights]
         [--budget 30s]
+    (about 20 minutes with the default runs: 3 of digits and of raccoon, 1 of membrane and of detection)
 """
 
 import argparse
@@ -72,6 +73,9 @@ CASES = {  # case -> (imgpipe task, the history column it crosses at)
 DETECTION_REFERENCE = {"final": 0.68, "wall": 13 * 60 + 41.0, "epochs": []}
 RACCOON_DETECTION = RACCOON_IMAGES.parent
 CASE_SETTINGS = {"detection": ["detect.map_every=1"]}  # every case's imgpipe command adds these --set
+# Three runs of every case take about 50 minutes on 2 cores (a detection run alone 9); these defaults keep all four
+# cases near 20, with medians of 3 where a run is short. `--runs 3` gives 3 of everything.
+DEFAULT_RUNS = {"digits": 3, "raccoon": 3, "membrane": 1, "detection": 1}
 
 
 # === Data ===
@@ -256,7 +260,8 @@ def rows_for(case, results):
 def main():
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--cases", default=",".join(CASES), help="comma-separated: " + ", ".join(CASES))
-    parser.add_argument("--runs", type=int, default=3, help="runs per case (median printed)")
+    parser.add_argument("--runs", type=int, help="runs per case, median printed (default: " +
+                        ", ".join(f"{case} {runs}" for case, runs in DEFAULT_RUNS.items()) + ")")
     parser.add_argument("--weights", action="store_true", help="also imgpipe with the ../shared/weights folder")
     parser.add_argument("--budget", help="also imgpipe with --time-budget BUDGET (30s, 2m), no weights folder")
     parser.add_argument("--reference", choices=list(CASES), help=argparse.SUPPRESS)
@@ -272,10 +277,11 @@ def main():
     print(machine_summary(), flush=True)
     rows, everything = [], {}
     for case in cases:
-        everything[case] = measure(case, args.runs, args.weights, args.budget)
+        everything[case] = measure(case, args.runs or DEFAULT_RUNS[case], args.weights, args.budget)
         rows += rows_for(case, everything[case])
     (WORK / "results.json").write_text(json.dumps(everything, indent=2))
-    print_table(f"time to the reference's final score, median of {args.runs} run(s)",
+    runs = args.runs or ", ".join(f"{case} {DEFAULT_RUNS[case]}" for case in cases)
+    print_table(f"time to the reference's final score, median of the runs ({runs})",
                 ["case", "side", "s to reference", "final score", "wall s", "to-ref / ref wall",
                  "wall / ref wall"], rows)
 
