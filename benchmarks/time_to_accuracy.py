@@ -270,6 +270,8 @@ def main():
     args = parser.parse_args()
     if args.reference:
         return reference_main(args.reference, args.data, args.out)
+    if args.runs is not None and args.runs < 1:
+        parser.error("--runs: at least 1")
     cases = [case.strip() for case in args.cases.split(",") if case.strip()]
     unknown = sorted(set(cases) - set(CASES))
     if unknown:

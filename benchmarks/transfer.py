@@ -10,7 +10,7 @@
 
     --case digits: the small-image check of `model.name: auto`. scikit-learn's 8x8 digits
     (benchmarks/quality_classify.py's split) with the weights folder set, once as a user types
-    it (auto keeps the from-scratch model, strided_cnn, below 96 px) and once forcing `--model mobilenet_v2`
+    it (auto keeps the from-scratch model, strided_cnn, below 64 px) and once forcing `--model mobilenet_v2`
     (the pretrained backbone at the same auto size): whether the threshold keeps the better model.
 
 Both read the same folder and the same ImageNet MobileNetV2 weights file. The

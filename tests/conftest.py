@@ -5,9 +5,11 @@ MirroredStrategy path runs in CI without GPUs. IMGPIPE_OFFLINE=1 keeps every
 test off the network (imgpipe.engine.weights never downloads).
 """
 
+import atexit
 import collections
 import os
 import pathlib
+import shutil
 import sys
 import tempfile
 
@@ -15,8 +17,11 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 # No test touches the network: ImageNet weights come from files the tests make (or ../shared/weights).
 os.environ["IMGPIPE_OFFLINE"] = "1"
 os.environ.pop("IMGPIPE_WEIGHTS_DIR", None)
-# Offline, imgpipe still uses weights Keras fetched before (~/.keras/models): the tests see an empty Keras cache.
-os.environ["KERAS_HOME"] = os.path.join(tempfile.gettempdir(), "imgpipe-tests-keras-home")
+# Offline, imgpipe still uses weights it or Keras fetched before (~/.cache/imgpipe, ~/.keras/models): each test
+# process gets empty caches of its own, removed when it ends.
+for _variable in ("KERAS_HOME", "IMGPIPE_CACHE"):
+    os.environ[_variable] = tempfile.mkdtemp(prefix=f"imgpipe-tests-{_variable.lower()}-")
+    atexit.register(shutil.rmtree, os.environ[_variable], ignore_errors=True)
 
 import numpy as np  # noqa: E402
 import pytest  # noqa: E402

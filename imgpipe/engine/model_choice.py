@@ -3,10 +3,10 @@
 A task names its pretrained model (an ImageNet backbone under its head) and
 its from-scratch model. `auto` takes the pretrained one when ImageNet weights
 are found for its backbone (`imgpipe.engine.weights`) and the images are at
-least `PRETRAINED_MIN_SIDE` pixels on their shorter side; below that an
-ImageNet backbone sees too little (MobileNetV2's last feature map is 1x1 at
-32 px) and the from-scratch model is the better default. A model the user
-names is always used.
+least the task's `pretrained_min_side` pixels on their shorter side (96; 64
+for classification, where it was measured); below that an ImageNet backbone
+sees too little (MobileNetV2's last feature map is 1x1 at 32 px) and the
+from-scratch model is the better default. A model the user names is always used.
 
 Example:
     >>> choice = choose_model(task, recipe, image_size=[224, 224])
@@ -18,8 +18,6 @@ import dataclasses
 
 from imgpipe.engine.weights import ResolvedWeights, resolve_weights
 from imgpipe.models import MODELS
-
-PRETRAINED_MIN_SIDE = 96
 
 
 @dataclasses.dataclass(frozen=True)
@@ -48,9 +46,10 @@ def choose_model(task, recipe, image_size):
     if settings.weights in (None, "none"):
         return ModelChoice(scratch, ResolvedWeights(None, "none", tried=("model.weights: none",)),
                            "model.weights: none")
-    if side < PRETRAINED_MIN_SIDE and settings.weights == "auto":
+    if side < task.pretrained_min_side and settings.weights == "auto":
         return ModelChoice(scratch, ResolvedWeights(None, "none", tried=(f"images of {side} px",)),
-                           f"images of {side} px, below the {PRETRAINED_MIN_SIDE} px a pretrained backbone needs")
+                           f"images of {side} px, below the {task.pretrained_min_side} px a pretrained backbone "
+                           "needs")
     weights = resolve_weights(MODELS.info(pretrained)["backbone"], settings.weights, settings.weights_dir)
     if weights.path is None:
         return ModelChoice(scratch, weights, "no ImageNet weights found")

@@ -21,11 +21,8 @@ import logging
 import os
 import pathlib
 import socket
+import threading
 import typing
-from unittest import mock
-
-from keras.src.backend import config as keras_config
-from keras.src.utils import file_utils as keras_file_utils
 
 from imgpipe.data.demo import cache_root
 from imgpipe.errors import RecipeError
@@ -78,7 +75,8 @@ def resolve_weights(backbone, requested="auto", weights_dir=None, download=True)
         backbone: a name in `imgpipe.models.backbones.BACKBONES`, or None (a model without a backbone).
         requested: the recipe's `model.weights`.
         weights_dir: the weights folder (`model.weights_dir`); `IMGPIPE_WEIGHTS_DIR` when None.
-        download: False looks in the folder and imgpipe's cache only (the style-transfer demo).
+        download: False looks in the folder, imgpipe's cache and Keras' cache, never the network (the
+            style-transfer demo), as `IMGPIPE_OFFLINE=1` does.
 
     Raises:
         RecipeError: an explicit `imagenet` that nothing satisfies, a missing file, or `imagenet` for a
@@ -129,7 +127,7 @@ def keras_weights_cache():
 
 def keras_home():
     """Keras' own cache (`$KERAS_HOME`, by default ~/.keras); its applications keep their weights in models/."""
-    return pathlib.Path(keras_config.keras_home()).expanduser()
+    return pathlib.Path(os.environ.get("KERAS_HOME") or pathlib.Path.home() / ".keras").expanduser()
 
 
 def _from_keras(backbone, tried, download=True):
@@ -141,15 +139,16 @@ def _from_keras(backbone, tried, download=True):
     if cache_only and not any((keras_home() / "models").glob("*.h5")):  # spares building the network to ask
         tried.append(f"{_no_download_reason()}; {keras_home() / 'models'}: no Keras weights files")
         return None
+    opened = []  # the cached file Keras was given, to name it should it not load
     try:
-        with _keras_cache_only() if cache_only else _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+        with _keras_cache_only(opened) if cache_only else _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
             network = application(include_top=False, weights="imagenet")
     except _NotInKerasCache as missing:
         tried.append(f"{_no_download_reason()}; {missing}")
         return None
     except Exception as error:  # noqa: BLE001  (no network, a proxy, a refused or broken download or file)
-        what = "Keras' cached weights failed" if cache_only else "Keras download failed"
-        tried.append(f"{what} ({type(error).__name__}: {str(error).splitlines()[0][:120]})")
+        what = f"Keras' cached {opened[-1]} did not load" if opened else "Keras download failed"
+        tried.append(f"{what} ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]})")
         return None
     cached.parent.mkdir(parents=True, exist_ok=True)
     staging = cached.with_name(f".{os.getpid()}.{cached.name}")
@@ -166,22 +165,38 @@ class _NotInKerasCache(Exception):
     pass
 
 
+_FETCHING = threading.Lock()  # one run's resolution at a time swaps Keras' fetching function
+
+
 @contextlib.contextmanager
-def _keras_cache_only():
+def _keras_cache_only(opened):
     """Keras' applications find their weights file in Keras' cache, or fail at once: never the network.
 
     Which file an application asks for (e.g. MobileNetV2's `..._1.0_224_no_top.h5`) is Keras' to decide, so
-    its one fetching function is replaced rather than the names copied here.
+    its one fetching function (`keras.src.utils.file_utils.get_file`, which every application calls) is
+    swapped for the time of the call rather than the names copied here. A file whose hash Keras knows
+    is checked, as Keras checks it before using a cached file. Each file handed out is added to `opened`.
     """
-    def cached_file(fname=None, origin=None, cache_subdir="datasets", cache_dir=None, **kwargs):
+    from keras.src.utils import file_utils
+
+    def cached_file(fname=None, origin=None, cache_subdir="datasets", cache_dir=None, file_hash=None,
+                    hash_algorithm="auto", **kwargs):
         home = pathlib.Path(cache_dir).expanduser() if cache_dir else keras_home()
         path = home / cache_subdir / (fname or os.path.basename(origin))
         if not path.is_file():
             raise _NotInKerasCache(f"{path}: not found")
+        if file_hash and not file_utils.validate_file(str(path), file_hash, algorithm=hash_algorithm):
+            raise _NotInKerasCache(f"{path}: not the file Keras published (its hash differs); delete it")
+        opened.append(path)
         return str(path)
 
-    with mock.patch.object(keras_file_utils, "get_file", cached_file):
-        yield
+    with _FETCHING:
+        fetch = file_utils.get_file
+        file_utils.get_file = cached_file
+        try:
+            yield
+        finally:
+            file_utils.get_file = fetch
 
 
 @contextlib.contextmanager

@@ -1,7 +1,7 @@
 """Image classifiers, from LeNet to EfficientNet, registered for the classify task.
 
 `strided_cnn` is the from-scratch default (auto's choice without ImageNet weights, or below
-96 px): `small_cnn`, a compact VGG-style network with batch norm, with a strided stem in front
+64 px): `small_cnn`, a compact VGG-style network with batch norm, with a strided stem in front
 of it above 64 px, so it trains on small data sets on a CPU at any image size. The classic lineage
 (`lenet`, `alexnet`) is built from Keras layers; the others are
 `keras.applications` backbones under a pooled softmax head, and accept

@@ -33,9 +33,12 @@ class Task:
     # The type of `TaskData.state` (with to_json() and from_json()), or None when class names say all.
     state_class = None
     # `model.name: auto` picks `pretrained_model` when ImageNet weights are found for its backbone and
-    # the images are large enough (imgpipe.engine.model_choice), else `scratch_model`.
+    # the images are at least `pretrained_min_side` px on their shorter side (imgpipe.engine.model_choice),
+    # else `scratch_model`. 96 px is the smallest input Keras ships ImageNet weights for; a task that
+    # measured a lower crossing sets its own.
     pretrained_model = None
     scratch_model = None
+    pretrained_min_side = 96
 
     # === Data ===
     def read_data(self, recipe):

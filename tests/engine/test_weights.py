@@ -6,10 +6,11 @@ import numpy as np
 import pytest
 
 from imgpipe.engine import weights as weights_module
-from imgpipe.engine.model_choice import PRETRAINED_MIN_SIDE, choose_model
+from imgpipe.engine.model_choice import choose_model
 from imgpipe.engine.recipe import load_recipe
 from imgpipe.engine.weights import resolve_weights
 from imgpipe.errors import RecipeError
+from imgpipe.engine.registry import TASKS
 from imgpipe.models import MODELS
 from imgpipe.models.backbones import BACKBONES, build_backbone, set_trainable
 from imgpipe.tasks.classify.task import ClassificationTask
@@ -147,6 +148,14 @@ def test_offline_the_weights_keras_already_fetched_are_used_and_the_network_neve
     model = MODELS.get("mobilenet_v2")((96, 96, 3), 2, weights=found.path)
     assert np.array_equal(model.get_layer("backbone").get_layer("Conv1").kernel.numpy(),
                           fetched.get_layer("Conv1").kernel.numpy())
+    (models / "vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5").write_bytes(b"a broken download")
+    assert resolve_weights("vgg16", "auto").tried[-1] == (  # Keras publishes VGG16's hash: checked, as Keras does
+        f"Keras download skipped (IMGPIPE_OFFLINE=1); {models / 'vgg16_weights_tf_dim_ordering_tf_kernels_notop.h5'}"
+        ": not the file Keras published (its hash differs); delete it")
+    broken = models / "mobilenet_v2_weights_tf_dim_ordering_tf_kernels_1.0_224_no_top.h5"
+    broken.write_bytes(b"no hash is published for it")
+    (clean_places / "cache" / "weights" / "mobilenet_v2_imagenet_notop.weights.h5").unlink()
+    assert resolve_weights("mobilenet_v2", "auto").tried[-1].startswith(f"Keras' cached {broken} did not load (")
 
 
 def test_a_file_that_does_not_fit_names_it_and_the_first_layer(tmp_path):
@@ -163,14 +172,22 @@ def test_a_file_that_does_not_fit_names_it_and_the_first_layer(tmp_path):
 def test_auto_model_choice_follows_image_size_and_weights(clean_places, caplog):
     task, recipe = ClassificationTask(), load_recipe("classify")
     small = choose_model(task, recipe, [32, 32])
-    assert (small.name, small.weights.source) == ("strided_cnn", "none") and "32 px" in small.reason
+    assert (small.name, small.weights.source) == ("strided_cnn", "none")
+    assert small.reason == "images of 32 px, below the 64 px a pretrained backbone needs"
     with caplog.at_level("WARNING", logger="imgpipe"):
-        large = choose_model(task, recipe, [PRETRAINED_MIN_SIDE, PRETRAINED_MIN_SIDE])
+        large = choose_model(task, recipe, [64, 80])
     assert (large.name, large.reason) == ("strided_cnn", "no ImageNet weights found") and len(caplog.records) == 1
     folder = weights_folder(clean_places, "mobilenet_v2")
     with_weights = recipe.update(**{"model.weights_dir": str(folder)})
     chosen = choose_model(task, with_weights, [160, 160])
     assert (chosen.name, chosen.weights.source) == ("mobilenet_v2", "folder")
+    # Where each task's crossing lies: classification measured below 64 px, the others keep Keras' smallest 96.
+    assert [choose_model(task, with_weights, [side, 200]).name for side in (63, 64)] == ["strided_cnn", "mobilenet_v2"]
+    segment = TASKS.get("segment")()
+    segment_recipe = load_recipe("segment").update(**{"model.weights_dir": str(weights_folder(clean_places,
+                                                                                             "mobilenet_v2"))})
+    assert [choose_model(segment, segment_recipe, [side, side]).name for side in (64, 95, 96)] == \
+        ["unet", "unet", "unet_mobilenet_v2"]
     assert choose_model(task, with_weights.update(**{"model.weights": "none"}), [160, 160]).name == "strided_cnn"
     named = choose_model(task, with_weights.update(**{"model.name": "resnet50"}), [160, 160])
     assert (named.name, named.weights.source, named.reason) == ("resnet50", "none", "model.name given")
@@ -221,7 +238,7 @@ def test_the_shared_imagenet_weights_are_found_in_their_folder_and_load(shared_w
     vgg = loss_network("vgg16", "imagenet", weights_dir=str(shared_weights))  # style transfer's, same resolver
     for model, backbone, layer in ((classifier, "mobilenet_v2", "Conv1"), (vgg, "vgg16", "block1_conv1")):
         with h5py.File(shared_weights / f"{backbone}_imagenet_notop.weights.h5") as saved:
-            kernel = next(found for found in nested_layers(model) if found.name == layer).kernel.numpy()
+            kernel = next(each for each in nested_layers(model) if each.name == layer).kernel.numpy()
             assert np.array_equal(kernel, saved["layers/conv2d/vars/0"][()])
 
 

@@ -1,6 +1,7 @@
 import io
 import json
 
+import keras
 import numpy as np
 import pytest
 import tensorflow as tf
@@ -119,6 +120,7 @@ def test_the_mobilenet_v2_colorizer_sees_only_the_lightness():
     from imgpipe.models.lab import lab_to_rgb
     from imgpipe.tasks.colorize.task import ColorizationModel
 
+    keras.utils.set_random_seed(0)
     bins = len(ab_bins())
     model = ColorizationModel(MODELS.get("unet_mobilenet_v2")((64, 64, 3), bins, weights=None), np.ones(bins))
     rng = np.random.default_rng(0)
