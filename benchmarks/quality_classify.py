@@ -5,8 +5,8 @@ What it measures
     two contenders trained on the *identical* train/validation split:
 
     - imgpipe, given nothing but the data:
-          imgpipe run classify --data DIR --output RUN --export-dir EXPORTS --set train.verbose=2
-      (default recipe: strided_cnn, auto image size, augmentation, AdamW + cosine
+          imgpipe run classify --data DIR --output RUN --export-dir EXPORTS --set train.verbose=2 --weights none
+      (default recipe from scratch: strided_cnn, auto image size, augmentation, AdamW + cosine
       schedule, label smoothing, early stopping on val_accuracy). Accuracy and
       seconds are read from RUN/metrics.json (`val_accuracy`, `train_seconds`,
       which covers `model.fit` only).
@@ -183,7 +183,8 @@ def run_imgpipe(data_dir, work):
     """Trains imgpipe's default classify recipe on `data_dir`; returns its metrics.json plus wall seconds."""
     run_dir, export_dir = work / "imgpipe_run", work / "saved_models"
     command = [str(pathlib.Path(sys.executable).parent / "imgpipe"), "run", "classify", "--data", str(data_dir),
-               "--output", str(run_dir), "--export-dir", str(export_dir), "--set", "train.verbose=2"]
+               "--output", str(run_dir), "--export-dir", str(export_dir), "--set", "train.verbose=2",
+               "--weights", "none"]  # the from-scratch default; ImageNet weights would pick mobilenet_v2 from 64 px
     print("$", " ".join(command), flush=True)
     started = time.perf_counter()
     with open(work / "imgpipe.log", "w") as log:

@@ -37,7 +37,7 @@ What it measures
 
 The two sides
     imgpipe        `imgpipe.run(task, overrides=[augment.*=none, train.patience=0,
-                   train.verbose=0, export.enabled=false, evaluate.robustness=false],
+                   train.verbose=0, export.enabled=false, model.weights=none, evaluate.robustness=false],
                    data=..., epochs=E, image_size=...)`, in this process. No early
                    stopping, so every run trains E epochs; no export or robustness
                    card (the latter only where imgpipe has that key), since
@@ -103,7 +103,9 @@ SEED = 1337
 VAL_FRACTION = 0.2
 TARGET_RATIO = 0.95
 NO_AUGMENTATION = ["augment.viewpoint=none", "augment.illumination=none", "augment.occlusion=none"]
-QUIET_RUN = ["train.patience=0", "train.verbose=0", "export.enabled=false"]
+# model.weights=none: the hand-written side trains imgpipe's from-scratch model, so imgpipe must too, even
+# where ImageNet weights would make `auto` choose a pretrained one (classification from 64 px, segmentation 96).
+QUIET_RUN = ["train.patience=0", "train.verbose=0", "export.enabled=false", "model.weights=none"]
 # Runs after `fit` (26 evaluations of the validation set) and is timed by neither figure.
 ROBUSTNESS_CARD_OFF = "evaluate.robustness=false"
 MEMBRANE = pathlib.Path(__file__).resolve().parents[2] / "shared" / "data" / "membrane"

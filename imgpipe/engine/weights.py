@@ -126,8 +126,11 @@ def keras_weights_cache():
 
 
 def keras_home():
-    """Keras' own cache (`$KERAS_HOME`, by default ~/.keras); its applications keep their weights in models/."""
-    return pathlib.Path(os.environ.get("KERAS_HOME") or pathlib.Path.home() / ".keras").expanduser()
+    """Keras' own cache, as Keras worked it out at import (`$KERAS_HOME`, by default ~/.keras, or /tmp/.keras
+    where that is not writable); its applications keep their weights in models/."""
+    from keras.src.backend import config
+
+    return pathlib.Path(config.keras_home()).expanduser()
 
 
 def _from_keras(backbone, tried, download=True):
@@ -141,13 +144,15 @@ def _from_keras(backbone, tried, download=True):
         return None
     opened = []  # the cached file Keras was given, to name it should it not load
     try:
-        with _keras_cache_only(opened) if cache_only else _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
+        # Both ways change process-wide settings (Keras' fetching function, the socket time limit): one at a time.
+        with _FETCHING, _keras_cache_only(opened) if cache_only else _socket_timeout(DOWNLOAD_TIMEOUT_SECONDS):
             network = application(include_top=False, weights="imagenet")
     except _NotInKerasCache as missing:
         tried.append(f"{_no_download_reason()}; {missing}")
         return None
     except Exception as error:  # noqa: BLE001  (no network, a proxy, a refused or broken download or file)
-        what = f"Keras' cached {opened[-1]} did not load" if opened else "Keras download failed"
+        what = (f"Keras' cached {opened[-1]} did not load" if opened else
+                "Keras' cached weights did not load" if cache_only else "Keras download failed")
         tried.append(f"{what} ({type(error).__name__}: {(str(error).splitlines() or [''])[0][:120]})")
         return None
     cached.parent.mkdir(parents=True, exist_ok=True)
@@ -165,7 +170,7 @@ class _NotInKerasCache(Exception):
     pass
 
 
-_FETCHING = threading.Lock()  # one run's resolution at a time swaps Keras' fetching function
+_FETCHING = threading.Lock()
 
 
 @contextlib.contextmanager
@@ -190,13 +195,12 @@ def _keras_cache_only(opened):
         opened.append(path)
         return str(path)
 
-    with _FETCHING:
-        fetch = file_utils.get_file
-        file_utils.get_file = cached_file
-        try:
-            yield
-        finally:
-            file_utils.get_file = fetch
+    fetch = file_utils.get_file
+    file_utils.get_file = cached_file
+    try:
+        yield
+    finally:
+        file_utils.get_file = fetch
 
 
 @contextlib.contextmanager

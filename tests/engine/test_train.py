@@ -564,16 +564,18 @@ def test_periodic_scores_score_the_weights_of_each_epoch_with_one_trace(mirrored
     images = np.random.default_rng(0).uniform(0, 255, (10, 4, 4, 3)).astype("float32")
     val_ds = tf.data.Dataset.from_tensor_slices((images, np.zeros(10, "float32"))).batch(4)
     scores = PeriodicScores(MeanOutput(), val_ds, {}, every=1, keys=("mean",))
-    seen = []
+    seen, traces_after = [], []
     inference_traces.clear()  # building the model traced its layers once
 
     class Record(keras.callbacks.Callback):
         def on_epoch_end(self, epoch, logs=None):
             seen.append((logs["val_mean"], float(np.mean(model(images, training=False)))))
+            traces_after.append(len(inference_traces))  # the eager call above is not a trace
 
     model.fit(images[:8], np.full(8, 3.0, "float32"), epochs=3, batch_size=4, verbose=0, callbacks=[scores, Record()])
     assert len({score for score, _ in seen}) == 3  # the weights moved, and each scoring saw them
     np.testing.assert_allclose([score for score, _ in seen], [direct for _, direct in seen], rtol=1e-5)
+    assert traces_after[0] == traces_after[1] == traces_after[2]  # only the first scoring traced
     if not mirrored:  # a strategy traces more of the model (its symbolic build); the count is kept plain
         assert len(inference_traces) == 2  # batches of 4, then the last of 2: twice, not at each scoring
 

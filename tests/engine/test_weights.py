@@ -8,9 +8,9 @@ import pytest
 from imgpipe.engine import weights as weights_module
 from imgpipe.engine.model_choice import choose_model
 from imgpipe.engine.recipe import load_recipe
+from imgpipe.engine.registry import TASKS
 from imgpipe.engine.weights import resolve_weights
 from imgpipe.errors import RecipeError
-from imgpipe.engine.registry import TASKS
 from imgpipe.models import MODELS
 from imgpipe.models.backbones import BACKBONES, build_backbone, set_trainable
 from imgpipe.tasks.classify.task import ClassificationTask
