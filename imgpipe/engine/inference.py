@@ -6,9 +6,9 @@ against 8.9 ms for the same call traced once with `tf.function` (2026-12-04, an
 AMD EPYC; the robustness card alone makes 26 such passes over the validation
 images). The graph runs the model with its batch norms folded into the
 convolutions (`imgpipe.models.fold_batch_norm`: the same answers, 1.8x faster on
-that MobileNetV2), except for a model still training (`fold=False`). The wrapper calls like the model (`forward(images,
-training=False)`) and hands any other attribute to the model, so a task's
-`answers` takes either.
+that MobileNetV2), except for a model still training (`fold=False`). The
+wrapper calls like the model (`forward(images, training=False)`) and hands any
+other attribute to the model, so a task's `answers` takes either.
 
 Example:
     >>> forward = compiled_forward(model)
